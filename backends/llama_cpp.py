@@ -1,0 +1,90 @@
+"""Partner on llama-cpp-python: a quantized GGUF on CPU (or Metal/CUDA with n_gpu_layers).
+
+The model stays loaded for the whole run. ``n_ctx`` is always set explicitly: the
+library's default of 512 tokens silently truncates long discussions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from saie_lite.errors import UserError
+from saie_lite.protocols import Chat
+
+GGUF_MAGIC = b"GGUF"
+
+
+def resolve_gguf(name: str) -> Path:
+    from saie_lite.paths import EMBEDDED, embedded_gguf
+
+    if name == EMBEDDED:
+        return embedded_gguf()
+    p = Path(name).expanduser()
+    if not p.is_file():
+        raise UserError(
+            f"partner model file not found: {name} (give a .gguf path with --partner-model, "
+            "or 'embedded')"
+        )
+    with p.open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            raise UserError(f"partner model {name} is not a GGUF file (its header lacks 'GGUF')")
+    return p
+
+
+class LlamaCppPartner:
+    def __init__(self, cfg):
+        from llama_cpp import Llama
+
+        pc = cfg.partner
+        path = resolve_gguf(pc.model)
+        self.temperature = pc.temperature
+        self.n_ctx = pc.n_ctx
+        self.name = f"llama_cpp:{path.name}:t{pc.temperature}:s{pc.seed}"
+        try:
+            self.llm = Llama(
+                model_path=str(path),
+                n_ctx=pc.n_ctx,
+                n_threads=pc.n_threads or os.cpu_count() or 1,
+                n_gpu_layers=pc.n_gpu_layers,
+                seed=pc.seed,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise UserError(
+                f"llama.cpp could not load {path}: {str(e)[:160]} (is the file complete? "
+                "re-download or re-export it)"
+            ) from None
+
+    def _fit(self, chat: Chat, max_tokens: int) -> Chat:
+        """Clip the longest message until prompt + reply fit the context window."""
+        chat = [dict(m) for m in chat]
+        budget = self.n_ctx - max_tokens - 64  # 64: template tokens per message, generously
+
+        def size() -> int:
+            return sum(len(self.llm.tokenize(m["content"].encode(), add_bos=False)) for m in chat)
+
+        while size() > budget:
+            longest = max(chat, key=lambda m: len(m["content"]))
+            if len(longest["content"]) < 64:
+                raise UserError(
+                    f"partner prompt does not fit partner.n_ctx={self.n_ctx}: raise it"
+                )
+            longest["content"] = longest["content"][: len(longest["content"]) * 3 // 4] + " [...]"
+        return chat
+
+    def remark(self, chats: list[Chat], max_tokens: int) -> list[str]:
+        out = []
+        for chat in chats:
+            reply = self.llm.create_chat_completion(
+                messages=self._fit(chat, max_tokens),
+                max_tokens=max_tokens,
+                temperature=self.temperature,
+                top_k=1 if self.temperature == 0 else 40,
+            )
+            out.append((reply["choices"][0]["message"]["content"] or "").strip())
+        return out
+
+
+def create_partner(cfg, learner=None) -> LlamaCppPartner:
+    return LlamaCppPartner(cfg)

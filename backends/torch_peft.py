@@ -1,0 +1,324 @@
+"""Learner on transformers + PEFT: LoRA on CPU/MPS, QLoRA (4-bit bitsandbytes) on CUDA.
+
+Also provides the ``self`` partner: the learner's own frozen base (adapters disabled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from saie_lite.errors import UserError
+from saie_lite.protocols import Chat, StepStats, TrainSequence
+
+IGNORE = -100
+
+# Used only when a tokenizer ships no chat template (base models): plain ChatML.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+# -- choices that depend on the machine (pure, unit-tested) ------------------------------
+def resolve_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_quantize(requested: str, device: str) -> bool:
+    """QLoRA needs bitsandbytes kernels, which only CUDA has."""
+    if requested == "none":
+        return False
+    if requested == "4bit":
+        if device != "cuda":
+            raise UserError(
+                f"learner.quantize=4bit (QLoRA) needs a CUDA GPU, this run is on {device}: "
+                "use --set learner.quantize=none"
+            )
+        return True
+    return device == "cuda"
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config():
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+# -- the embedded default model ------------------------------------------------------
+def ensure_embedded_learner() -> Path:
+    """Dequantize the embedded GGUF into float safetensors once; later loads read the cache.
+
+    transformers can read a GGUF (``gguf_file=``) but refuses ``save_pretrained`` on the
+    result, so the model is rebuilt from its config and state dict before saving.
+    """
+    from saie_lite.fsutil import atomic_publish_dir
+    from saie_lite.paths import embedded_gguf, embedded_learner_dir
+
+    target = embedded_learner_dir()
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf()
+    try:
+        import gguf as _  # noqa: F401  (transformers needs it to read GGUF)
+    except ModuleNotFoundError:
+        raise UserError("reading the embedded GGUF needs the 'gguf' package: pip install gguf") from None
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32
+    )
+    fresh = AutoModelForCausalLM.from_config(loaded.config, torch_dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.generation_config = loaded.generation_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    fresh.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    atomic_publish_dir(tmp, target)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    from saie_lite.paths import EMBEDDED
+
+    if name == EMBEDDED:
+        return str(ensure_embedded_learner())
+    p = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not p.exists():
+        raise UserError(
+            f"learner model not found: {name} (give a local model directory, a hub id, "
+            "or 'embedded')"
+        )
+    return str(p) if p.exists() else name
+
+
+class TorchLearner:
+    """LoRA learner. One optimizer step per ``train_step``; micro-batches accumulate."""
+
+    def __init__(self, cfg):
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        lc = cfg.learner
+        self.cfg = cfg
+        self.device = resolve_device(lc.device)
+        self.quantized = resolve_quantize(lc.quantize, self.device)
+        self.dtype = resolve_dtype(lc.dtype, self.device)
+        path = resolve_model_path(lc.model)
+        self.name = f"torch:{lc.model}"
+        kwargs: dict = {"torch_dtype": self.dtype, "trust_remote_code": lc.trust_remote_code}
+        if self.quantized:
+            kwargs["quantization_config"] = quantization_config()
+            kwargs["device_map"] = {"": 0}
+        try:
+            self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=lc.trust_remote_code)
+            base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (OSError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"could not load learner model {lc.model!r}: {first[:200]}") from None
+        if not self.quantized:
+            base.to(self.device)
+        else:
+            from peft import prepare_model_for_kbit_training
+
+            base = prepare_model_for_kbit_training(base)
+        if self.tok.chat_template is None:
+            self.tok.chat_template = FALLBACK_TEMPLATE
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        targets = lc.lora_targets if lc.lora_targets == "all-linear" else lc.lora_targets.split(",")
+        lora = LoraConfig(
+            r=lc.lora_r,
+            lora_alpha=lc.lora_alpha,
+            lora_dropout=lc.lora_dropout,
+            target_modules=targets,
+            task_type="CAUSAL_LM",
+        )
+        torch.manual_seed(cfg.train.seed)  # LoRA init is random: same seed, same adapter
+        self.model = get_peft_model(base, lora)
+        # Adapters train in float32 even on a bf16 base: small updates survive rounding.
+        for p in self.model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(
+            self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
+        self.step = 0
+        end = self.tok.convert_tokens_to_ids("<|im_end|>")
+        self.stop_ids = sorted({i for i in (self.tok.eos_token_id, end) if isinstance(i, int) and i >= 0})
+
+    # -- tokenisation -------------------------------------------------------------
+    def _render(self, chat: Chat, generation_prompt: bool) -> str:
+        return self.tok.apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def encode(self, seq: TrainSequence) -> tuple[list[int], list[int]]:
+        """Token ids and labels; labels are IGNORE everywhere but the target turn.
+
+        The prompt is rendered with the generation prompt, the full chat with the target
+        as the last assistant turn; the target's tokens are what the full rendering adds.
+        """
+        prompt = self._render(seq.context, True)
+        full = self._render(seq.context + [{"role": "assistant", "content": seq.target}], False)
+        if full.startswith(prompt):
+            p_ids, t_ids = self._ids(prompt), self._ids(full[len(prompt) :])
+        else:  # a template that rewrites earlier turns: fall back to prompt + target + eos
+            p_ids = self._ids(prompt)
+            t_ids = self._ids(seq.target) + [self.tok.eos_token_id]
+        return p_ids + t_ids, [IGNORE] * len(p_ids) + t_ids
+
+    def count_tokens(self, chat: Chat, target: str = "") -> int:
+        if target:
+            return len(self.encode(TrainSequence(chat, target))[0])
+        return len(self._ids(self._render(chat, True)))
+
+    # -- generation ---------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
+        self.model.eval()
+        prompts = [self._ids(self._render(c, True)) for c in chats]
+        width = max(len(p) for p in prompts)
+        pad = self.tok.pad_token_id
+        # Left padding: every row's last prompt token sits at the same position, so one
+        # batched decode with a KV cache serves the whole batch.
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+        )
+        kw = {"do_sample": temperature > 0}
+        if temperature > 0:
+            kw.update(temperature=temperature, top_p=1.0, top_k=0)
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=self.stop_ids,
+            use_cache=True,
+            **kw,
+        )
+        return [self.tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+    # -- training -----------------------------------------------------------------
+    def _collate(self, items: list[tuple[list[int], list[int]]]):
+        width = max(len(i) for i, _ in items)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in items], device=self.device)
+        labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in items], device=self.device)
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in items], device=self.device)
+        return ids, labels, mask
+
+    def train_step(self, sequences: list[TrainSequence]) -> StepStats:
+        self.model.train()
+        limit = self.cfg.learner.max_seq_len
+        encoded = [self.encode(s) for s in sequences]
+        encoded = [(i[:limit], lab[:limit]) for i, lab in encoded]
+        n_target = sum(sum(1 for t in lab[1:] if t != IGNORE) for _, lab in encoded)
+        if n_target == 0:
+            raise UserError("a training batch has no target tokens: raise learner.max_seq_len")
+        # Sort by length so micro-batches hold similar lengths (less padding waste).
+        encoded.sort(key=lambda x: len(x[0]))
+        mb = self.cfg.train.micro_batch_size
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for start in range(0, len(encoded), mb):
+            ids, labels, mask = self._collate(encoded[start : start + mb])
+            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+            loss_sum = masked_ce_sum(logits, labels)
+            # Divide by the batch's target-token count, not the micro-batch's, so the
+            # accumulated gradient equals the one full-batch gradient.
+            (loss_sum / n_target).backward()
+            total += loss_sum.item()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
+        self.opt.step()
+        self.step += 1
+        n_tok = sum(len(i) for i, _ in encoded)
+        return StepStats(total / n_target, len(sequences), n_target, n_tok)
+
+    # -- persistence --------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        save_file(state, str(d / "adapter_model.safetensors"))
+        self.model.peft_config["default"].save_pretrained(str(d))
+        torch.save(self.opt.state_dict(), d / "optimizer.pt")
+        # Dropout and sampling draw from torch's RNG: a resumed run must draw the same.
+        torch.save({"cpu": torch.get_rng_state()}, d / "rng.pt")
+        (d / "learner.json").write_text(json.dumps({"step": self.step, "model": self.cfg.learner.model}))
+
+    def load(self, directory: Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        set_peft_model_state_dict(self.model, load_file(str(d / "adapter_model.safetensors")))
+        for p in self.params:  # keep adapters float32 after loading
+            p.data = p.data.float()
+        self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+        torch.set_rng_state(torch.load(d / "rng.pt", weights_only=True)["cpu"])
+        self.step = json.loads((d / "learner.json").read_text())["step"]
+
+
+def masked_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over positions whose label is not IGNORE."""
+    shift_logits = logits[:, :-1, :].reshape(-1, logits.size(-1))
+    shift_labels = labels[:, 1:].reshape(-1)
+    return torch.nn.functional.cross_entropy(
+        shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum"
+    )
+
+
+class SelfPartner:
+    """The learner's frozen base as partner: generation with the adapters switched off."""
+
+    def __init__(self, learner: TorchLearner, temperature: float):
+        self.learner = learner
+        self.temperature = temperature
+        self.name = f"self:{learner.cfg.learner.model}"
+
+    def remark(self, chats: list[Chat], max_tokens: int) -> list[str]:
+        with self.learner.model.disable_adapter():
+            return self.learner.generate(chats, max_tokens, self.temperature)
+
+
+def create_learner(cfg) -> TorchLearner:
+    return TorchLearner(cfg)
+
+
+def create_self_partner(cfg, learner=None) -> SelfPartner:
+    if not isinstance(learner, TorchLearner):
+        raise UserError("partner 'self' needs the torch learner backend (--backend torch)")
+    return SelfPartner(learner, cfg.partner.temperature)

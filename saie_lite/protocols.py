@@ -1,0 +1,83 @@
+"""The two small protocols every backend implements, and the plain data they pass.
+
+A chat is a list of ``{"role": ..., "content": ...}`` dicts, the format every chat
+template and every OpenAI-style server understands, so backends need no adapter layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+Chat = list[dict[str, str]]
+
+
+@dataclass
+class Example:
+    id: str
+    question: str
+    reference: str  # full reference solution, used as the training target
+    answer: str  # gold final answer (normalised number for GSM8K)
+
+
+@dataclass
+class TrainSequence:
+    """A chat context plus the learner turn that carries the loss.
+
+    Only the tokens of ``target`` (and the end-of-turn marker) are trained; the
+    question, earlier learner turns and partner remarks are context with masked loss.
+    """
+
+    context: Chat
+    target: str
+    kind: str = "plain"  # plain | supportive | adversarial (for logs and tests)
+
+
+@dataclass
+class StepStats:
+    loss: float
+    n_sequences: int
+    n_target_tokens: int
+    n_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """The model being fine-tuned (LoRA adapters on a frozen base)."""
+
+    name: str
+
+    def generate(
+        self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
+        """One reply per chat, batched; greedy when temperature is 0."""
+        ...
+
+    def count_tokens(self, chat: Chat, target: str = "") -> int:
+        """Tokens the chat (plus a target turn) takes in this learner's template."""
+        ...
+
+    def train_step(self, sequences: list[TrainSequence]) -> StepStats:
+        """One optimizer update on a batch; loss only on target tokens."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Write adapter weights, optimizer state and step counter into ``directory``."""
+        ...
+
+    def load(self, directory: Path) -> None:
+        """Restore what ``save`` wrote."""
+        ...
+
+
+@runtime_checkable
+class Partner(Protocol):
+    """A frozen model that remarks on the learner's answers."""
+
+    name: str  # identifies model + settings; part of the remark-cache key
+
+    def remark(self, chats: list[Chat], max_tokens: int) -> list[str]:
+        """One remark per chat."""
+        ...

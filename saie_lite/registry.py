@@ -1,0 +1,52 @@
+"""Backend registry: a name -> factory table fed by entry points.
+
+Built-in backends are declared in ``pyproject.toml`` under the entry-point groups
+``saie_lite.learners`` and ``saie_lite.partners``, the same door a third-party package
+uses, so nothing here knows any backend by name. ``register_*`` adds one at run time
+(tests, notebooks).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+from saie_lite.errors import UserError
+
+Factory = Callable[..., Any]
+_extra: dict[str, dict[str, Factory]] = {"learners": {}, "partners": {}}
+
+
+def register_learner(name: str, factory: Factory) -> None:
+    _extra["learners"][name] = factory
+
+
+def register_partner(name: str, factory: Factory) -> None:
+    _extra["partners"][name] = factory
+
+
+def available(kind: str) -> dict[str, Any]:
+    """name -> entry point or factory, for kind 'learners' or 'partners'."""
+    found: dict[str, Any] = {ep.name: ep for ep in entry_points(group=f"saie_lite.{kind}")}
+    found.update(_extra[kind])
+    return found
+
+
+def factory(kind: str, name: str) -> Factory:
+    table = available(kind)
+    if name not in table:
+        role = kind.rstrip("s")
+        raise UserError(
+            f"unknown {role} backend {name!r}; available: {', '.join(sorted(table)) or 'none'}"
+        )
+    item = table[name]
+    if callable(item) and not hasattr(item, "load"):
+        return item
+    try:
+        return item.load()
+    except ImportError as e:
+        extra = {"torch": "torch", "llama_cpp": "llamacpp", "mlx": "mlx"}.get(name, name)
+        raise UserError(
+            f"backend {name!r} needs a package that is not installed ({e.name or e}): "
+            f"pip install 'saie-lite[{extra}]'"
+        ) from None

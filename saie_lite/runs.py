@@ -1,0 +1,110 @@
+"""Run directories and the glue that starts (or resumes) a training run.
+
+A run directory holds ``config.yaml`` (the resolved config), ``saie.sqlite`` (every
+turn, update and cached remark) and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+from saie_lite import config as config_mod
+from saie_lite.config import Config
+from saie_lite.errors import UserError
+from saie_lite.paths import home
+from saie_lite.protocols import Example
+
+
+def new_run_dir(cfg: Config) -> Path:
+    if cfg.run.dir:
+        return Path(cfg.run.dir).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return home() / "runs" / f"{stamp}-{cfg.method.mode}"
+
+
+def saved_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"cannot resume: {run_dir} has no config.yaml (is it a saie-lite run directory?)")
+    return config_mod.load_yaml(path)
+
+
+def prepare_examples(cfg: Config) -> tuple[list[Example], dict[str, int]]:
+    from saie_lite.tasks import get_task
+
+    examples, skipped = get_task(cfg.data.task).load(cfg.data.path, cfg.data.split)
+    if cfg.data.limit:
+        order = list(range(len(examples)))
+        random.Random(cfg.data.seed).shuffle(order)
+        examples = [examples[i] for i in sorted(order[: cfg.data.limit])]
+    return examples, skipped
+
+
+def build_backends(cfg: Config, dry_run: bool):
+    from saie_lite.registry import factory
+
+    if dry_run:
+        from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner
+
+        return ScriptedLearner(), ScriptedPartner()
+    learner = factory("learners", cfg.learner.backend)(cfg)
+    partner = None
+    if cfg.method.stances:  # plain SFT needs no partner: do not load one
+        partner = factory("partners", cfg.partner.backend)(cfg, learner)
+    return learner, partner
+
+
+class StopFlag:
+    """First Ctrl-C: finish the current step, checkpoint, exit. Second: abort at once."""
+
+    def __init__(self, on_first=None):
+        self.requested = False
+        self.on_first = on_first
+        self._old = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.on_first:
+            self.on_first()
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old)
+
+
+def start_training(
+    cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
+) -> dict:
+    from saie_lite.checkpoint import latest
+    from saie_lite.store import Store
+    from saie_lite.train import train
+
+    run_dir = Path(run_dir)
+    if not resume and latest(run_dir) is not None:
+        raise UserError(
+            f"{run_dir} already holds a run: resume it with --resume {run_dir} or pick another --run-dir"
+        )
+    examples, skipped = prepare_examples(cfg)
+    if skipped:
+        detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+        view.on_event(f"skipped {sum(skipped.values())} malformed data rows ({detail})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_mod.save(cfg, run_dir / "config.yaml")
+    learner, partner = build_backends(cfg, dry_run)
+    store = Store(run_dir / "saie.sqlite")
+    try:
+        with StopFlag(lambda: view.on_event("stopping after this step (Ctrl-C again aborts)")) as flag:
+            return train(cfg, learner, partner, examples, store, run_dir, view, flag)
+    finally:
+        store.close()

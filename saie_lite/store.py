@@ -1,0 +1,144 @@
+"""SQLite run store: every discussion turn, every update, the remark cache.
+
+Migrations are an ordered list; ``PRAGMA user_version`` records how many have run, so
+an older run directory opens with a newer saie-lite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+MIGRATIONS = [
+    """
+    CREATE TABLE turns (
+        id INTEGER PRIMARY KEY,
+        step INTEGER NOT NULL,          -- update this turn fed (1-based)
+        phase TEXT NOT NULL,            -- warmup | discussion
+        round INTEGER NOT NULL,
+        example_id TEXT NOT NULL,
+        turn INTEGER NOT NULL,          -- 0 = first answer, 1.. = after remark k
+        role TEXT NOT NULL,             -- learner | partner | target
+        stance TEXT,                    -- supportive | adversarial | NULL
+        prompt TEXT NOT NULL,           -- JSON chat the model was given
+        text TEXT NOT NULL,
+        correct INTEGER,                -- 1/0 for learner turns, NULL otherwise
+        seconds REAL,                   -- share of the batch call's wall time
+        cached INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL
+    );
+    CREATE INDEX turns_step ON turns(step);
+    CREATE TABLE steps (
+        step INTEGER PRIMARY KEY,
+        phase TEXT NOT NULL,
+        round INTEGER NOT NULL,
+        loss REAL NOT NULL,
+        n_sequences INTEGER NOT NULL,
+        n_target_tokens INTEGER NOT NULL,
+        t_generate REAL NOT NULL,
+        t_remark REAL NOT NULL,
+        t_update REAL NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE remark_cache (
+        key TEXT PRIMARY KEY,
+        partner TEXT NOT NULL,
+        prompt TEXT NOT NULL,
+        text TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created REAL NOT NULL
+    );
+    """,
+]
+
+
+def remark_key(partner: str, chat: list[dict], max_tokens: int) -> str:
+    blob = json.dumps([partner, chat, max_tokens], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        done = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for i, sql in enumerate(MIGRATIONS[done:], start=done + 1):
+            with self.db:
+                self.db.executescript(sql)
+                self.db.execute(f"PRAGMA user_version = {i}")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- remark cache -------------------------------------------------------------
+    def cached_remark(self, key: str) -> str | None:
+        row = self.db.execute("SELECT text FROM remark_cache WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def cache_remark(self, key: str, partner: str, chat: list[dict], text: str) -> None:
+        # Committed at once: a remark paid for is never asked again, even after a crash.
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO remark_cache VALUES (?, ?, ?, ?, ?)",
+                (key, partner, json.dumps(chat, ensure_ascii=False), text, time.time()),
+            )
+
+    # -- turns and steps ----------------------------------------------------------
+    def add_turns(self, rows: list[dict]) -> None:
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO turns (step, phase, round, example_id, turn, role, stance, prompt,"
+                " text, correct, seconds, cached, created) VALUES"
+                " (:step, :phase, :round, :example_id, :turn, :role, :stance, :prompt,"
+                " :text, :correct, :seconds, :cached, :created)",
+                [
+                    {
+                        "stance": None,
+                        "correct": None,
+                        "seconds": None,
+                        "cached": 0,
+                        **r,
+                        "prompt": json.dumps(r["prompt"], ensure_ascii=False),
+                        "created": now,
+                    }
+                    for r in rows
+                ],
+            )
+
+    def add_step(self, row: dict) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO steps VALUES (:step, :phase, :round, :loss, :n_sequences,"
+                " :n_target_tokens, :t_generate, :t_remark, :t_update, :created)",
+                {**row, "created": time.time()},
+            )
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows of updates past the checkpoint being resumed (they will be redone)."""
+        with self.db:
+            self.db.execute("DELETE FROM turns WHERE step > ?", (step,))
+            self.db.execute("DELETE FROM steps WHERE step > ?", (step,))
+
+    def event(self, kind: str, message: str) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO events (kind, message, created) VALUES (?, ?, ?)",
+                (kind, message, time.time()),
+            )
+
+    def count(self, table: str) -> int:
+        assert table in ("turns", "steps", "remark_cache", "events")
+        return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]

@@ -1,0 +1,135 @@
+"""GSM8K: grade-school math with worked solutions ending in ``#### N``.
+
+Scoring follows SAIE.md section 4: the reference number is the text after ``####`` with
+commas removed; a model answer is read two ways, *strict* (``#### N`` or "The answer is
+N") and *flexible* (the last number anywhere). No number means wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from saie_lite.errors import UserError
+from saie_lite.paths import bundled_data
+from saie_lite.protocols import Example
+
+SYSTEM = (
+    "You are a careful math tutor. Solve the problem step by step, "
+    "then give the final answer on its own line as '#### <number>'."
+)
+BUNDLED = "gsm8k_sample.jsonl"
+
+_NUM = r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\$?\s?\.\d+"
+_STRICT = [
+    re.compile(r"####\s*(" + _NUM + ")"),
+    re.compile(r"answer is[:\s]*\**\s*(" + _NUM + ")", re.IGNORECASE),
+]
+_ANY = re.compile(_NUM)
+
+
+def normalize(text: str) -> str | None:
+    """'$1,234.50' -> '1234.5'; '18.00' -> '18'; None if not a number."""
+    t = text.replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
+    try:
+        d = Decimal(t)
+    except InvalidOperation:
+        return None
+    if d == d.to_integral_value():
+        return str(d.quantize(Decimal(1)))
+    return format(d.normalize(), "f")
+
+
+def extract_strict(output: str) -> str | None:
+    for pattern in _STRICT:
+        found = pattern.findall(output)
+        if found:
+            return normalize(found[-1])
+    return None
+
+
+def extract_flexible(output: str) -> str | None:
+    found = _ANY.findall(output)
+    return normalize(found[-1]) if found else None
+
+
+@dataclass
+class Score:
+    strict: str | None
+    flexible: str | None
+    strict_correct: bool
+    flexible_correct: bool
+
+
+def score(output: str, gold: str) -> Score:
+    s, f = extract_strict(output), extract_flexible(output)
+    return Score(s, f, s is not None and s == gold, f is not None and f == gold)
+
+
+def is_correct(output: str, gold: str) -> bool:
+    """The training loop's right/wrong mark: strict extraction (the format we teach)."""
+    return score(output, gold).strict_correct
+
+
+def learner_chat(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+def parse_row(row: dict, index: int) -> Example | str:
+    """An Example, or the reason the row is unusable."""
+    q, a = row.get("question"), row.get("answer")
+    if not isinstance(q, str) or not q.strip():
+        return "missing question"
+    if not isinstance(a, str) or not a.strip():
+        return "missing answer"
+    if "####" not in a:
+        return "answer has no '#### N'"
+    gold = normalize(a.rsplit("####", 1)[1].strip())
+    if gold is None:
+        return "text after '####' is not a number"
+    reference = a.rsplit("####", 1)[0].rstrip() + f"\n#### {gold}"
+    # Calculator annotations like <<48/2=24>> are GSM8K markup, not prose to imitate.
+    reference = re.sub(r"<<[^>]*>>", "", reference)
+    rid = str(row.get("id") or f"row-{index}")
+    return Example(id=rid, question=q.strip(), reference=reference, answer=gold)
+
+
+def load_rows(path: str, split: str = "train") -> list[dict]:
+    """Rows through ``datasets``: 'bundled', a local jsonl/json/parquet file, or a hub name."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if path == "bundled":
+        path = str(bundled_data(BUNDLED))
+    p = Path(path).expanduser()
+    looks_local = p.suffix in (".jsonl", ".json", ".parquet") or path.startswith((".", "/", "~"))
+    try:
+        if looks_local:
+            if not p.is_file():
+                raise UserError(f"data file not found: {p} (give a .jsonl/.parquet file or a hub name)")
+            kind = "parquet" if p.suffix == ".parquet" else "json"
+            ds = datasets.load_dataset(kind, data_files=str(p), split="train")
+        else:
+            ds = datasets.load_dataset(path, "main", split=split)
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types; all mean "could not read"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not load data {path!r}: {first[:200]}") from None
+    return list(ds)
+
+
+def load(path: str, split: str = "train") -> tuple[list[Example], dict[str, int]]:
+    """Examples plus a count of skipped rows by reason (never a crash on a bad row)."""
+    examples, skipped = [], {}
+    for i, row in enumerate(load_rows(path, split)):
+        parsed = parse_row(row, i)
+        if isinstance(parsed, str):
+            skipped[parsed] = skipped.get(parsed, 0) + 1
+        else:
+            examples.append(parsed)
+    if not examples:
+        raise UserError(f"no usable GSM8K rows in {path!r} (skipped: {skipped or 'none'})")
+    return examples, skipped

@@ -1,0 +1,178 @@
+"""The live view: Rich on a terminal, plain log lines otherwise. Fed by loop callbacks."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from saie_lite.train import Callbacks
+
+STANCE_STYLE = {"supportive": "green", "adversarial": "red"}
+
+
+def _short(text: str, n: int = 400) -> str:
+    text = text.strip()
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _split(row: dict) -> str:
+    g, r, u = row["t_generate"], row["t_remark"], row["t_update"]
+    return f"gen {g:.1f}s | remark {r:.1f}s | update {u:.1f}s"
+
+
+class PlainView(Callbacks):
+    """One line per event: for logs, pipes and CI."""
+
+    def __init__(self, stream=None, show_exchanges: bool = True):
+        self.out = stream or sys.stdout
+        self.show = show_exchanges
+        self.t0 = time.perf_counter()
+        self.first_done = 0
+
+    def _p(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+    def on_begin(self, info: dict) -> None:
+        self.first_done = info["done"]
+        self._p(
+            f"saie-lite train: mode={info['mode']} learner={info['learner']} "
+            f"partner={info['partner']} examples={info['examples']} updates={info['total']} "
+            f"run={info['run_dir']}"
+        )
+
+    def on_exchange(self, ex: dict) -> None:
+        if not self.show:
+            return
+        e = ex["example"]
+        if "answer" in ex:
+            mark = "RIGHT" if ex["correct"] else "WRONG"
+            self._p(f"[{e.id}] learner ({mark}): {_short(ex['answer'], 160)!r}")
+            for stance, text, cached in ex["remarks"]:
+                self._p(f"[{e.id}] partner {stance}{' (cached)' if cached else ''}: {_short(text, 160)!r}")
+        else:
+            self._p(f"[{e.id}] {ex['phase']} target: {_short(ex['target'], 100)!r}")
+
+    def on_step(self, row: dict) -> None:
+        done, total = row["batches_done"], row["total"]
+        elapsed = time.perf_counter() - self.t0
+        rate = elapsed / max(1, done - self.first_done)
+        eta = rate * (total - done)
+        self._p(
+            f"step {row['step']} [{done}/{total}] {row['phase']} loss={row['loss']:.4f} "
+            f"{_split(row)} eta {eta:.0f}s"
+        )
+
+    def on_event(self, message: str) -> None:
+        self._p(f"note: {message}")
+
+    def on_end(self, summary: dict) -> None:
+        s = summary["seconds"]
+        self._p(
+            f"{summary['status']}: {summary['step']} updates, {summary['batches_done']}/"
+            f"{summary['total']} batches; time gen {s['generate']:.1f}s remark {s['remark']:.1f}s "
+            f"update {s['update']:.1f}s; resume with: saie-lite train --resume {summary['run_dir']}"
+            if summary["status"] != "finished"
+            else f"finished: {summary['step']} updates; time gen {s['generate']:.1f}s "
+            f"remark {s['remark']:.1f}s update {s['update']:.1f}s; run: {summary['run_dir']}"
+        )
+
+
+class RichView(Callbacks):
+    """Exchange cards scroll above a progress bar that shows loss, ETA and the time split."""
+
+    def __init__(self, console=None):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console or Console()
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=self.console,
+        )
+        self.task = None
+        self.loss_avg: float | None = None
+
+    def on_begin(self, info: dict) -> None:
+        from rich.panel import Panel
+
+        self.console.print(
+            Panel.fit(
+                f"mode [bold]{info['mode']}[/]   learner {info['learner']}   partner {info['partner']}\n"
+                f"{info['examples']} examples, {info['total']} updates   run {info['run_dir']}",
+                title="saie-lite train",
+            )
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "training", total=info["total"], completed=info["done"], stats=""
+        )
+
+    def on_exchange(self, ex: dict) -> None:
+        from rich.markup import escape
+        from rich.panel import Panel
+        from rich.text import Text
+
+        e = ex["example"]
+        body = Text()
+        body.append("Q  ", style="bold")
+        body.append(_short(e.question, 300) + "\n")
+        if "answer" in ex:
+            ok = ex["correct"]
+            body.append("learner  ", style="bold")
+            body.append("RIGHT " if ok else "WRONG ", style="bold green" if ok else "bold red")
+            body.append(_short(ex["answer"]) + "\n")
+            for stance, text, cached in ex["remarks"]:
+                style = STANCE_STYLE.get(stance, "yellow")
+                body.append(f"partner {stance}{' (cached)' if cached else ''}  ", style=f"bold {style}")
+                body.append(_short(text, 300) + "\n", style=style)
+        body.append("target  ", style="bold cyan")
+        body.append(_short(ex["target"], 200), style="cyan")
+        title = f"{escape(e.id)} - {ex['phase']}"
+        self.console.print(Panel(body, title=title, title_align="left"))
+
+    def on_step(self, row: dict) -> None:
+        loss = row["loss"]
+        self.loss_avg = loss if self.loss_avg is None else 0.8 * self.loss_avg + 0.2 * loss
+        stats = f"loss {loss:.3f} (avg {self.loss_avg:.3f})  {_split(row)}"
+        self.progress.update(self.task, completed=row["batches_done"], stats=stats,
+                             description=f"{row['phase']} r{row['round']}")
+
+    def on_event(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]note:[/] {escape(message)}")
+
+    def on_end(self, summary: dict) -> None:
+        self.progress.stop()
+        s = summary["seconds"]
+        total = sum(s.values()) or 1.0
+        split = "  ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in s.items())
+        if summary["status"] == "finished":
+            self.console.print(f"[bold green]finished[/]: {summary['step']} updates.  {split}")
+            self.console.print(f"run directory: {summary['run_dir']}")
+        else:
+            self.console.print(
+                f"[bold yellow]stopped[/] after {summary['step']} updates (checkpoint saved).  {split}"
+            )
+            self.console.print(f"resume with: saie-lite train --resume {summary['run_dir']}")
+
+
+def make_view(kind: str) -> Callbacks:
+    if kind == "quiet":
+        return PlainView(show_exchanges=False)
+    if kind == "rich" or (kind == "auto" and sys.stdout.isatty()):
+        return RichView()
+    return PlainView()

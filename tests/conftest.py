@@ -1,0 +1,76 @@
+"""Shared fixtures. Every test runs with SAIE_LITE_HOME in a temporary directory, so the
+real user directory is never touched; the tiny model is built from a config, offline."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from saie_lite.paths import bundled_data
+
+
+@pytest.fixture(scope="session", autouse=True)
+def saie_home(tmp_path_factory):
+    # Session-wide so the embedded model is dequantized once per test run, not per test.
+    home = tmp_path_factory.mktemp("saie-home")
+    old = os.environ.get("SAIE_LITE_HOME")
+    os.environ["SAIE_LITE_HOME"] = str(home)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    yield home
+    if old is None:
+        os.environ.pop("SAIE_LITE_HOME", None)
+    else:
+        os.environ["SAIE_LITE_HOME"] = old
+
+
+@pytest.fixture
+def gsm8k_rows():
+    return [json.loads(line) for line in bundled_data("gsm8k_sample.jsonl").read_text().splitlines()]
+
+
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer random llama with a byte-level BPE tokenizer trained on the GSM8K sample."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    texts = []
+    for line in bundled_data("gsm8k_sample.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        texts += [row["question"], row["answer"]]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+        bos_token_id=fast.bos_token_id, tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    return out

@@ -1,0 +1,75 @@
+import pytest
+
+from saie_lite import config
+from saie_lite.errors import UserError
+
+
+def test_defaults_validate_and_mode_sets_stances():
+    cfg = config.build()
+    assert cfg.method.stances == ["supportive", "adversarial"]
+    cfg = config.build(overrides={"method.mode": "saie-adversarial"})
+    assert cfg.method.stances == ["adversarial"]
+    assert config.build(overrides={"method.mode": "sft"}).method.stances == []
+
+
+def test_recipe_then_cli_override(tmp_path):
+    r = tmp_path / "r.yaml"
+    r.write_text("train:\n  lr: 0.001\n  batch_size: 2\nmethod:\n  rounds: 3\n")
+    cfg = config.build(r, {"train.batch_size": "8", "method.rounds": None})
+    assert cfg.train.lr == 0.001 and cfg.train.batch_size == 8 and cfg.method.rounds == 3
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    r = tmp_path / "r.yaml"
+    r.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(UserError) as e:
+        config.build(r)
+    assert str(e.value) == (
+        f"config: unknown key train.learning_rate (in {r}); valid keys: lr, weight_decay, "
+        "batch_size, micro_batch_size, grad_clip, seed, save_every, keep_checkpoints, max_steps"
+    )
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(UserError, match="unknown section 'trainer'.*valid sections: learner, partner"):
+        config.build(overrides={"trainer.lr": 1})
+
+
+def test_bad_yaml_names_line(tmp_path):
+    r = tmp_path / "bad.yaml"
+    r.write_text("train:\n  lr: [1, 2\n")
+    with pytest.raises(UserError, match=r"is not valid YAML at line \d+: fix the syntax"):
+        config.build(r)
+
+
+def test_type_and_range_checks():
+    with pytest.raises(UserError, match="config: train.batch_size expects an integer, got 'two'"):
+        config.build(overrides={"train.batch_size": "two"})
+    with pytest.raises(UserError, match=r"method.warmup_fraction must be in \[0, 1\)"):
+        config.build(overrides={"method.warmup_fraction": 1.5})
+    with pytest.raises(UserError, match="method.mode must be one of"):
+        config.build(overrides={"method.mode": "debate"})
+
+
+def test_parse_sets():
+    assert config.parse_sets(["train.lr=1e-3", "learner.model=a=b"]) == {
+        "train.lr": "1e-3",
+        "learner.model": "a=b",
+    }
+    with pytest.raises(UserError, match="--set expects section.key=value"):
+        config.parse_sets(["lr=1"])
+
+
+def test_save_roundtrip(tmp_path):
+    cfg = config.build(overrides={"train.lr": 0.5, "method.mode": "saie-support"})
+    config.save(cfg, tmp_path / "c.yaml")
+    again = config.build(base=config.load_yaml(tmp_path / "c.yaml"))
+    assert again == cfg
+
+
+def test_every_field_has_help():
+    import dataclasses
+
+    for section in dataclasses.fields(config.Config):
+        for f in dataclasses.fields(section.default_factory()):
+            assert f.metadata.get("help"), f"{section.name}.{f.name} lacks help"
