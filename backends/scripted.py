@@ -36,6 +36,9 @@ class ScriptedLearner:
         # A whitespace token count is enough for testing the context policy.
         return sum(len(m["content"].split()) for m in chat) + len(target.split())
 
+    def reseed(self, seed: int) -> None:
+        self.history.append({"call": "reseed", "seed": seed})
+
     def train_step(self, sequences: list[TrainSequence]) -> StepStats:
         self.step += 1
         self.history.append({"call": "train_step", "sequences": sequences})

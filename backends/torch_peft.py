@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -21,6 +22,15 @@ FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def _quiet_transformers() -> None:
+    """The live view owns the terminal: no library progress bars or deprecation chatter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
 # -- choices that depend on the machine (pure, unit-tested) ------------------------------
@@ -80,6 +90,7 @@ def ensure_embedded_learner() -> Path:
     target = embedded_learner_dir()
     if (target / "model.safetensors").is_file():
         return target
+    _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = embedded_gguf()
@@ -89,9 +100,9 @@ def ensure_embedded_learner() -> Path:
         raise UserError("reading the embedded GGUF needs the 'gguf' package: pip install gguf") from None
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
-    fresh = AutoModelForCausalLM.from_config(loaded.config, torch_dtype=torch.float32)
+    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -122,6 +133,7 @@ class TorchLearner:
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        _quiet_transformers()
         lc = cfg.learner
         self.cfg = cfg
         self.device = resolve_device(lc.device)
@@ -129,7 +141,7 @@ class TorchLearner:
         self.dtype = resolve_dtype(lc.dtype, self.device)
         path = resolve_model_path(lc.model)
         self.name = f"torch:{lc.model}"
-        kwargs: dict = {"torch_dtype": self.dtype, "trust_remote_code": lc.trust_remote_code}
+        kwargs: dict = {"dtype": self.dtype, "trust_remote_code": lc.trust_remote_code}
         if self.quantized:
             kwargs["quantization_config"] = quantization_config()
             kwargs["device_map"] = {"": 0}
@@ -228,6 +240,9 @@ class TorchLearner:
         return [self.tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
     # -- training -----------------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        torch.manual_seed(seed)  # seeds CPU and every CUDA device
+
     def _collate(self, items: list[tuple[list[int], list[int]]]):
         width = max(len(i) for i, _ in items)
         pad = self.tok.pad_token_id
@@ -275,8 +290,6 @@ class TorchLearner:
         save_file(state, str(d / "adapter_model.safetensors"))
         self.model.peft_config["default"].save_pretrained(str(d))
         torch.save(self.opt.state_dict(), d / "optimizer.pt")
-        # Dropout and sampling draw from torch's RNG: a resumed run must draw the same.
-        torch.save({"cpu": torch.get_rng_state()}, d / "rng.pt")
         (d / "learner.json").write_text(json.dumps({"step": self.step, "model": self.cfg.learner.model}))
 
     def load(self, directory: Path) -> None:
@@ -288,7 +301,6 @@ class TorchLearner:
         for p in self.params:  # keep adapters float32 after loading
             p.data = p.data.float()
         self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
-        torch.set_rng_state(torch.load(d / "rng.pt", weights_only=True)["cpu"])
         self.step = json.loads((d / "learner.json").read_text())["step"]
 
 

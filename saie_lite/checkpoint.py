@@ -1,7 +1,8 @@
-"""Checkpoints: learner state + loop position + RNG, published atomically.
+"""Checkpoints: learner state + loop position, published atomically.
 
 Layout: ``RUN/checkpoints/step-000008/`` holds what the learner writes (adapter,
-optimizer, its RNG) plus ``state.json`` (step, batches done, Python RNG). The directory
+optimizer, step) plus ``state.json`` (step, batches done). No RNG state is stored: the
+loop reseeds every batch from (seed, position), which a resume reproduces exactly. The directory
 is written under a temporary name and renamed into place; ``RUN/checkpoints/latest``
 names the newest complete one. A kill at any moment leaves the last good one readable.
 """
@@ -9,7 +10,6 @@ names the newest complete one. A kill at any moment leaves the last good one rea
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +22,13 @@ from saie_lite.fsutil import atomic_publish_dir, atomic_write_text
 class LoopState:
     step: int = 0  # optimizer updates done
     batches_done: int = 0  # position in the schedule
-    py_rng: list | None = None
 
 
 def _ckpt_root(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def save(run_dir: Path, learner, state: LoopState, rng: random.Random, keep: int) -> Path:
+def save(run_dir: Path, learner, state: LoopState, keep: int) -> Path:
     root = _ckpt_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:06d}"
@@ -38,12 +37,7 @@ def save(run_dir: Path, learner, state: LoopState, rng: random.Random, keep: int
         shutil.rmtree(tmp)
     tmp.mkdir()
     learner.save(tmp)
-    py_state = rng.getstate()
-    payload = {
-        "step": state.step,
-        "batches_done": state.batches_done,
-        "py_rng": [py_state[0], list(py_state[1]), py_state[2]],
-    }
+    payload = {"step": state.step, "batches_done": state.batches_done}
     atomic_write_text(tmp / "state.json", json.dumps(payload))
     atomic_publish_dir(tmp, final)
     atomic_write_text(root / "latest", final.name + "\n")
@@ -62,7 +56,7 @@ def latest(run_dir: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
-def load(run_dir: Path, learner, rng: random.Random) -> LoopState:
+def load(run_dir: Path, learner) -> LoopState:
     path = latest(run_dir)
     if path is None:
         return LoopState()
@@ -71,6 +65,4 @@ def load(run_dir: Path, learner, rng: random.Random) -> LoopState:
         learner.load(path)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"checkpoint {path} is unreadable ({e}); delete it to resume from the one before") from None
-    v, internal, gauss = data["py_rng"]
-    rng.setstate((v, tuple(internal), gauss))
-    return LoopState(step=data["step"], batches_done=data["batches_done"], py_rng=data["py_rng"])
+    return LoopState(step=data["step"], batches_done=data["batches_done"])

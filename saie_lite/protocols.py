@@ -59,6 +59,10 @@ class Learner(Protocol):
         """Tokens the chat (plus a target turn) takes in this learner's template."""
         ...
 
+    def reseed(self, seed: int) -> None:
+        """Seed every RNG the backend draws from (sampling, dropout)."""
+        ...
+
     def train_step(self, sequences: list[TrainSequence]) -> StepStats:
         """One optimizer update on a batch; loss only on target tokens."""
         ...

@@ -137,8 +137,7 @@ def train(
     cb = callbacks or Callbacks()
     task = get_task(cfg.data.task)
     m, lc = cfg.method, cfg.learner
-    rng = random.Random(cfg.train.seed)
-    state = checkpoint.load(run_dir, learner, rng)
+    state = checkpoint.load(run_dir, learner)
     store.truncate_after(state.step)  # rows past the checkpoint are redone below
     batches = schedule(len(examples), cfg)
     bases = [task.learner_chat(e.question) for e in examples]
@@ -168,6 +167,11 @@ def train(
             status = "stopped"
             break
         batch = batches[b_index]
+        # Every batch reseeds from (seed, position): sampling, dropout and mix_plain draw
+        # the same numbers whether or not the run was stopped and resumed in between.
+        batch_seed = cfg.train.seed * 1_000_003 + b_index
+        learner.reseed(batch_seed)
+        rng = random.Random(batch_seed)
         step = state.step + 1
         t_before = dict(timer.t)
         rows: list[dict] = []
@@ -214,10 +218,10 @@ def train(
         store.add_step(step_row)
         cb.on_step({**step_row, "batches_done": state.batches_done, "total": len(batches)})
         if step % cfg.train.save_every == 0:
-            checkpoint.save(run_dir, learner, state, rng, cfg.train.keep_checkpoints)
+            checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
             last_saved = step
     if state.step != last_saved or checkpoint.latest(run_dir) is None:
-        checkpoint.save(run_dir, learner, state, rng, cfg.train.keep_checkpoints)
+        checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
     summary = {
         "status": status,
         "step": state.step,

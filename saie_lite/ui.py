@@ -101,6 +101,9 @@ class RichView(Callbacks):
             TimeRemainingColumn(),
             TextColumn("{task.fields[stats]}"),
             console=self.console,
+            # A step takes tens of seconds on a CPU; Rich's default 30 s window would
+            # leave too few samples to estimate the remaining time.
+            speed_estimate_period=3600,
         )
         self.task = None
         self.loss_avg: float | None = None

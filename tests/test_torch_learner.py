@@ -1,0 +1,117 @@
+"""The torch/PEFT learner on a tiny random llama built in the test (no download)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from saie_lite import config  # noqa: E402
+from saie_lite.backends import torch_peft  # noqa: E402
+from saie_lite.errors import UserError  # noqa: E402
+from saie_lite.protocols import TrainSequence  # noqa: E402
+
+
+def tiny_cfg(model_dir, **over):
+    return config.build(
+        overrides={
+            "learner.model": str(model_dir),
+            "learner.max_new_tokens": 8,
+            "learner.max_seq_len": 512,
+            "train.micro_batch_size": 2,
+            "train.lr": 0.01,
+            **over,
+        }
+    )
+
+
+CTX = [
+    {"role": "system", "content": "Solve it."},
+    {"role": "user", "content": "What is 2 + 3?"},
+    {"role": "assistant", "content": "It is 6.\n#### 6"},
+    {"role": "user", "content": "A discussion partner replied:\nCheck the sum."},
+]
+
+
+def test_only_target_tokens_carry_loss(tiny_model_dir):
+    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
+    ids, labels = learner.encode(TrainSequence(CTX, "2 + 3 = 5\n#### 5"))
+    assert len(ids) == len(labels)
+    trained = [t for t, lab in zip(ids, labels) if lab != torch_peft.IGNORE]
+    assert learner.tok.decode(trained).strip() == "2 + 3 = 5\n#### 5<|im_end|>"
+    first = labels.index(next(lab for lab in labels if lab != torch_peft.IGNORE))
+    # everything before the target (question, learner turn, remark) is masked
+    assert "Check the sum" in learner.tok.decode(ids[:first])
+    assert all(lab == torch_peft.IGNORE for lab in labels[:first])
+
+
+def test_masked_ce_sum_ignores_masked_positions():
+    logits = torch.randn(1, 4, 7)
+    labels = torch.tensor([[-100, -100, 3, 5]])
+    manual = torch.nn.functional.cross_entropy(logits[0, 1:3], torch.tensor([3, 5]), reduction="sum")
+    assert torch.allclose(torch_peft.masked_ce_sum(logits, labels), manual)
+    labels2 = torch.tensor([[-100, 1, 3, 5]])  # unmasking a context token changes the loss
+    assert not torch.allclose(torch_peft.masked_ce_sum(logits, labels2), manual)
+
+
+def test_accumulation_equals_full_batch(tiny_model_dir):
+    seqs = [TrainSequence(CTX, "2 + 3 = 5\n#### 5"), TrainSequence(CTX[:2], "5\n#### 5"),
+            TrainSequence(CTX[:2], "Five.\n#### 5")]
+    a = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"train.micro_batch_size": 1}))
+    b = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"train.micro_batch_size": 3}))
+    la, lb = a.train_step(seqs).loss, b.train_step(seqs).loss
+    assert la == pytest.approx(lb, rel=1e-5)
+    for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        if p.requires_grad:
+            assert torch.allclose(p, q, atol=1e-6), n
+
+
+def test_training_lowers_loss_and_only_adapters_change(tiny_model_dir):
+    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
+    frozen = {n: p.clone() for n, p in learner.model.named_parameters() if not p.requires_grad}
+    seqs = [TrainSequence(CTX, "2 + 3 = 5\n#### 5")] * 2
+    losses = [learner.train_step(seqs).loss for _ in range(6)]
+    assert losses[-1] < losses[0] * 0.9
+    assert all(torch.equal(p, frozen[n]) for n, p in learner.model.named_parameters() if n in frozen)
+    assert all(p.dtype == torch.float32 for p in learner.params)
+
+
+def test_batched_generation_matches_single(tiny_model_dir):
+    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
+    short = CTX[:2]
+    batch = learner.generate([CTX, short], 8)
+    assert batch[1] == learner.generate([short], 8)[0]
+    assert batch[0] == learner.generate([CTX], 8)[0]
+
+
+def test_save_load_roundtrip(tiny_model_dir, tmp_path):
+    a = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
+    a.train_step([TrainSequence(CTX, "#### 5")])
+    a.save(tmp_path)
+    b = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"train.seed": 7}))
+    b.load(tmp_path)
+    assert b.step == 1
+    sa = {n: p for n, p in a.model.named_parameters() if p.requires_grad}
+    for n, p in b.model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, sa[n]), n
+    assert b.opt.state_dict()["state"][0]["step"] == a.opt.state_dict()["state"][0]["step"]
+
+
+def test_missing_model_path_is_one_line():
+    with pytest.raises(UserError) as e:
+        torch_peft.resolve_model_path("./no/such/model")
+    assert str(e.value) == (
+        "learner model not found: ./no/such/model (give a local model directory, a hub id, or 'embedded')"
+    )
+
+
+def test_quantize_and_device_choices():
+    assert torch_peft.resolve_quantize("auto", "cuda") is True
+    assert torch_peft.resolve_quantize("auto", "cpu") is False
+    assert torch_peft.resolve_quantize("none", "cuda") is False
+    with pytest.raises(UserError, match="needs a CUDA GPU, this run is on cpu"):
+        torch_peft.resolve_quantize("4bit", "cpu")
+    assert torch_peft.resolve_dtype("auto", "cpu") == torch.float32
+    assert torch_peft.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    q = torch_peft.quantization_config()
+    assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
