@@ -67,9 +67,7 @@ class LlamaCppPartner:
         while size() > budget:
             longest = max(chat, key=lambda m: len(m["content"]))
             if len(longest["content"]) < 64:
-                raise UserError(
-                    f"partner prompt does not fit partner.n_ctx={self.n_ctx}: raise it"
-                )
+                raise UserError(f"partner prompt does not fit partner.n_ctx={self.n_ctx}: raise it")
             longest["content"] = longest["content"][: len(longest["content"]) * 3 // 4] + " [...]"
         return chat
 

@@ -27,7 +27,9 @@ class ScriptedLearner:
     def enqueue(self, *replies: str) -> None:
         self.queue.extend(replies)
 
-    def generate(self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
+    def generate(
+        self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
         out = [self.queue.popleft() if self.queue else self.default for _ in chats]
         self.history.append({"call": "generate", "chats": chats, "replies": out})
         return out
@@ -70,7 +72,9 @@ class ScriptedPartner:
                 out.append(self.queue.popleft())
             else:
                 critical = "critical" in chat[0]["content"]
-                out.append("Are you sure? Check each step." if critical else "Well done, that is right.")
+                out.append(
+                    "Are you sure? Check each step." if critical else "Well done, that is right."
+                )
         self.history.append({"call": "remark", "chats": chats, "replies": out})
         return out
 

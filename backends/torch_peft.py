@@ -97,7 +97,9 @@ def ensure_embedded_learner() -> Path:
     try:
         import gguf as _  # noqa: F401  (transformers needs it to read GGUF)
     except ModuleNotFoundError:
-        raise UserError("reading the embedded GGUF needs the 'gguf' package: pip install gguf") from None
+        raise UserError(
+            "reading the embedded GGUF needs the 'gguf' package: pip install gguf"
+        ) from None
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
@@ -181,7 +183,9 @@ class TorchLearner:
         )
         self.step = 0
         end = self.tok.convert_tokens_to_ids("<|im_end|>")
-        self.stop_ids = sorted({i for i in (self.tok.eos_token_id, end) if isinstance(i, int) and i >= 0})
+        self.stop_ids = sorted(
+            {i for i in (self.tok.eos_token_id, end) if isinstance(i, int) and i >= 0}
+        )
 
     # -- tokenisation -------------------------------------------------------------
     def _render(self, chat: Chat, generation_prompt: bool) -> str:
@@ -214,7 +218,9 @@ class TorchLearner:
 
     # -- generation ---------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0) -> list[str]:
+    def generate(
+        self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
         self.model.eval()
         prompts = [self._ids(self._render(c, True)) for c in chats]
         width = max(len(p) for p in prompts)
@@ -247,8 +253,12 @@ class TorchLearner:
         width = max(len(i) for i, _ in items)
         pad = self.tok.pad_token_id
         ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in items], device=self.device)
-        labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in items], device=self.device)
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in items], device=self.device)
+        labels = torch.tensor(
+            [lab + [IGNORE] * (width - len(lab)) for _, lab in items], device=self.device
+        )
+        mask = torch.tensor(
+            [[1] * len(i) + [0] * (width - len(i)) for i, _ in items], device=self.device
+        )
         return ids, labels, mask
 
     def train_step(self, sequences: list[TrainSequence]) -> StepStats:
@@ -286,11 +296,16 @@ class TorchLearner:
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.model).items()}
+        state = {
+            k: v.detach().cpu().contiguous()
+            for k, v in get_peft_model_state_dict(self.model).items()
+        }
         save_file(state, str(d / "adapter_model.safetensors"))
         self.model.peft_config["default"].save_pretrained(str(d))
         torch.save(self.opt.state_dict(), d / "optimizer.pt")
-        (d / "learner.json").write_text(json.dumps({"step": self.step, "model": self.cfg.learner.model}))
+        (d / "learner.json").write_text(
+            json.dumps({"step": self.step, "model": self.cfg.learner.model})
+        )
 
     def load(self, directory: Path) -> None:
         from peft import set_peft_model_state_dict

@@ -64,5 +64,7 @@ def load(run_dir: Path, learner) -> LoopState:
         data = json.loads((path / "state.json").read_text())
         learner.load(path)
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"checkpoint {path} is unreadable ({e}); delete it to resume from the one before") from None
+        raise UserError(
+            f"checkpoint {path} is unreadable ({e}); delete it to resume from the one before"
+        ) from None
     return LoopState(step=data["step"], batches_done=data["batches_done"])

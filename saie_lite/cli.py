@@ -7,7 +7,6 @@ so that ``saie-lite --help`` answers at once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -27,21 +26,25 @@ def fail(message: str) -> None:
 
 @app.command()
 def train(
-    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="YAML recipe (see recipes/)"),
-    mode: Optional[str] = typer.Option(None, help="sft | saie | saie-support | saie-adversarial"),
-    backend: Optional[str] = typer.Option(None, help="learner backend: torch | scripted | ..."),
-    model: Optional[str] = typer.Option(None, help="learner: hub id, local dir, or 'embedded'"),
-    partner: Optional[str] = typer.Option(None, help="partner backend: llama_cpp | self | ..."),
-    partner_model: Optional[str] = typer.Option(None, help="partner GGUF path, or 'embedded'"),
-    data: Optional[str] = typer.Option(None, help="hub name, .jsonl/.parquet path, or 'bundled'"),
-    limit: Optional[int] = typer.Option(None, help="use N examples (0 = all)"),
-    rounds: Optional[int] = typer.Option(None, help="discussion rounds"),
-    max_steps: Optional[int] = typer.Option(None, help="stop after N updates"),
-    run_dir: Optional[Path] = typer.Option(None, help="where to write the run"),
-    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory"),
-    live: Optional[str] = typer.Option(None, help="auto | rich | plain | quiet"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="scripted models: check config, data and view"),
-    set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value (repeatable)"),
+    recipe: Path | None = typer.Option(None, "--recipe", "-r", help="YAML recipe (see recipes/)"),
+    mode: str | None = typer.Option(None, help="sft | saie | saie-support | saie-adversarial"),
+    backend: str | None = typer.Option(None, help="learner backend: torch | scripted | ..."),
+    model: str | None = typer.Option(None, help="learner: hub id, local dir, or 'embedded'"),
+    partner: str | None = typer.Option(None, help="partner backend: llama_cpp | self | ..."),
+    partner_model: str | None = typer.Option(None, help="partner GGUF path, or 'embedded'"),
+    data: str | None = typer.Option(None, help="hub name, .jsonl/.parquet path, or 'bundled'"),
+    limit: int | None = typer.Option(None, help="use N examples (0 = all)"),
+    rounds: int | None = typer.Option(None, help="discussion rounds"),
+    max_steps: int | None = typer.Option(None, help="stop after N updates"),
+    run_dir: Path | None = typer.Option(None, help="where to write the run"),
+    resume: Path | None = typer.Option(None, help="continue the run in this directory"),
+    live: str | None = typer.Option(None, help="auto | rich | plain | quiet"),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="scripted models: check config, data and view"
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="any config key: section.key=value (repeatable)"
+    ),
 ) -> None:
     """Train a learner with SAIE: warm-up, then discussion rounds with a partner."""
     from saie_lite import config as config_mod

@@ -123,7 +123,9 @@ class MethodConfig:
             "method.target 'rationalized' is for tasks without reference rationales; "
             "gsm8k has them, use 'reference'",
         )
-        _check(self.context_policy in ("truncate", "skip"), "method.context_policy: truncate | skip")
+        _check(
+            self.context_policy in ("truncate", "skip"), "method.context_policy: truncate | skip"
+        )
 
 
 @dataclass

@@ -92,7 +92,11 @@ def choose_target(example: Example, revision: str | None, correct: bool, policy:
 
 
 def mix_plain_sequences(
-    examples: list[Example], bases: list[Chat], fraction: float, n_discussion: int, rng: random.Random
+    examples: list[Example],
+    bases: list[Chat],
+    fraction: float,
+    n_discussion: int,
+    rng: random.Random,
 ) -> list[TrainSequence]:
     """Plain question->reference samples added to a discussion batch (``mix_plain``)."""
     n = round(fraction * n_discussion)

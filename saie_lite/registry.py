@@ -8,8 +8,9 @@ uses, so nothing here knows any backend by name. ``register_*`` adds one at run 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 from saie_lite.errors import UserError
 

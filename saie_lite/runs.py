@@ -28,7 +28,9 @@ def new_run_dir(cfg: Config) -> Path:
 def saved_config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise UserError(f"cannot resume: {run_dir} has no config.yaml (is it a saie-lite run directory?)")
+        raise UserError(
+            f"cannot resume: {run_dir} has no config.yaml (is it a saie-lite run directory?)"
+        )
     return config_mod.load_yaml(path)
 
 
@@ -83,9 +85,7 @@ class StopFlag:
         signal.signal(signal.SIGINT, self._old)
 
 
-def start_training(
-    cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
-) -> dict:
+def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view) -> dict:
     from saie_lite.checkpoint import latest
     from saie_lite.store import Store
     from saie_lite.train import train
@@ -104,7 +104,9 @@ def start_training(
     learner, partner = build_backends(cfg, dry_run)
     store = Store(run_dir / "saie.sqlite")
     try:
-        with StopFlag(lambda: view.on_event("stopping after this step (Ctrl-C again aborts)")) as flag:
+        with StopFlag(
+            lambda: view.on_event("stopping after this step (Ctrl-C again aborts)")
+        ) as flag:
             return train(cfg, learner, partner, examples, store, run_dir, view, flag)
     finally:
         store.close()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from saie_lite import checkpoint
 from saie_lite.config import Config
@@ -91,7 +91,12 @@ def get_remarks(
 
 
 def fit_history(
-    learner: Learner, base: Chat, history: list[str], target: str, budget: int, limit: int,
+    learner: Learner,
+    base: Chat,
+    history: list[str],
+    target: str,
+    budget: int,
+    limit: int,
     policy: str,
 ) -> tuple[list[str] | None, bool]:
     """Make the discussion fit ``limit`` tokens, both for generating a reply of ``budget``
@@ -136,7 +141,7 @@ def train(
     """
     cb = callbacks or Callbacks()
     task = get_task(cfg.data.task)
-    m, lc = cfg.method, cfg.learner
+    m = cfg.method
     state = checkpoint.load(run_dir, learner)
     store.truncate_after(state.step)  # rows past the checkpoint are redone below
     batches = schedule(len(examples), cfg)
@@ -178,17 +183,17 @@ def train(
         exs = [examples[i] for i in batch.indices]
         exs_bases = [bases[i] for i in batch.indices]
 
-        def row(ex: Example, **kw) -> dict:
-            return {"step": step, "phase": batch.phase, "round": batch.round, "example_id": ex.id, **kw}
-
+        meta = {"step": step, "phase": batch.phase, "round": batch.round}
         if batch.phase == "warmup" or not m.stances:
             sequences = [plain_sequence(b, e) for b, e in zip(exs_bases, exs)]
             for ex, seq in zip(exs, sequences):
-                rows.append(row(ex, turn=0, role="target", prompt=seq.context, text=seq.target))
+                rows.append(
+                    turn_row(meta, ex, turn=0, role="target", prompt=seq.context, text=seq.target)
+                )
                 cb.on_exchange({"phase": batch.phase, "example": ex, "target": seq.target})
         else:
             sequences = discussion_batch(
-                cfg, learner, partner, store, exs, exs_bases, timer, rows, row, note, cb
+                cfg, learner, partner, store, exs, exs_bases, timer, rows, meta, note, cb
             )
             sequences += mix_plain_sequences(examples, bases, m.mix_plain, len(sequences), rng)
         if not sequences:
@@ -234,8 +239,18 @@ def train(
     return summary
 
 
-def discussion_batch(cfg, learner, partner, store, exs, bases, timer, rows, row, note, cb) -> list[TrainSequence]:
-    """One discussion batch: on-policy answers, remarks per stance, training sequences."""
+def turn_row(meta: dict, ex: Example, **kw) -> dict:
+    """A ``turns`` table row: the batch's step/phase/round plus this turn's fields."""
+    return {**meta, "example_id": ex.id, **kw}
+
+
+def discussion_batch(
+    cfg, learner, partner, store, exs, bases, timer, rows, meta, note, cb
+) -> list[TrainSequence]:
+    """One discussion batch: on-policy answers, remarks per stance, training sequences.
+
+    Appends every turn to ``rows`` (written to the store once the update succeeds).
+    """
     task = get_task(cfg.data.task)
     m, lc = cfg.method, cfg.learner
     limit = lc.max_seq_len
@@ -246,35 +261,61 @@ def discussion_batch(cfg, learner, partner, store, exs, bases, timer, rows, row,
     per = timer.add("generate", t0) / max(1, len(exs))
     ok0 = [task.is_correct(a, e.answer) for a, e in zip(a0, exs)]
     for ex, base, a, ok in zip(exs, bases, a0, ok0):
-        rows.append(row(ex, turn=0, role="learner", prompt=base, text=a, correct=int(ok), seconds=per))
+        rows.append(
+            turn_row(
+                meta, ex, turn=0, role="learner", prompt=base, text=a, correct=int(ok), seconds=per
+            )
+        )
     branches = [
         Branch(ex, stance, base, [a]) for ex, base, a in zip(exs, bases, a0) for stance in m.stances
     ]
     sequences: list[TrainSequence] = []
     for turn in range(1, m.turns + 1):
         # 2. The partner remarks on each branch's latest learner answer (cached).
-        chats = [partner_chat(b.example, b.history, b.stance, m.partner_sees_reference) for b in branches]
+        chats = [
+            partner_chat(b.example, b.history, b.stance, m.partner_sees_reference) for b in branches
+        ]
         t0 = time.perf_counter()
         remarks, cached = get_remarks(partner, store, chats, cfg.partner.max_tokens)
         per = timer.add("remark", t0) / max(1, len(chats))
         for b, chat, text, hit in zip(branches, chats, remarks, cached):
             b.history.append(text)
             rows.append(
-                row(b.example, turn=turn, role="partner", stance=b.stance, prompt=chat, text=text,
-                    cached=int(hit), seconds=0.0 if hit else per)
+                turn_row(
+                    meta,
+                    b.example,
+                    turn=turn,
+                    role="partner",
+                    stance=b.stance,
+                    prompt=chat,
+                    text=text,
+                    cached=int(hit),
+                    seconds=0.0 if hit else per,
+                )
             )
         # 3. Context check before any generation or update: clip or skip, and say so.
         kept = []
         for b in branches:
             hist, clipped = fit_history(
-                learner, b.base, b.history, b.example.reference, lc.max_new_tokens, limit,
+                learner,
+                b.base,
+                b.history,
+                b.example.reference,
+                lc.max_new_tokens,
+                limit,
                 m.context_policy,
             )
             if hist is None:
-                note("context", f"{b.example.id} turn {turn} ({b.stance}): over max_seq_len={limit}, skipped")
+                note(
+                    "context",
+                    f"{b.example.id} turn {turn} ({b.stance}): over max_seq_len={limit}, skipped",
+                )
                 continue
             if clipped:
-                note("context", f"{b.example.id} turn {turn} ({b.stance}): turns clipped to fit max_seq_len={limit}")
+                note(
+                    "context",
+                    f"{b.example.id} turn {turn} ({b.stance}): turns clipped to fit max_seq_len={limit}",
+                )
             b.history = hist
             kept.append(b)
         branches = kept
@@ -290,14 +331,33 @@ def discussion_batch(cfg, learner, partner, store, exs, bases, timer, rows, row,
             for b, ctx, rev in zip(branches, contexts, revisions):
                 ok = task.is_correct(rev, b.example.answer)
                 rows.append(
-                    row(b.example, turn=turn, role="learner", stance=b.stance, prompt=ctx, text=rev,
-                        correct=int(ok), seconds=per)
+                    turn_row(
+                        meta,
+                        b.example,
+                        turn=turn,
+                        role="learner",
+                        stance=b.stance,
+                        prompt=ctx,
+                        text=rev,
+                        correct=int(ok),
+                        seconds=per,
+                    )
                 )
         for b, ctx, rev in zip(branches, contexts, revisions):
             ok = rev is not None and task.is_correct(rev, b.example.answer)
             target = choose_target(b.example, rev, ok, m.target)
             sequences.append(TrainSequence(context=ctx, target=target, kind=b.stance))
-            rows.append(row(b.example, turn=turn, role="target", stance=b.stance, prompt=ctx, text=target))
+            rows.append(
+                turn_row(
+                    meta,
+                    b.example,
+                    turn=turn,
+                    role="target",
+                    stance=b.stance,
+                    prompt=ctx,
+                    text=target,
+                )
+            )
         if turn < m.turns:
             for b, rev in zip(branches, revisions):
                 b.history.append(rev or "")

@@ -48,7 +48,9 @@ class PlainView(Callbacks):
             mark = "RIGHT" if ex["correct"] else "WRONG"
             self._p(f"[{e.id}] learner ({mark}): {_short(ex['answer'], 160)!r}")
             for stance, text, cached in ex["remarks"]:
-                self._p(f"[{e.id}] partner {stance}{' (cached)' if cached else ''}: {_short(text, 160)!r}")
+                self._p(
+                    f"[{e.id}] partner {stance}{' (cached)' if cached else ''}: {_short(text, 160)!r}"
+                )
         else:
             self._p(f"[{e.id}] {ex['phase']} target: {_short(ex['target'], 100)!r}")
 
@@ -139,7 +141,9 @@ class RichView(Callbacks):
             body.append(_short(ex["answer"]) + "\n")
             for stance, text, cached in ex["remarks"]:
                 style = STANCE_STYLE.get(stance, "yellow")
-                body.append(f"partner {stance}{' (cached)' if cached else ''}  ", style=f"bold {style}")
+                body.append(
+                    f"partner {stance}{' (cached)' if cached else ''}  ", style=f"bold {style}"
+                )
                 body.append(_short(text, 300) + "\n", style=style)
         body.append("target  ", style="bold cyan")
         body.append(_short(ex["target"], 200), style="cyan")
@@ -150,8 +154,12 @@ class RichView(Callbacks):
         loss = row["loss"]
         self.loss_avg = loss if self.loss_avg is None else 0.8 * self.loss_avg + 0.2 * loss
         stats = f"loss {loss:.3f} (avg {self.loss_avg:.3f})  {_split(row)}"
-        self.progress.update(self.task, completed=row["batches_done"], stats=stats,
-                             description=f"{row['phase']} r{row['round']}")
+        self.progress.update(
+            self.task,
+            completed=row["batches_done"],
+            stats=stats,
+            description=f"{row['phase']} r{row['round']}",
+        )
 
     def on_event(self, message: str) -> None:
         from rich.markup import escape

@@ -29,7 +29,9 @@ def saie_home(tmp_path_factory):
 
 @pytest.fixture
 def gsm8k_rows():
-    return [json.loads(line) for line in bundled_data("gsm8k_sample.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line) for line in bundled_data("gsm8k_sample.jsonl").read_text().splitlines()
+    ]
 
 
 CHATML = (
@@ -56,21 +58,32 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=600,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         bos_token="<|im_start|>",
     )
     fast.chat_template = CHATML
     fast.save_pretrained(out)
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-        eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
-        bos_token_id=fast.bos_token_id, tie_word_embeddings=True,
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=fast.bos_token_id,
+        tie_word_embeddings=True,
     )
     LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
     return out

@@ -31,7 +31,9 @@ def test_unknown_key_lists_valid_keys(tmp_path):
 
 
 def test_unknown_section(tmp_path):
-    with pytest.raises(UserError, match="unknown section 'trainer'.*valid sections: learner, partner"):
+    with pytest.raises(
+        UserError, match="unknown section 'trainer'.*valid sections: learner, partner"
+    ):
         config.build(overrides={"trainer.lr": 1})
 
 

@@ -27,7 +27,12 @@ def test_extraction(text, strict, flexible):
 
 def test_score_no_number_is_wrong():
     s = gsm8k.score("no idea", "5")
-    assert (s.strict, s.flexible, s.strict_correct, s.flexible_correct) == (None, None, False, False)
+    assert (s.strict, s.flexible, s.strict_correct, s.flexible_correct) == (
+        None,
+        None,
+        False,
+        False,
+    )
     s = gsm8k.score("5 apples then 6", "6")
     assert not s.strict_correct and s.flexible_correct
 
@@ -73,7 +78,10 @@ def test_load_bundled_sample():
 def test_load_missing_file_is_one_line():
     with pytest.raises(UserError) as e:
         gsm8k.load("./nope/train.jsonl")
-    assert str(e.value) == "data file not found: nope/train.jsonl (give a .jsonl/.parquet file or a hub name)"
+    assert (
+        str(e.value)
+        == "data file not found: nope/train.jsonl (give a .jsonl/.parquet file or a hub name)"
+    )
 
 
 def test_load_file_without_usable_rows(tmp_path):

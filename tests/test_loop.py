@@ -1,9 +1,9 @@
 """The loop with scripted learner and partner: what is sent, trained, stored, resumed."""
 
 import pytest
+from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner
 
 from saie_lite import checkpoint, config
-from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner
 from saie_lite.store import Store
 from saie_lite.tasks import gsm8k
 from saie_lite.train import schedule, train
@@ -40,7 +40,9 @@ def test_modes_same_updates_different_sequences(mode, per_example, examples, tmp
     disc = steps[1:]
     assert all(len(s["sequences"]) == 2 * per_example for s in disc)
     kinds = {seq.kind for s in disc for seq in s["sequences"]}
-    assert kinds == ({"plain"} if mode == "sft" else set(make_cfg(**{"method.mode": mode}).method.stances))
+    assert kinds == (
+        {"plain"} if mode == "sft" else set(make_cfg(**{"method.mode": mode}).method.stances)
+    )
     asked = sum(len(h["chats"]) for h in partner.history)
     assert asked == (0 if mode == "sft" else 8 * per_example)
 
@@ -54,7 +56,9 @@ def test_discussion_sequence_masks_context_and_targets_reference(examples, tmp_p
     assert roles == ["system", "user", "assistant", "user"]
     assert seq.context[2]["content"] == "I think 1.\n#### 1"
     assert "Well done" in seq.context[3]["content"] or "Are you sure" in seq.context[3]["content"]
-    assert seq.target.endswith("#### " + next(e.answer for e in examples if e.question == seq.context[1]["content"]))
+    assert seq.target.endswith(
+        "#### " + next(e.answer for e in examples if e.question == seq.context[1]["content"])
+    )
 
 
 def test_store_holds_every_turn(examples, tmp_path):
@@ -113,9 +117,15 @@ def test_context_policy_skip_and_truncate(examples, tmp_path):
         d = tmp_path / policy
         d.mkdir()
         learner = ScriptedLearner(default=long_answer)
-        cfg = make_cfg(**{"method.context_policy": policy, "learner.max_seq_len": 400,
-                          "learner.max_new_tokens": 50, "train.max_steps": 2,
-                          "method.mode": "saie-support"})
+        cfg = make_cfg(
+            **{
+                "method.context_policy": policy,
+                "learner.max_seq_len": 400,
+                "learner.max_new_tokens": 50,
+                "train.max_steps": 2,
+                "method.mode": "saie-support",
+            }
+        )
         run(cfg, examples, d, learner)
         steps = [h for h in learner.history if h["call"] == "train_step"]
         assert len(steps[1:]) == (0 if policy == "skip" else 1)

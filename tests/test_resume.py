@@ -6,10 +6,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from safetensors.torch import load_file  # noqa: E402
-
-from saie_lite import checkpoint, config  # noqa: E402
 from saie_lite.backends.scripted import ScriptedPartner  # noqa: E402
 from saie_lite.backends.torch_peft import TorchLearner  # noqa: E402
+
+from saie_lite import checkpoint, config  # noqa: E402
 from saie_lite.store import Store  # noqa: E402
 from saie_lite.tasks import gsm8k  # noqa: E402
 from saie_lite.train import train  # noqa: E402
@@ -68,6 +68,8 @@ def test_resumed_run_matches_uninterrupted(tiny_model_dir, tmp_path):
     rows = []
     for d in (full, part):
         s = Store(d / "saie.sqlite")
-        rows.append(s.db.execute("SELECT step, role, stance, text FROM turns ORDER BY step, id").fetchall())
+        rows.append(
+            s.db.execute("SELECT step, role, stance, text FROM turns ORDER BY step, id").fetchall()
+        )
         s.close()
     assert rows[0] == rows[1]

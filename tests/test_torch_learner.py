@@ -5,8 +5,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from saie_lite import config  # noqa: E402
 from saie_lite.backends import torch_peft  # noqa: E402
+
+from saie_lite import config  # noqa: E402
 from saie_lite.errors import UserError  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 
@@ -47,15 +48,20 @@ def test_only_target_tokens_carry_loss(tiny_model_dir):
 def test_masked_ce_sum_ignores_masked_positions():
     logits = torch.randn(1, 4, 7)
     labels = torch.tensor([[-100, -100, 3, 5]])
-    manual = torch.nn.functional.cross_entropy(logits[0, 1:3], torch.tensor([3, 5]), reduction="sum")
+    manual = torch.nn.functional.cross_entropy(
+        logits[0, 1:3], torch.tensor([3, 5]), reduction="sum"
+    )
     assert torch.allclose(torch_peft.masked_ce_sum(logits, labels), manual)
     labels2 = torch.tensor([[-100, 1, 3, 5]])  # unmasking a context token changes the loss
     assert not torch.allclose(torch_peft.masked_ce_sum(logits, labels2), manual)
 
 
 def test_accumulation_equals_full_batch(tiny_model_dir):
-    seqs = [TrainSequence(CTX, "2 + 3 = 5\n#### 5"), TrainSequence(CTX[:2], "5\n#### 5"),
-            TrainSequence(CTX[:2], "Five.\n#### 5")]
+    seqs = [
+        TrainSequence(CTX, "2 + 3 = 5\n#### 5"),
+        TrainSequence(CTX[:2], "5\n#### 5"),
+        TrainSequence(CTX[:2], "Five.\n#### 5"),
+    ]
     a = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"train.micro_batch_size": 1}))
     b = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"train.micro_batch_size": 3}))
     la, lb = a.train_step(seqs).loss, b.train_step(seqs).loss
@@ -71,7 +77,9 @@ def test_training_lowers_loss_and_only_adapters_change(tiny_model_dir):
     seqs = [TrainSequence(CTX, "2 + 3 = 5\n#### 5")] * 2
     losses = [learner.train_step(seqs).loss for _ in range(6)]
     assert losses[-1] < losses[0] * 0.9
-    assert all(torch.equal(p, frozen[n]) for n, p in learner.model.named_parameters() if n in frozen)
+    assert all(
+        torch.equal(p, frozen[n]) for n, p in learner.model.named_parameters() if n in frozen
+    )
     assert all(p.dtype == torch.float32 for p in learner.params)
 
 

@@ -108,7 +108,9 @@ def load_rows(path: str, split: str = "train") -> list[dict]:
     try:
         if looks_local:
             if not p.is_file():
-                raise UserError(f"data file not found: {p} (give a .jsonl/.parquet file or a hub name)")
+                raise UserError(
+                    f"data file not found: {p} (give a .jsonl/.parquet file or a hub name)"
+                )
             kind = "parquet" if p.suffix == ".parquet" else "json"
             ds = datasets.load_dataset(kind, data_files=str(p), split="train")
         else:

@@ -1,0 +1,159 @@
+"""The command line: fast help, dry runs, and one clear line for every bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from saie_lite.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+def test_help_imports_no_heavy_library():
+    code = (
+        "import sys; from saie_lite.cli import app; "
+        "print([m for m in ('torch', 'transformers', 'datasets', 'llama_cpp', 'peft') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    r = invoke("train", "--help")
+    assert r.exit_code == 0 and "--resume" in r.output and "--dry-run" in r.output
+
+
+def test_dry_run_writes_run_dir(tmp_path):
+    run = tmp_path / "run"
+    r = invoke(
+        "train",
+        "--dry-run",
+        "--limit",
+        "6",
+        "--live",
+        "plain",
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.batch_size=2",
+    )
+    assert r.exit_code == 0, r.output
+    assert "partner supportive" in r.output and "partner adversarial" in r.output
+    assert "finished: 4 updates" in r.output
+    assert (run / "config.yaml").is_file() and (run / "saie.sqlite").is_file()
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000004"
+    # a second start in the same directory refuses instead of overwriting
+    r = invoke("train", "--dry-run", "--limit", "6", "--run-dir", str(run))
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"error: {run} already holds a run: resume it with --resume {run} or pick another --run-dir"
+    )
+    # resuming a finished run is a no-op that still succeeds
+    r = invoke("train", "--dry-run", "--resume", str(run), "--live", "plain")
+    assert r.exit_code == 0 and "finished: 4 updates" in r.output
+
+
+def test_bad_recipe_key_is_one_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method:\n  stance: adversarial\n")
+    r = invoke("train", "--dry-run", "--recipe", str(recipe))
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"error: config: unknown key method.stance (in {recipe}); valid keys: mode, "
+        "warmup_fraction, rounds, turns, partner_sees_reference, target, mix_plain, context_policy"
+    )
+
+
+def test_missing_recipe_is_one_line(tmp_path):
+    r = invoke("train", "--recipe", str(tmp_path / "nope.yaml"))
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"error: recipe not found: {tmp_path / 'nope.yaml'} (give a YAML file, e.g. recipes/quickstart.yaml)"
+    )
+
+
+def test_malformed_rows_reported_not_fatal(tmp_path):
+    data = tmp_path / "d.jsonl"
+    good = {"question": "What is 1+1?", "answer": "1+1=2\n#### 2"}
+    rows = [good, {"question": "x"}, {"question": "y", "answer": "no number"}, good, good, good]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    r = invoke(
+        "train",
+        "--dry-run",
+        "--data",
+        str(data),
+        "--live",
+        "plain",
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
+    assert r.exit_code == 0, r.output
+    assert (
+        "note: skipped 2 malformed data rows (1 answer has no '#### N', 1 missing answer)"
+        in r.output
+    )
+
+
+def test_missing_partner_model_is_one_line(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from saie_lite.backends.llama_cpp import resolve_gguf
+
+    from saie_lite import config
+    from saie_lite.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        resolve_gguf(str(tmp_path / "p.gguf"))
+    assert str(e.value) == (
+        f"partner model file not found: {tmp_path / 'p.gguf'} (give a .gguf path with "
+        "--partner-model, or 'embedded')"
+    )
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all")
+    r = invoke(
+        "train",
+        "--partner-model",
+        str(bad),
+        "--backend",
+        "scripted",
+        "--limit",
+        "4",
+        "--run-dir",
+        str(tmp_path / "run"),
+    )
+    assert r.exit_code == 2
+    assert (
+        r.output.strip()
+        == f"error: partner model {bad} is not a GGUF file (its header lacks 'GGUF')"
+    )
+    assert config  # imported for its side effect of validating the schema
+
+
+def test_unknown_backend_lists_available(tmp_path):
+    r = invoke("train", "--backend", "tpu", "--run-dir", str(tmp_path / "r"))
+    assert r.exit_code == 2
+    assert r.output.strip().startswith("error: unknown learner backend 'tpu'; available: ")
+    assert "scripted" in r.output and "torch" in r.output
+
+
+def test_missing_learner_model_is_one_line(tmp_path):
+    pytest.importorskip("torch")
+    r = invoke(
+        "train",
+        "--model",
+        "./missing-model",
+        "--partner",
+        "scripted",
+        "--limit",
+        "4",
+        "--run-dir",
+        str(tmp_path / "r"),
+    )
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        "error: learner model not found: ./missing-model (give a local model directory, a hub id, "
+        "or 'embedded')"
+    )
