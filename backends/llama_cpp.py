@@ -40,6 +40,9 @@ class LlamaCppPartner:
         path = resolve_gguf(pc.model)
         self.temperature = pc.temperature
         self.n_ctx = pc.n_ctx
+        self.seed = pc.seed
+        self.calls = 0
+        self.tokens_generated = 0
         self.name = f"llama_cpp:{path.name}:t{pc.temperature}:s{pc.seed}"
         try:
             self.llm = Llama(
@@ -71,17 +74,47 @@ class LlamaCppPartner:
             longest["content"] = longest["content"][: len(longest["content"]) * 3 // 4] + " [...]"
         return chat
 
+    def _params(self, max_tokens: int, temperature: float | None) -> dict:
+        t = self.temperature if temperature is None else temperature
+        # A fresh seed per call would make sampled runs irreproducible; a fixed one per
+        # partner, advanced per call, keeps them reproducible and still varied.
+        self.calls += 1
+        return {
+            "max_tokens": max_tokens,
+            "temperature": t,
+            "top_k": 1 if t == 0 else 40,
+            "seed": self.seed + self.calls,
+        }
+
     def remark(self, chats: list[Chat], max_tokens: int) -> list[str]:
+        return self.generate(chats, max_tokens, None)
+
+    def generate(
+        self, chats: list[Chat], max_new_tokens: int, temperature: float | None = 0.0
+    ) -> list[str]:
+        """One reply per chat; the partner doubles as a debate agent this way."""
         out = []
         for chat in chats:
             reply = self.llm.create_chat_completion(
-                messages=self._fit(chat, max_tokens),
-                max_tokens=max_tokens,
-                temperature=self.temperature,
-                top_k=1 if self.temperature == 0 else 40,
+                messages=self._fit(chat, max_new_tokens),
+                **self._params(max_new_tokens, temperature),
             )
+            self.tokens_generated += reply.get("usage", {}).get("completion_tokens", 0)
             out.append((reply["choices"][0]["message"]["content"] or "").strip())
         return out
+
+    def stream(self, chat: Chat, max_new_tokens: int, temperature: float | None = 0.0):
+        """Yield the reply piece by piece (for the live debate view)."""
+        pieces = self.llm.create_chat_completion(
+            messages=self._fit(chat, max_new_tokens),
+            stream=True,
+            **self._params(max_new_tokens, temperature),
+        )
+        for chunk in pieces:
+            delta = chunk["choices"][0].get("delta", {}).get("content")
+            if delta:
+                self.tokens_generated += 1
+                yield delta
 
 
 def create_partner(cfg, learner=None) -> LlamaCppPartner:

@@ -23,6 +23,7 @@ class ScriptedLearner:
         self.queue: deque[str] = deque()
         self.history: list[dict] = []
         self.step = 0
+        self.tokens_generated = 0
 
     def enqueue(self, *replies: str) -> None:
         self.queue.extend(replies)
@@ -32,6 +33,7 @@ class ScriptedLearner:
     ) -> list[str]:
         out = [self.queue.popleft() if self.queue else self.default for _ in chats]
         self.history.append({"call": "generate", "chats": chats, "replies": out})
+        self.tokens_generated += sum(len(o.split()) for o in out)
         return out
 
     def count_tokens(self, chat: Chat, target: str = "") -> int:
@@ -52,6 +54,9 @@ class ScriptedLearner:
 
     def load(self, directory: Path) -> None:
         self.step = json.loads((Path(directory) / "scripted.json").read_text())["step"]
+
+    def load_adapter(self, directory: Path) -> None:
+        self.load(directory)
 
 
 class ScriptedPartner:

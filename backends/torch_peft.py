@@ -182,6 +182,7 @@ class TorchLearner:
             self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         self.step = 0
+        self.tokens_generated = 0
         end = self.tok.convert_tokens_to_ids("<|im_end|>")
         self.stop_ids = sorted(
             {i for i in (self.tok.eos_token_id, end) if isinstance(i, int) and i >= 0}
@@ -307,14 +308,21 @@ class TorchLearner:
             json.dumps({"step": self.step, "model": self.cfg.learner.model})
         )
 
-    def load(self, directory: Path) -> None:
+    def load_adapter(self, directory: Path) -> None:
+        """Adapter weights only (for evaluation and debate)."""
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        d = Path(directory)
-        set_peft_model_state_dict(self.model, load_file(str(d / "adapter_model.safetensors")))
+        path = Path(directory) / "adapter_model.safetensors"
+        if not path.is_file():
+            raise UserError(f"no adapter in {directory}: expected {path.name} (a run checkpoint)")
+        set_peft_model_state_dict(self.model, load_file(str(path)))
         for p in self.params:  # keep adapters float32 after loading
             p.data = p.data.float()
+
+    def load(self, directory: Path) -> None:
+        d = Path(directory)
+        self.load_adapter(d)
         self.opt.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
         self.step = json.loads((d / "learner.json").read_text())["step"]
 

@@ -84,6 +84,194 @@ def train(
         raise typer.Exit(130)
 
 
+def _eval_cfg(
+    task,
+    data,
+    split,
+    limit,
+    model,
+    backend,
+    strategy,
+    k,
+    rounds,
+    agents,
+    temperature,
+    scoring,
+    max_new_tokens,
+    batch_size,
+    set_,
+):
+    from saie_lite import config as config_mod
+
+    flags = {
+        "data.task": task,
+        "data.path": data,
+        "data.split": split,
+        "data.limit": limit,
+        "learner.model": model,
+        "learner.backend": backend,
+        "eval.strategy": strategy,
+        "eval.k": k,
+        "eval.rounds": rounds,
+        "eval.agents": agents,
+        "eval.temperature": temperature,
+        "eval.scoring": scoring,
+        "eval.max_new_tokens": max_new_tokens,
+        "eval.batch_size": batch_size,
+    }
+    return config_mod.build(None, {**config_mod.parse_sets(set_), **flags})
+
+
+@app.command("eval")
+def eval_(
+    task: str = typer.Option("gsm8k", help="gsm8k | commonsense_qa | mmlu"),
+    data: str | None = typer.Option(None, help="hub name, .jsonl/.parquet path, or 'bundled'"),
+    split: str | None = typer.Option(None, help="hub split; local files: dev | nodev | all"),
+    limit: int | None = typer.Option(None, help="evaluate N items (0 = all)"),
+    model: str | None = typer.Option(None, help="learner: hub id, local dir, or 'embedded'"),
+    backend: str | None = typer.Option(None, help="learner backend"),
+    run: Path | None = typer.Option(None, help="evaluate this run's learner (latest adapter)"),
+    strategy: str | None = typer.Option(
+        None, help="single | self-consistency | self-discussion | debate"
+    ),
+    k: int | None = typer.Option(None, help="self-consistency samples"),
+    rounds: int | None = typer.Option(None, help="self-discussion / debate rounds"),
+    agents: str | None = typer.Option(None, help="debate agents, e.g. learner,llama_cpp:embedded"),
+    temperature: float | None = typer.Option(None, help="sampling temperature"),
+    scoring: str | None = typer.Option(None, help="generate | loglik (multiple choice)"),
+    max_new_tokens: int | None = typer.Option(None, help="longest answer per turn"),
+    batch_size: int | None = typer.Option(None, help="items generated together"),
+    out: Path | None = typer.Option(None, help="eval directory (same one = resume)"),
+    set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value"),
+) -> None:
+    """Measure accuracy (with 95% intervals) of a learner under an inference strategy."""
+    from saie_lite.inference import start_eval
+
+    try:
+        cfg = _eval_cfg(
+            task,
+            data,
+            split,
+            limit,
+            model,
+            backend,
+            strategy,
+            k,
+            rounds,
+            agents,
+            temperature,
+            scoring,
+            max_new_tokens,
+            batch_size,
+            set_,
+        )
+        summary = start_eval(cfg, run, out)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        typer.secho("aborted; finished items are saved", fg="yellow", err=True)
+        raise typer.Exit(130) from None
+    if summary["status"] == "stopped":
+        raise typer.Exit(130)
+
+
+@app.command()
+def compare(
+    a: Path = typer.Argument(..., help="eval directory (or its summary.json) of system A"),
+    b: Path = typer.Argument(..., help="eval directory (or its summary.json) of system B"),
+) -> None:
+    """Paired comparison of two evaluations on the same items (exact McNemar test)."""
+    from saie_lite.evaluate import compare as do_compare
+    from saie_lite.evaluate import load_summary
+    from saie_lite.ui import print_compare
+
+    try:
+        sa, sb = load_summary(a), load_summary(b)
+        print_compare(str(a), str(b), sa, sb, do_compare(sa, sb))
+    except UserError as e:
+        fail(str(e))
+
+
+@app.command("debate")
+def debate_cmd(
+    question: str | None = typer.Option(None, "--question", "-q", help="ask this and exit"),
+    file: Path | None = typer.Option(None, help="one question per line"),
+    agents: str = typer.Option(
+        "llama_cpp:embedded,llama_cpp:embedded",
+        help="comma list: llama_cpp:embedded | llama_cpp:PATH.gguf | torch:MODEL | run:RUN_DIR",
+    ),
+    rounds: int = typer.Option(1, help="rounds after the first answers"),
+    stance: str | None = typer.Option(
+        None, help="'adversarial' makes the last agent the critic; or N:adversarial"
+    ),
+    task: str = typer.Option(
+        "gsm8k", help="answer format and extraction: gsm8k | commonsense_qa | mmlu"
+    ),
+    temperature: float = typer.Option(0.7, help="sampling temperature of every agent"),
+    max_new_tokens: int = typer.Option(192, help="longest turn"),
+    live: str = typer.Option("auto", help="auto | rich | plain"),
+) -> None:
+    """Let models discuss a question: n agents, r rounds, streamed turns, majority vote."""
+    from saie_lite.inference import start_debate
+
+    try:
+        start_debate(
+            question, file, agents, rounds, stance, task, temperature, max_new_tokens, live
+        )
+    except UserError as e:
+        fail(str(e))
+    except (KeyboardInterrupt, EOFError):
+        raise typer.Exit(130) from None
+
+
+logs_app = typer.Typer(help="Saved debates, evaluations and training runs.", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
+
+
+@logs_app.command("list")
+def logs_list() -> None:
+    """List saved debates, evaluations and runs."""
+    from saie_lite.inference import list_logs
+
+    typer.echo(list_logs())
+
+
+@logs_app.command("show")
+def logs_show(debate_id: int = typer.Argument(..., help="debate number from 'logs list'")) -> None:
+    """Print one debate transcript."""
+    from saie_lite.inference import get_debate
+    from saie_lite.transcripts import to_markdown
+
+    try:
+        typer.echo(to_markdown(get_debate(debate_id)))
+    except UserError as e:
+        fail(str(e))
+
+
+@logs_app.command("export")
+def logs_export(
+    debate_id: int = typer.Argument(..., help="debate number from 'logs list'"),
+    format: str = typer.Option("md", help="md | json"),
+    out: Path | None = typer.Option(None, help="write here instead of stdout"),
+) -> None:
+    """Export one debate transcript as Markdown or JSON."""
+    from saie_lite.inference import get_debate
+    from saie_lite.transcripts import to_json, to_markdown
+
+    try:
+        if format not in ("md", "json"):
+            raise UserError(f"--format must be md or json, got {format!r}")
+        d = get_debate(debate_id)
+        text = to_json(d) if format == "json" else to_markdown(d)
+    except UserError as e:
+        fail(str(e))
+    if out:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")
+    else:
+        typer.echo(text)
+
+
 @app.command()
 def version() -> None:
     """Print the saie-lite version."""

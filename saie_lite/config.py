@@ -78,14 +78,17 @@ class PartnerConfig:
 
 @dataclass
 class DataConfig:
-    task: str = _f("gsm8k", "task: gsm8k")
+    task: str = _f("gsm8k", "task: gsm8k | commonsense_qa | mmlu")
     path: str = _f("bundled", "hub name (openai/gsm8k), local .jsonl/.parquet, or 'bundled'")
-    split: str = _f("train", "dataset split for hub names")
+    split: str = _f(
+        "train", "hub split; for local files: dev (500 held-out rows, seed 2024) | nodev | all"
+    )
     limit: int = _f(0, "use only the first N examples after shuffling; 0 = all")
     seed: int = _f(0, "shuffle seed for the example order")
 
     def validate(self) -> None:
-        _check(self.task == "gsm8k", f"data.task {self.task!r} unknown; known: gsm8k")
+        known = ("gsm8k", "commonsense_qa", "mmlu")
+        _check(self.task in known, f"data.task {self.task!r} unknown; known: {', '.join(known)}")
         _check(self.limit >= 0, "data.limit must be >= 0")
 
 
@@ -96,7 +99,10 @@ class MethodConfig:
     rounds: int = _f(1, "passes of discussion over the remaining examples")
     turns: int = _f(1, "learner/partner exchanges per discussion")
     partner_sees_reference: bool = _f(True, "show the reference solution to the partner")
-    target: str = _f("reference", "reference | reference_or_revision")
+    target: str = _f(
+        "reference",
+        "reference | reference_or_revision | rationalized (multiple choice: partner explains gold)",
+    )
     mix_plain: float = _f(0.0, "fraction of plain question->reference samples added per batch")
     context_policy: str = _f(
         "truncate", "when a discussion exceeds max_seq_len: truncate (clip turns) | skip"
@@ -118,11 +124,6 @@ class MethodConfig:
         _check(1 <= self.turns <= 8, "method.turns must be in [1, 8]")
         _check(0 <= self.mix_plain <= 1, "method.mix_plain must be in [0, 1]")
         _check(self.target in TARGETS, f"method.target must be one of {', '.join(TARGETS)}")
-        _check(
-            self.target != "rationalized",
-            "method.target 'rationalized' is for tasks without reference rationales; "
-            "gsm8k has them, use 'reference'",
-        )
         _check(
             self.context_policy in ("truncate", "skip"), "method.context_policy: truncate | skip"
         )
@@ -151,6 +152,33 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    strategy: str = _f("single", "single | self-consistency | self-discussion | debate")
+    k: int = _f(5, "self-consistency: samples per question")
+    rounds: int = _f(2, "self-discussion / debate: rounds after the first answer")
+    agents: str = _f(
+        "learner,learner",
+        "debate agents, comma list: learner | llama_cpp:embedded | llama_cpp:PATH.gguf | "
+        "torch:MODEL | run:RUN_DIR",
+    )
+    temperature: float = _f(0.7, "sampling temperature for self-consistency and debate agents")
+    scoring: str = _f("generate", "generate | loglik (multiple choice: score the choice letters)")
+    batch_size: int = _f(8, "items generated together")
+    max_new_tokens: int = _f(256, "longest answer per turn")
+
+    def validate(self) -> None:
+        strategies = ("single", "self-consistency", "self-discussion", "debate")
+        _check(self.strategy in strategies, f"eval.strategy must be one of {', '.join(strategies)}")
+        _check(self.k >= 1, "eval.k must be >= 1")
+        _check(0 <= self.rounds <= 10, "eval.rounds must be in [0, 10]")
+        _check(self.temperature >= 0, "eval.temperature must be >= 0")
+        _check(self.scoring in ("generate", "loglik"), "eval.scoring: generate | loglik")
+        _check(self.batch_size >= 1, "eval.batch_size must be >= 1")
+        _check(self.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1")
+        _check(bool(self.agents.strip()), "eval.agents must name at least one agent")
+
+
+@dataclass
 class RunConfig:
     dir: str = _f("", "run directory; empty = $SAIE_LITE_HOME/runs/<timestamp>-<mode>")
     live: str = _f("auto", "live view: auto (rich on a terminal) | rich | plain | quiet")
@@ -163,6 +191,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> Config:
@@ -170,6 +199,15 @@ class Config:
             sub = getattr(self, section.name)
             if hasattr(sub, "validate"):
                 sub.validate()
+        _check(
+            self.eval.scoring != "loglik" or self.data.task != "gsm8k",
+            "eval.scoring 'loglik' scores choice letters: use it with commonsense_qa or mmlu",
+        )
+        _check(
+            self.method.target != "rationalized" or self.data.task != "gsm8k",
+            "method.target 'rationalized' is for tasks without reference rationales; "
+            "gsm8k has them, use 'reference'",
+        )
         return self
 
     def to_dict(self) -> dict[str, Any]:

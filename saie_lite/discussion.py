@@ -27,8 +27,13 @@ PARTNER_SYSTEM = {
 # renders the discussion without special tokens.
 REMARK_WRAPPER = (
     "A discussion partner replied:\n{remark}\n\n"
-    "Take the remark into account and give your final solution, "
-    "ending with '#### <number>'."
+    "Take the remark into account and give your final solution, ending with {fmt}."
+)
+GSM8K_FORMAT = "'#### <number>'"
+
+RATIONALE_SYSTEM = (
+    "You are a teacher. Given a question and its correct answer, explain in two or three "
+    "sentences why that answer is right, and end with exactly: {final}"
 )
 
 
@@ -56,18 +61,28 @@ def partner_chat(example: Example, history: list[str], stance: str, sees_referen
     ]
 
 
-def discussion_chat(base: Chat, history: list[str]) -> Chat:
+def discussion_chat(base: Chat, history: list[str], fmt: str = GSM8K_FORMAT) -> Chat:
     """Learner context: question, then alternating learner answers and partner remarks.
 
-    ``history`` is (a0, m1, a1, m2, ...) and must end with a remark.
+    ``history`` is (a0, m1, a1, m2, ...) and must end with a remark; ``fmt`` is the task's
+    answer format, repeated so the revision stays parseable.
     """
     chat = list(base)
     for i, text in enumerate(history):
         if i % 2 == 0:
             chat.append({"role": "assistant", "content": text})
         else:
-            chat.append({"role": "user", "content": REMARK_WRAPPER.format(remark=text)})
+            chat.append({"role": "user", "content": REMARK_WRAPPER.format(remark=text, fmt=fmt)})
     return chat
+
+
+def rationale_chat(example: Example) -> Chat:
+    """``target: rationalized``: the partner, shown the gold choice, explains it."""
+    final = example.reference
+    return [
+        {"role": "system", "content": RATIONALE_SYSTEM.format(final=final)},
+        {"role": "user", "content": f"Question:\n{example.question}\n\nCorrect answer: {final}"},
+    ]
 
 
 def plain_sequence(base: Chat, example: Example) -> TrainSequence:
@@ -84,11 +99,11 @@ class Branch:
     history: list[str] = field(default_factory=list)  # a0, m1, a1, m2, ...
 
 
-def choose_target(example: Example, revision: str | None, correct: bool, policy: str) -> str:
+def choose_target(reference: str, revision: str | None, correct: bool, policy: str) -> str:
     """SAIE.md target policy: the reference, or a correct revision in its place."""
     if policy == "reference_or_revision" and revision is not None and correct:
         return revision
-    return example.reference
+    return reference
 
 
 def mix_plain_sequences(

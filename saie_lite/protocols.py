@@ -18,7 +18,8 @@ class Example:
     id: str
     question: str
     reference: str  # full reference solution, used as the training target
-    answer: str  # gold final answer (normalised number for GSM8K)
+    answer: str  # gold final answer (normalised number for GSM8K, a letter for choices)
+    choices: list[str] | None = None  # choice labels for multiple-choice tasks
 
 
 @dataclass

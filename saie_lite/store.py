@@ -57,6 +57,40 @@ MIGRATIONS = [
         created REAL NOT NULL
     );
     """,
+    """
+    CREATE TABLE evals (
+        name TEXT PRIMARY KEY,
+        config TEXT NOT NULL,           -- JSON of the settings that define the item results
+        created REAL NOT NULL
+    );
+    CREATE TABLE eval_items (
+        eval TEXT NOT NULL,
+        idx INTEGER NOT NULL,           -- position in the evaluated item list
+        example_id TEXT NOT NULL,
+        question TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        gold TEXT NOT NULL,
+        final TEXT NOT NULL,            -- the final answer text (voted, for vote strategies)
+        strict TEXT,
+        flexible TEXT,
+        strict_correct INTEGER NOT NULL,
+        flexible_correct INTEGER NOT NULL,
+        turns TEXT NOT NULL,            -- JSON: every turn (round, agent, text, key)
+        tokens INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (eval, example_id)
+    );
+    CREATE TABLE debates (
+        id INTEGER PRIMARY KEY,
+        question TEXT NOT NULL,
+        agents TEXT NOT NULL,           -- JSON list of agent names
+        rounds INTEGER NOT NULL,
+        turns TEXT NOT NULL,            -- JSON: every turn (round, agent, text, key)
+        final TEXT,
+        created REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -139,6 +173,56 @@ class Store:
                 (kind, message, time.time()),
             )
 
+    # -- evaluations --------------------------------------------------------------
+    def eval_config(self, name: str) -> dict | None:
+        row = self.db.execute("SELECT config FROM evals WHERE name = ?", (name,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def start_eval(self, name: str, settings: dict) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO evals VALUES (?, ?, ?)",
+                (name, json.dumps(settings, sort_keys=True), time.time()),
+            )
+
+    def add_eval_items(self, name: str, rows: list[dict]) -> None:
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO eval_items VALUES (:eval, :idx, :example_id, :question,"
+                " :reference, :gold, :final, :strict, :flexible, :strict_correct,"
+                " :flexible_correct, :turns, :tokens, :seconds, :created)",
+                [
+                    {**r, "eval": name, "turns": json.dumps(r["turns"]), "created": now}
+                    for r in rows
+                ],
+            )
+
+    def eval_items(self, name: str) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM eval_items WHERE eval = ? ORDER BY idx", (name,))
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    # -- debates ------------------------------------------------------------------
+    def add_debate(self, question: str, agents: list[str], rounds: int, turns: list, final) -> int:
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO debates (question, agents, rounds, turns, final, created)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (question, json.dumps(agents), rounds, json.dumps(turns), final, time.time()),
+            )
+        return int(cur.lastrowid)
+
+    def debates(self) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM debates ORDER BY id")
+        cols = [c[0] for c in cur.description]
+        out = []
+        for r in cur.fetchall():
+            d = dict(zip(cols, r))
+            d["agents"], d["turns"] = json.loads(d["agents"]), json.loads(d["turns"])
+            out.append(d)
+        return out
+
     def count(self, table: str) -> int:
-        assert table in ("turns", "steps", "remark_cache", "events")
+        assert table in ("turns", "steps", "remark_cache", "events", "eval_items", "debates")
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]

@@ -24,6 +24,7 @@ from saie_lite.discussion import (
     mix_plain_sequences,
     partner_chat,
     plain_sequence,
+    rationale_chat,
 )
 from saie_lite.protocols import Chat, Example, Learner, Partner, TrainSequence
 from saie_lite.store import Store, remark_key
@@ -98,6 +99,7 @@ def fit_history(
     budget: int,
     limit: int,
     policy: str,
+    fmt: str,
 ) -> tuple[list[str] | None, bool]:
     """Make the discussion fit ``limit`` tokens, both for generating a reply of ``budget``
     tokens and for training on ``target``.
@@ -108,7 +110,7 @@ def fit_history(
     hist, clipped = list(history), False
 
     def too_long() -> bool:
-        chat = discussion_chat(base, hist)
+        chat = discussion_chat(base, hist, fmt)
         return (
             learner.count_tokens(chat) + budget > limit
             or learner.count_tokens(chat, target) > limit
@@ -239,6 +241,36 @@ def train(
     return summary
 
 
+def gold_targets(cfg, task, partner, store, exs, timer, rows, meta) -> dict[str, str]:
+    """Each example's training target: the reference, or (``target: rationalized``) the
+    partner's rationale for the gold choice when it ends in that choice (cached)."""
+    gold = {ex.id: ex.reference for ex in exs}
+    if cfg.method.target != "rationalized":
+        return gold
+    chats = [rationale_chat(ex) for ex in exs]
+    t0 = time.perf_counter()
+    texts, cached = get_remarks(partner, store, chats, cfg.partner.max_tokens)
+    timer.add("remark", t0)
+    for ex, chat, text, hit in zip(exs, chats, texts, cached):
+        usable = task.is_correct(text, ex.answer)
+        if usable:
+            gold[ex.id] = text
+        rows.append(
+            turn_row(
+                meta,
+                ex,
+                turn=0,
+                role="partner",
+                stance="rationale",
+                prompt=chat,
+                text=text,
+                correct=int(usable),
+                cached=int(hit),
+            )
+        )
+    return gold
+
+
 def turn_row(meta: dict, ex: Example, **kw) -> dict:
     """A ``turns`` table row: the batch's step/phase/round plus this turn's fields."""
     return {**meta, "example_id": ex.id, **kw}
@@ -266,6 +298,7 @@ def discussion_batch(
                 meta, ex, turn=0, role="learner", prompt=base, text=a, correct=int(ok), seconds=per
             )
         )
+    gold = gold_targets(cfg, task, partner, store, exs, timer, rows, meta)
     branches = [
         Branch(ex, stance, base, [a]) for ex, base, a in zip(exs, bases, a0) for stance in m.stances
     ]
@@ -300,10 +333,11 @@ def discussion_batch(
                 learner,
                 b.base,
                 b.history,
-                b.example.reference,
+                gold[b.example.id],
                 lc.max_new_tokens,
                 limit,
                 m.context_policy,
+                task.ANSWER_FORMAT,
             )
             if hist is None:
                 note(
@@ -321,7 +355,7 @@ def discussion_batch(
         branches = kept
         if not branches:
             break
-        contexts = [discussion_chat(b.base, b.history) for b in branches]
+        contexts = [discussion_chat(b.base, b.history, task.ANSWER_FORMAT) for b in branches]
         # 4. A revision is needed for a later turn, or as a candidate target.
         revisions: list[str | None] = [None] * len(branches)
         if turn < m.turns or m.target == "reference_or_revision":
@@ -345,7 +379,7 @@ def discussion_batch(
                 )
         for b, ctx, rev in zip(branches, contexts, revisions):
             ok = rev is not None and task.is_correct(rev, b.example.answer)
-            target = choose_target(b.example, rev, ok, m.target)
+            target = choose_target(gold[b.example.id], rev, ok, m.target)
             sequences.append(TrainSequence(context=ctx, target=target, kind=b.stance))
             rows.append(
                 turn_row(
@@ -371,7 +405,7 @@ def discussion_batch(
                 "answer": a,
                 "correct": ok,
                 "remarks": [(r["stance"], r["text"], bool(r["cached"])) for r in mine],
-                "target": ex.reference,
+                "target": gold[ex.id],
             }
         )
     return sequences

@@ -30,9 +30,10 @@ def test_discussion_chat_alternates_roles():
 
 
 def test_choose_target():
-    assert d.choose_target(EX, "mine\n#### 5", True, "reference") == EX.reference
-    assert d.choose_target(EX, "mine\n#### 5", True, "reference_or_revision") == "mine\n#### 5"
-    assert d.choose_target(EX, "mine\n#### 4", False, "reference_or_revision") == EX.reference
+    ref = EX.reference
+    assert d.choose_target(ref, "mine\n#### 5", True, "reference") == ref
+    assert d.choose_target(ref, "mine\n#### 5", True, "reference_or_revision") == "mine\n#### 5"
+    assert d.choose_target(ref, "mine\n#### 4", False, "reference_or_revision") == ref
 
 
 def test_clip_text_marks_cut():

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from saie_lite.errors import UserError
 
+TASKS = ("gsm8k", "commonsense_qa", "mmlu")
+
 
 def get_task(name: str):
-    if name == "gsm8k":
-        from saie_lite.tasks import gsm8k
+    """The task module: load, parse_row, learner_chat, score, is_correct, answer_key."""
+    if name not in TASKS:
+        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+    from importlib import import_module
 
-        return gsm8k
-    raise UserError(f"unknown task {name!r}; known tasks: gsm8k")
+    return import_module(f"saie_lite.tasks.{name}")

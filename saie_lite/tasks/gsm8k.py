@@ -10,17 +10,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 
-from saie_lite.errors import UserError
-from saie_lite.paths import bundled_data
 from saie_lite.protocols import Example
+from saie_lite.tasks.common import load_rows, parse_all
 
 SYSTEM = (
     "You are a careful math tutor. Solve the problem step by step, "
     "then give the final answer on its own line as '#### <number>'."
 )
 BUNDLED = "gsm8k_sample.jsonl"
+HUB_CONFIG = "main"
+ANSWER_FORMAT = "'#### <number>'"
 
 _NUM = r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\$?\s?\.\d+"
 _STRICT = [
@@ -73,6 +73,11 @@ def is_correct(output: str, gold: str) -> bool:
     return score(output, gold).strict_correct
 
 
+def answer_key(output: str) -> str | None:
+    """What a vote counts: the strict answer, else the flexible one."""
+    return extract_strict(output) or extract_flexible(output)
+
+
 def learner_chat(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
@@ -96,42 +101,6 @@ def parse_row(row: dict, index: int) -> Example | str:
     return Example(id=rid, question=q.strip(), reference=reference, answer=gold)
 
 
-def load_rows(path: str, split: str = "train") -> list[dict]:
-    """Rows through ``datasets``: 'bundled', a local jsonl/json/parquet file, or a hub name."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    if path == "bundled":
-        path = str(bundled_data(BUNDLED))
-    p = Path(path).expanduser()
-    looks_local = p.suffix in (".jsonl", ".json", ".parquet") or path.startswith((".", "/", "~"))
-    try:
-        if looks_local:
-            if not p.is_file():
-                raise UserError(
-                    f"data file not found: {p} (give a .jsonl/.parquet file or a hub name)"
-                )
-            kind = "parquet" if p.suffix == ".parquet" else "json"
-            ds = datasets.load_dataset(kind, data_files=str(p), split="train")
-        else:
-            ds = datasets.load_dataset(path, "main", split=split)
-    except UserError:
-        raise
-    except Exception as e:  # datasets raises many types; all mean "could not read"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"could not load data {path!r}: {first[:200]}") from None
-    return list(ds)
-
-
 def load(path: str, split: str = "train") -> tuple[list[Example], dict[str, int]]:
-    """Examples plus a count of skipped rows by reason (never a crash on a bad row)."""
-    examples, skipped = [], {}
-    for i, row in enumerate(load_rows(path, split)):
-        parsed = parse_row(row, i)
-        if isinstance(parsed, str):
-            skipped[parsed] = skipped.get(parsed, 0) + 1
-        else:
-            examples.append(parsed)
-    if not examples:
-        raise UserError(f"no usable GSM8K rows in {path!r} (skipped: {skipped or 'none'})")
-    return examples, skipped
+    rows = load_rows(path, split, HUB_CONFIG, BUNDLED)
+    return parse_all(rows, parse_row, "GSM8K", path)

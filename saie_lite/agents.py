@@ -1,0 +1,70 @@
+"""Build the models that answer at inference time (evaluation and debate).
+
+An agent spec is ``learner`` (the configured learner, with a run's adapter if given),
+``run:RUN_DIR`` (that run's learner and latest adapter), or ``BACKEND:MODEL`` for any
+registered learner or partner backend (``llama_cpp:embedded``, ``torch:embedded``,
+``llama_cpp:/models/x.gguf``). Equal specs share one loaded model.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from saie_lite.config import Config
+from saie_lite.errors import UserError
+
+
+def load_learner(cfg: Config, run_dir: Path | None = None):
+    """The configured learner; with ``run_dir``, that run's learner and latest adapter."""
+    from saie_lite.checkpoint import latest
+    from saie_lite.registry import factory
+    from saie_lite.runs import saved_config
+
+    if run_dir is not None:
+        saved = saved_config(run_dir)
+        cfg = copy.deepcopy(cfg)
+        from saie_lite.config import apply
+
+        apply(cfg, {"learner": saved.get("learner", {}), "train": saved.get("train", {})})
+        ckpt = latest(run_dir)
+        if ckpt is None:
+            raise UserError(f"{run_dir} has no checkpoint yet: train it first")
+    learner = factory("learners", cfg.learner.backend)(cfg)
+    if run_dir is not None:
+        learner.load_adapter(ckpt)
+        learner.name = f"{learner.name}+{Path(run_dir).name}"
+    return learner
+
+
+def build_agents(cfg: Config, specs: list[str], run_dir: Path | None = None) -> list:
+    from saie_lite.registry import available, factory
+
+    loaded: dict[str, object] = {}
+    agents = []
+    for spec in specs:
+        spec = spec.strip()
+        if spec not in loaded:
+            if spec == "learner":
+                loaded[spec] = load_learner(cfg, run_dir)
+            elif spec.startswith("run:"):
+                loaded[spec] = load_learner(cfg, Path(spec[4:]))
+            elif ":" in spec:
+                backend, model = spec.split(":", 1)
+                c = copy.deepcopy(cfg)
+                if backend in available("partners") and backend not in available("learners"):
+                    c.partner.backend, c.partner.model = backend, model
+                    loaded[spec] = factory("partners", backend)(c)
+                else:
+                    c.learner.backend, c.learner.model = backend, model
+                    loaded[spec] = factory("learners", backend)(c)
+            else:
+                raise UserError(
+                    f"agent spec {spec!r} not understood: use learner, run:RUN_DIR or BACKEND:MODEL"
+                )
+        agents.append(loaded[spec])
+    return agents
+
+
+def tokens_generated(agents: list) -> int:
+    return sum(getattr(a, "tokens_generated", 0) for a in {id(a): a for a in agents}.values())

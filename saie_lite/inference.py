@@ -1,0 +1,174 @@
+"""Glue for the inference-time commands: ``eval``, ``debate`` and ``logs``.
+
+Evaluations live in an eval directory (``summary.json``); their items go to the run's
+SQLite file when a run is evaluated, else to the eval directory's own. Debates are kept
+in ``$SAIE_LITE_HOME/logs.sqlite``.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+from saie_lite.config import Config
+from saie_lite.errors import UserError
+from saie_lite.paths import home
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[-40:] or "x"
+
+
+def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
+    """Deterministic, so running the same evaluation again resumes it."""
+    e, d = cfg.eval, cfg.data
+    name = f"{d.task}-{_slug(d.path)}-{d.split}-n{d.limit or 'all'}-{e.strategy}"
+    if e.scoring == "loglik":
+        name += "-loglik"
+    if run_dir is not None:
+        return Path(run_dir) / "evals" / name
+    return home() / "evals" / f"{cfg.learner.backend}-{_slug(cfg.learner.model)}-{name}"
+
+
+def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -> dict:
+    from saie_lite.agents import build_agents
+    from saie_lite.evaluate import evaluate
+    from saie_lite.runs import StopFlag, prepare_examples
+    from saie_lite.store import Store
+    from saie_lite.tasks import get_task
+    from saie_lite.ui import make_eval_view
+
+    if run_dir is not None and not (Path(run_dir) / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a saie-lite run directory (no config.yaml)")
+    view = view or make_eval_view()
+    task = get_task(cfg.data.task)
+    examples, skipped = prepare_examples(cfg)
+    if skipped:
+        view.note(f"skipped {sum(skipped.values())} malformed data rows")
+    out_dir = Path(out) if out else default_eval_dir(cfg, run_dir)
+    specs = cfg.eval.agents.split(",") if cfg.eval.strategy == "debate" else ["learner"]
+    agents = build_agents(cfg, specs, run_dir)
+    db = (Path(run_dir) / "saie.sqlite") if run_dir else out_dir / "saie.sqlite"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(db)
+    try:
+        with StopFlag(lambda: view.note("stopping after this batch (Ctrl-C again aborts)")) as flag:
+            summary = evaluate(
+                cfg, task, examples, agents, store, out_dir.name, out_dir, view.progress, flag
+            )
+    finally:
+        store.close()
+    view.summary(summary, out_dir)
+    return summary
+
+
+def _questions(question: str | None, file: Path | None):
+    if question:
+        yield question
+        return
+    if file:
+        if not Path(file).is_file():
+            raise UserError(f"question file not found: {file}")
+        yield from (q.strip() for q in Path(file).read_text().splitlines() if q.strip())
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            from rich.prompt import Prompt
+
+            q = Prompt.ask("[bold]Question[/] (empty line quits)", default="", show_default=False)
+        else:
+            q = sys.stdin.readline()
+            if not q:
+                return
+        q = q.strip()
+        if not q:
+            return
+        yield q
+
+
+def parse_stances(stance: str | None, n: int) -> list[str | None]:
+    stances: list[str | None] = [None] * n
+    if not stance:
+        return stances
+    idx, _, kind = stance.rpartition(":")
+    if kind != "adversarial":
+        raise UserError(f"--stance takes 'adversarial' or 'N:adversarial', got {stance!r}")
+    i = int(idx) - 1 if idx else n - 1
+    if not 0 <= i < n:
+        raise UserError(f"--stance names agent {i + 1}, but there are {n} agents")
+    stances[i] = "adversarial"
+    return stances
+
+
+def start_debate(question, file, agents, rounds, stance, task_name, temperature, max_new, live):
+    from saie_lite import config as config_mod
+    from saie_lite.agents import build_agents
+    from saie_lite.debate import interactive_debate, majority
+    from saie_lite.store import Store
+    from saie_lite.tasks import get_task
+    from saie_lite.ui_debate import make_debate_view
+
+    if rounds < 0 or rounds > 10:
+        raise UserError("--rounds must be in [0, 10]")
+    specs = [s for s in agents.split(",") if s.strip()]
+    if not specs:
+        raise UserError("--agents must name at least one agent")
+    stances = parse_stances(stance, len(specs))
+    task = get_task(task_name)
+    cfg = config_mod.build(overrides={"data.task": task_name})
+    models = build_agents(cfg, specs)
+    view = make_debate_view(live)
+    store = Store(_logs_db())
+    try:
+        for q in _questions(question, file):
+            res = interactive_debate(q, models, task, rounds, temperature, max_new, stances, view)
+            last = [t for t in res.turns if t.round == rounds]
+            final, _ = majority([t.key for t in last])
+            did = store.add_debate(
+                q, [m.name for m in models], rounds, [t.__dict__ for t in res.turns], final
+            )
+            view.verdict([t.key for t in last], final, did)
+    finally:
+        store.close()
+
+
+def _logs_db() -> Path:
+    home().mkdir(parents=True, exist_ok=True)
+    return home() / "logs.sqlite"
+
+
+def get_debate(debate_id: int) -> dict:
+    from saie_lite.store import Store
+
+    store = Store(_logs_db())
+    try:
+        found = [d for d in store.debates() if d["id"] == debate_id]
+    finally:
+        store.close()
+    if not found:
+        raise UserError(f"no debate {debate_id}: see 'saie-lite logs list'")
+    return found[0]
+
+
+def list_logs() -> str:
+    from saie_lite.store import Store
+
+    lines = []
+    store = Store(_logs_db())
+    try:
+        debates = store.debates()
+    finally:
+        store.close()
+    lines.append(f"debates ({len(debates)}):")
+    for d in debates:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created"]))
+        q = d["question"] if len(d["question"]) < 60 else d["question"][:57] + "..."
+        lines.append(f"  {d['id']:>4}  {when}  final={d['final']}  {q}")
+    for kind in ("runs", "evals"):
+        found = sorted(p for p in (home() / kind).glob("*") if p.is_dir())
+        lines.append(f"{kind} ({len(found)}):")
+        lines += [f"  {p}" for p in found]
+    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""Row loading shared by every task: the bundled sample, local files, or hub names.
+
+Local files get reproducible held-out splits, so a user with only a training file can
+tune on one part and evaluate on another: ``split: dev`` is ``DEV_SIZE`` rows chosen with
+``DEV_SEED``; ``split: nodev`` is every other row; any other split name means all rows.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from saie_lite.errors import UserError
+from saie_lite.paths import bundled_data
+from saie_lite.protocols import Example
+
+DEV_SEED = 2024
+DEV_SIZE = 500
+
+
+def is_local(path: str) -> bool:
+    p = Path(path).expanduser()
+    return p.suffix in (".jsonl", ".json", ".parquet") or path.startswith((".", "/", "~"))
+
+
+def carve(rows: list, split: str) -> list:
+    if split not in ("dev", "nodev"):
+        return rows
+    order = list(range(len(rows)))
+    random.Random(DEV_SEED).shuffle(order)
+    dev = set(order[: min(DEV_SIZE, len(rows) // 5 or 1)])
+    return [r for i, r in enumerate(rows) if (i in dev) == (split == "dev")]
+
+
+def load_rows(path: str, split: str, hub_config: str | None, bundled: str | None) -> list[dict]:
+    """Rows through ``datasets``: 'bundled', a local jsonl/json/parquet file, or a hub name."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if path == "bundled":
+        if bundled is None:
+            raise UserError("this task has no bundled sample: give --data PATH or a hub name")
+        path = str(bundled_data(bundled))
+    p = Path(path).expanduser()
+    try:
+        if is_local(path):
+            if not p.is_file():
+                raise UserError(
+                    f"data file not found: {p} (give a .jsonl/.parquet file or a hub name)"
+                )
+            kind = "parquet" if p.suffix == ".parquet" else "json"
+            rows = list(datasets.load_dataset(kind, data_files=str(p), split="train"))
+            return carve(rows, split)
+        return list(datasets.load_dataset(path, hub_config, split=split))
+    except UserError:
+        raise
+    except Exception as e:  # datasets raises many types; all mean "could not read"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not load data {path!r}: {first[:200]}") from None
+
+
+def parse_all(
+    rows: list[dict], parse_row: Callable[[dict, int], Example | str], what: str, path: str
+) -> tuple[list[Example], dict[str, int]]:
+    """Examples plus a count of skipped rows by reason (never a crash on a bad row)."""
+    examples: list[Example] = []
+    skipped: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        parsed = parse_row(row, i) if isinstance(row, dict) else "row is not an object"
+        if isinstance(parsed, str):
+            skipped[parsed] = skipped.get(parsed, 0) + 1
+        else:
+            examples.append(parsed)
+    if not examples:
+        raise UserError(f"no usable {what} rows in {path!r} (skipped: {skipped or 'none'})")
+    return examples, skipped
