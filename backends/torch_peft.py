@@ -218,33 +218,72 @@ class TorchLearner:
         return len(self._ids(self._render(chat, True)))
 
     # -- generation ---------------------------------------------------------------
+    def _left_padded(self, prompts: list[list[int]]):
+        """Left padding: every row's last prompt token sits at the same position, so one
+        batched decode with a KV cache serves the whole batch."""
+        width = max(len(p) for p in prompts)
+        pad = self.tok.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor(
+            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
+        )
+        return ids, mask
+
+    def _sampling(self, max_new_tokens: int, temperature: float) -> dict:
+        kw = {
+            "max_new_tokens": max_new_tokens,
+            "pad_token_id": self.tok.pad_token_id,
+            "eos_token_id": self.stop_ids,
+            "use_cache": True,
+            "do_sample": temperature > 0,
+        }
+        if temperature > 0:
+            kw.update(temperature=temperature, top_p=1.0, top_k=0)
+        return kw
+
     @torch.no_grad()
     def generate(
         self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0
     ) -> list[str]:
         self.model.eval()
-        prompts = [self._ids(self._render(c, True)) for c in chats]
-        width = max(len(p) for p in prompts)
-        pad = self.tok.pad_token_id
-        # Left padding: every row's last prompt token sits at the same position, so one
-        # batched decode with a KV cache serves the whole batch.
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor(
-            [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device
-        )
-        kw = {"do_sample": temperature > 0}
-        if temperature > 0:
-            kw.update(temperature=temperature, top_p=1.0, top_k=0)
+        ids, mask = self._left_padded([self._ids(self._render(c, True)) for c in chats])
         out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=self.stop_ids,
-            use_cache=True,
-            **kw,
+            input_ids=ids, attention_mask=mask, **self._sampling(max_new_tokens, temperature)
         )
-        return [self.tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        new = out[:, ids.shape[1] :]
+        # Rows that stopped early are padded to the longest; count real tokens only.
+        self.tokens_generated += int((new != self.tok.pad_token_id).sum())
+        return [self.tok.decode(row, skip_special_tokens=True).strip() for row in new]
+
+    def stream(self, chat: Chat, max_new_tokens: int, temperature: float = 0.0):
+        """Yield decoded pieces as they are generated (generation runs in a thread)."""
+        from threading import Thread
+
+        from transformers import TextIteratorStreamer
+
+        self.model.eval()
+        ids, mask = self._left_padded([self._ids(self._render(chat, True))])
+        streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
+        kwargs = {"input_ids": ids, "attention_mask": mask, "streamer": streamer}
+        kwargs.update(self._sampling(max_new_tokens, temperature))
+        worker = Thread(target=torch.no_grad()(self.model.generate), kwargs=kwargs, daemon=True)
+        worker.start()
+        for piece in streamer:
+            self.tokens_generated += 1
+            yield piece
+        worker.join()
+
+    @torch.no_grad()
+    def choice_logprobs(
+        self, chats: list[Chat], prefix: str, options: list[list[str]]
+    ) -> list[list[float]]:
+        """Log-probability of each option's first token right after ``prefix`` in the
+        assistant turn: multiple-choice scoring without generating (lm-eval-harness style)."""
+        self.model.eval()
+        ids, mask = self._left_padded([self._ids(self._render(c, True) + prefix) for c in chats])
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        return [[float(row[self._ids(o)[0]]) for o in opts] for row, opts in zip(logp, options)]
 
     # -- training -----------------------------------------------------------------
     def reseed(self, seed: int) -> None:

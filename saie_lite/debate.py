@@ -207,6 +207,7 @@ def stream_or_generate(agent, chat: Chat, max_new: int, temperature: float) -> I
 def interactive_debate(
     question: str,
     agents: list,
+    names: list[str],
     task,
     rounds: int,
     temperature: float,
@@ -216,7 +217,7 @@ def interactive_debate(
 ) -> ItemResult:
     """One typed question, agents taking turns with streamed output, then the vote."""
     ex = Example(id="typed", question=question, reference="", answer="")
-    view.begin(question, [a.name for a in agents])
+    view.begin(question, names)
 
     def respond(a: int, chats: list[Chat]) -> list[str]:
         text = ""

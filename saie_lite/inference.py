@@ -120,16 +120,18 @@ def start_debate(question, file, agents, rounds, stance, task_name, temperature,
     task = get_task(task_name)
     cfg = config_mod.build(overrides={"data.task": task_name})
     models = build_agents(cfg, specs)
+    # Display names: the spec the user typed, and who plays the critic.
+    names = [s.strip() + (" (critic)" if st else "") for s, st in zip(specs, stances)]
     view = make_debate_view(live)
     store = Store(_logs_db())
     try:
         for q in _questions(question, file):
-            res = interactive_debate(q, models, task, rounds, temperature, max_new, stances, view)
+            res = interactive_debate(
+                q, models, names, task, rounds, temperature, max_new, stances, view
+            )
             last = [t for t in res.turns if t.round == rounds]
             final, _ = majority([t.key for t in last])
-            did = store.add_debate(
-                q, [m.name for m in models], rounds, [t.__dict__ for t in res.turns], final
-            )
+            did = store.add_debate(q, names, rounds, [t.__dict__ for t in res.turns], final)
             view.verdict([t.key for t in last], final, did)
     finally:
         store.close()

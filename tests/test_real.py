@@ -83,3 +83,78 @@ def test_cli_trains_two_steps_with_real_models(tmp_path):
     assert all(t.strip() for t in remarks)
     assert len(losses) == 2 and all(0 < x < 20 for x in losses)
     assert (run / "checkpoints" / "step-000002" / "adapter_model.safetensors").is_file()
+
+
+def test_eval_on_gsm8k_dev_slice_with_embedded_learner(tmp_path):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from saie_lite.cli import app
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+    if not data.is_file():
+        pytest.skip("shared data not beside the checkout")
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--data",
+            str(data),
+            "--split",
+            "dev",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            "24",
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    import json
+
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n"] == 3 and s["tokens_generated"] > 0 and s["seconds"] > 0
+    assert len(s["strict"]["ci95"]) == 2
+
+
+def test_debate_two_rounds_with_embedded_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from saie_lite.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        [
+            "debate",
+            "-q",
+            "What is 12 + 30?",
+            "--rounds",
+            "1",
+            "--max-new-tokens",
+            "40",
+            "--live",
+            "plain",
+            "--stance",
+            "adversarial",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == "Question: What is 12 + 30?"
+    assert "--- Round 1 ---" in lines and "--- Round 2 ---" in lines
+    assert sum(line.startswith("[agent 1] answer:") for line in lines) == 2
+    assert sum(line.startswith("[agent 2] answer:") for line in lines) == 2
+    assert any(line.startswith("Final answer:") for line in lines)
+    saved = [line for line in lines if line.startswith("Saved as debate ")]
+    debate_id = saved[0].split()[3]
+    r = runner.invoke(app, ["logs", "export", debate_id, "--format", "json"])
+    import json
+
+    d = json.loads(r.output)
+    assert d["question"] == "What is 12 + 30?" and len(d["turns"]) == 4 and d["rounds"] == 1
+    r = runner.invoke(app, ["logs", "show", debate_id])
+    assert "## Round 2" in r.output and "**Final answer (majority vote):**" in r.output

@@ -123,3 +123,19 @@ def test_quantize_and_device_choices():
     assert torch_peft.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     q = torch_peft.quantization_config()
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
+
+
+def test_loglik_scores_every_choice(tiny_model_dir, tmp_path):
+    from pathlib import Path
+
+    from saie_lite.tasks import mmlu
+
+    exs, _ = mmlu.load(str(Path(__file__).parent / "data" / "mmlu_sample.jsonl"))
+    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
+    chats = [mmlu.learner_chat(e.question) for e in exs[:3]]
+    scores = learner.choice_logprobs(chats, "The answer is (", [e.choices for e in exs[:3]])
+    assert [len(s) for s in scores] == [4, 4, 4]
+    assert all(x < 0 for s in scores for x in s)
+    # batched scoring equals one-at-a-time scoring (left padding does not leak)
+    alone = learner.choice_logprobs(chats[1:2], "The answer is (", [exs[1].choices])
+    assert alone[0] == pytest.approx(scores[1], abs=1e-4)
