@@ -12,16 +12,9 @@ from pathlib import Path
 
 import torch
 
+from saie_lite.chat_tokens import IGNORE, ChatTokens
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
-
-IGNORE = -100
-
-# Used only when a tokenizer ships no chat template (base models): plain ChatML.
-FALLBACK_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def _quiet_transformers() -> None:
@@ -159,10 +152,8 @@ class TorchLearner:
             from peft import prepare_model_for_kbit_training
 
             base = prepare_model_for_kbit_training(base)
-        if self.tok.chat_template is None:
-            self.tok.chat_template = FALLBACK_TEMPLATE
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
+        self.chat = ChatTokens(self.tok)
+        self.stop_ids = self.chat.stop_ids
         targets = lc.lora_targets if lc.lora_targets == "all-linear" else lc.lora_targets.split(",")
         lora = LoraConfig(
             r=lc.lora_r,
@@ -183,39 +174,13 @@ class TorchLearner:
         )
         self.step = 0
         self.tokens_generated = 0
-        end = self.tok.convert_tokens_to_ids("<|im_end|>")
-        self.stop_ids = sorted(
-            {i for i in (self.tok.eos_token_id, end) if isinstance(i, int) and i >= 0}
-        )
 
-    # -- tokenisation -------------------------------------------------------------
-    def _render(self, chat: Chat, generation_prompt: bool) -> str:
-        return self.tok.apply_chat_template(
-            chat, tokenize=False, add_generation_prompt=generation_prompt
-        )
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
+    # -- tokenisation (shared with other backends) --------------------------------
     def encode(self, seq: TrainSequence) -> tuple[list[int], list[int]]:
-        """Token ids and labels; labels are IGNORE everywhere but the target turn.
-
-        The prompt is rendered with the generation prompt, the full chat with the target
-        as the last assistant turn; the target's tokens are what the full rendering adds.
-        """
-        prompt = self._render(seq.context, True)
-        full = self._render(seq.context + [{"role": "assistant", "content": seq.target}], False)
-        if full.startswith(prompt):
-            p_ids, t_ids = self._ids(prompt), self._ids(full[len(prompt) :])
-        else:  # a template that rewrites earlier turns: fall back to prompt + target + eos
-            p_ids = self._ids(prompt)
-            t_ids = self._ids(seq.target) + [self.tok.eos_token_id]
-        return p_ids + t_ids, [IGNORE] * len(p_ids) + t_ids
+        return self.chat.encode(seq)
 
     def count_tokens(self, chat: Chat, target: str = "") -> int:
-        if target:
-            return len(self.encode(TrainSequence(chat, target))[0])
-        return len(self._ids(self._render(chat, True)))
+        return self.chat.count(chat, target)
 
     # -- generation ---------------------------------------------------------------
     def _left_padded(self, prompts: list[list[int]]):
@@ -246,7 +211,7 @@ class TorchLearner:
         self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0
     ) -> list[str]:
         self.model.eval()
-        ids, mask = self._left_padded([self._ids(self._render(c, True)) for c in chats])
+        ids, mask = self._left_padded([self.chat.prompt_ids(c) for c in chats])
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, **self._sampling(max_new_tokens, temperature)
         )
@@ -262,7 +227,7 @@ class TorchLearner:
         from transformers import TextIteratorStreamer
 
         self.model.eval()
-        ids, mask = self._left_padded([self._ids(self._render(chat, True))])
+        ids, mask = self._left_padded([self.chat.prompt_ids(chat)])
         streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
         kwargs = {"input_ids": ids, "attention_mask": mask, "streamer": streamer}
         kwargs.update(self._sampling(max_new_tokens, temperature))
@@ -280,10 +245,12 @@ class TorchLearner:
         """Log-probability of each option's first token right after ``prefix`` in the
         assistant turn: multiple-choice scoring without generating (lm-eval-harness style)."""
         self.model.eval()
-        ids, mask = self._left_padded([self._ids(self._render(c, True) + prefix) for c in chats])
+        ids, mask = self._left_padded(
+            [self.chat.ids(self.chat.render(c, True) + prefix) for c in chats]
+        )
         logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
         logp = torch.log_softmax(logits, dim=-1)
-        return [[float(row[self._ids(o)[0]]) for o in opts] for row, opts in zip(logp, options)]
+        return [[float(row[self.chat.ids(o)[0]]) for o in opts] for row, opts in zip(logp, options)]
 
     # -- training -----------------------------------------------------------------
     def reseed(self, seed: int) -> None:
@@ -303,14 +270,9 @@ class TorchLearner:
 
     def train_step(self, sequences: list[TrainSequence]) -> StepStats:
         self.model.train()
-        limit = self.cfg.learner.max_seq_len
-        encoded = [self.encode(s) for s in sequences]
-        encoded = [(i[:limit], lab[:limit]) for i, lab in encoded]
-        n_target = sum(sum(1 for t in lab[1:] if t != IGNORE) for _, lab in encoded)
+        encoded, n_target = self.chat.encode_batch(sequences, self.cfg.learner.max_seq_len)
         if n_target == 0:
             raise UserError("a training batch has no target tokens: raise learner.max_seq_len")
-        # Sort by length so micro-batches hold similar lengths (less padding waste).
-        encoded.sort(key=lambda x: len(x[0]))
         mb = self.cfg.train.micro_batch_size
         self.opt.zero_grad(set_to_none=True)
         total = 0.0

@@ -1,0 +1,67 @@
+"""Chat rendering and loss masks from a Hugging Face tokenizer, shared by every learner
+backend whose tokenizer has a chat template (torch, MLX).
+
+Masking goes through the model's own template: the prompt is rendered with the
+generation prompt, the full chat with the target as the last assistant turn, and only
+the tokens the full rendering adds (the target and its end-of-turn marker) carry loss.
+"""
+
+from __future__ import annotations
+
+from saie_lite.protocols import Chat, TrainSequence
+
+IGNORE = -100
+
+# Used only when a tokenizer ships no chat template (base models): plain ChatML.
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ChatTokens:
+    def __init__(self, tok):
+        self.tok = tok
+        if getattr(tok, "chat_template", None) is None:
+            tok.chat_template = FALLBACK_TEMPLATE
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        end = tok.convert_tokens_to_ids("<|im_end|>")
+        self.stop_ids = sorted(
+            {i for i in (tok.eos_token_id, end) if isinstance(i, int) and i >= 0}
+        )
+
+    def render(self, chat: Chat, generation_prompt: bool) -> str:
+        return self.tok.apply_chat_template(
+            chat, tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    def ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, chat: Chat) -> list[int]:
+        return self.ids(self.render(chat, True))
+
+    def encode(self, seq: TrainSequence) -> tuple[list[int], list[int]]:
+        """Token ids and labels; labels are IGNORE everywhere but the target turn."""
+        prompt = self.render(seq.context, True)
+        full = self.render(seq.context + [{"role": "assistant", "content": seq.target}], False)
+        if full.startswith(prompt):
+            p_ids, t_ids = self.ids(prompt), self.ids(full[len(prompt) :])
+        else:  # a template that rewrites earlier turns: fall back to prompt + target + eos
+            p_ids = self.ids(prompt)
+            t_ids = self.ids(seq.target) + [self.tok.eos_token_id]
+        return p_ids + t_ids, [IGNORE] * len(p_ids) + t_ids
+
+    def count(self, chat: Chat, target: str = "") -> int:
+        if target:
+            return len(self.encode(TrainSequence(chat, target))[0])
+        return len(self.prompt_ids(chat))
+
+    def encode_batch(self, sequences: list[TrainSequence], limit: int):
+        """Encoded sequences cut to ``limit``, sorted by length (less padding per
+        micro-batch), and the number of target tokens that carry loss."""
+        encoded = [(i[:limit], lab[:limit]) for i, lab in map(self.encode, sequences)]
+        n_target = sum(sum(1 for t in lab[1:] if t != IGNORE) for _, lab in encoded)
+        encoded.sort(key=lambda x: len(x[0]))
+        return encoded, n_target
