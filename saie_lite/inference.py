@@ -42,7 +42,10 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
 
     if run_dir is not None and not (Path(run_dir) / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a saie-lite run directory (no config.yaml)")
+    from saie_lite.runs import resolve_backend
+
     view = view or make_eval_view()
+    resolve_backend(cfg, view.note)
     task = get_task(cfg.data.task)
     examples, skipped = prepare_examples(cfg)
     if skipped:
@@ -119,6 +122,9 @@ def start_debate(question, file, agents, rounds, stance, task_name, temperature,
     stances = parse_stances(stance, len(specs))
     task = get_task(task_name)
     cfg = config_mod.build(overrides={"data.task": task_name})
+    from saie_lite.runs import resolve_backend
+
+    resolve_backend(cfg, lambda message: None)
     models = build_agents(cfg, specs)
     # Display names: the spec the user typed, and who plays the critic.
     names = [s.strip() + (" (critic)" if st else "") for s, st in zip(specs, stances)]

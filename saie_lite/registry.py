@@ -33,6 +33,23 @@ def available(kind: str) -> dict[str, Any]:
     return found
 
 
+def choose_learner(
+    requested: str, system: str | None = None, machine: str | None = None
+) -> tuple[str, str]:
+    """Resolve ``auto``: (backend, reason). MLX on Apple silicon when mlx-lm is installed."""
+    import platform
+    from importlib.util import find_spec
+
+    if requested != "auto":
+        return requested, "asked for"
+    system, machine = system or platform.system(), machine or platform.machine()
+    if system == "Darwin" and machine == "arm64":
+        if find_spec("mlx_lm") is not None:
+            return "mlx", "Apple silicon with mlx-lm installed"
+        return "torch", "Apple silicon, but mlx-lm is not installed (pip install 'saie-lite[mlx]')"
+    return "torch", f"{system}/{machine} is not Apple silicon"
+
+
 def factory(kind: str, name: str) -> Factory:
     table = available(kind)
     if name not in table:

@@ -45,6 +45,15 @@ def prepare_examples(cfg: Config) -> tuple[list[Example], dict[str, int]]:
     return examples, skipped
 
 
+def resolve_backend(cfg: Config, note) -> None:
+    """Turn ``learner.backend: auto`` into a concrete backend, and say why."""
+    from saie_lite.registry import choose_learner
+
+    if cfg.learner.backend == "auto":
+        cfg.learner.backend, why = choose_learner("auto")
+        note(f"learner backend: {cfg.learner.backend} ({why})")
+
+
 def build_backends(cfg: Config, dry_run: bool):
     from saie_lite.registry import factory
 
@@ -95,6 +104,8 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         raise UserError(
             f"{run_dir} already holds a run: resume it with --resume {run_dir} or pick another --run-dir"
         )
+    if not dry_run:
+        resolve_backend(cfg, view.on_event)
     examples, skipped = prepare_examples(cfg)
     if skipped:
         detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
