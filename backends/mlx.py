@@ -43,6 +43,23 @@ def resolve_model_path(name: str) -> str:
     return str(p) if p.exists() else name
 
 
+def config_fixes(path: str) -> dict:
+    """Config keys mlx-lm needs but a transformers 5 ``config.json`` may not have.
+
+    transformers 5 writes ``rope_parameters: {rope_theta: ...}`` where mlx-lm reads a
+    top-level ``rope_theta`` (defaulting to 10000): without this, a model such as
+    SmolLM2 (theta 100000) would run with the wrong rotary frequencies.
+    """
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.is_file():
+        return {}
+    raw = json.loads(cfg_path.read_text())
+    rope = raw.get("rope_parameters") or {}
+    if "rope_theta" not in raw and "rope_theta" in rope:
+        return {"rope_theta": rope["rope_theta"]}
+    return {}
+
+
 def lora_keys(model, targets: str) -> set[str] | None:
     """mlx-lm LoRA keys (paths inside a block) for 'all-linear' or a comma list of names."""
     if targets == "all-linear":
@@ -78,7 +95,9 @@ class MLXLearner:
         path = resolve_model_path(lc.model)
         try:
             self.model, self.tok = load(
-                path, tokenizer_config={"trust_remote_code": lc.trust_remote_code}
+                path,
+                tokenizer_config={"trust_remote_code": lc.trust_remote_code},
+                model_config=config_fixes(path),
             )
         except (OSError, ValueError, FileNotFoundError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]

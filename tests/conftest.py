@@ -84,6 +84,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         pad_token_id=fast.pad_token_id,
         bos_token_id=fast.bos_token_id,
         tie_word_embeddings=True,
+        # not the default 10000, so a backend that misreads the rope config is caught
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
     )
     LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
     return out

@@ -59,6 +59,8 @@ def test_first_step_loss_matches_torch_and_both_decrease(tiny_model_dir):
 
 def test_generation_and_adapter_shapes(tiny_model_dir):
     m = MLXLearner(cfg_for(tiny_model_dir, "mlx"))
+    # transformers 5 stores rope_theta under rope_parameters; mlx-lm must still see it
+    assert m.model.model.layers[0].self_attn.rope.base == 100000.0
     outs = m.generate([CTX, CTX[:2]], 6)
     assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
     assert m.tokens_generated > 0

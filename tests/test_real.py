@@ -158,3 +158,22 @@ def test_debate_two_rounds_with_embedded_model(tmp_path):
     assert d["question"] == "What is 12 + 30?" and len(d["turns"]) == 4 and d["rounds"] == 1
     r = runner.invoke(app, ["logs", "show", debate_id])
     assert "## Round 2" in r.output and "**Final answer (majority vote):**" in r.output
+
+
+def test_mlx_backend_trains_on_embedded_model(tmp_path):
+    pytest.importorskip("mlx_lm")
+    from typer.testing import CliRunner
+
+    from saie_lite.cli import app
+
+    run = tmp_path / "run"
+    # MLX on a Linux CPU is slow: one short update of the real model is the whole test.
+    r = CliRunner().invoke(app, [
+        "train", "--backend", "mlx", "--recipe", "recipes/quickstart.yaml", "--max-steps", "1",
+        "--limit", "5", "--live", "plain", "--run-dir", str(run), "--set", "train.batch_size=1",
+        "--set", "learner.max_seq_len=160",
+    ])
+    assert r.exit_code == 0, r.output
+    assert "finished: 1 updates" in r.output
+    ckpt = run / "checkpoints" / "step-000001"
+    assert (ckpt / "adapters.safetensors").is_file() and (ckpt / "optimizer.safetensors").is_file()
