@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from saie_lite.chat_tokens import IGNORE, ChatTokens
+from saie_lite.chat_tokens import IGNORE, ChatTokens, Seq2SeqTokens
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
 
@@ -126,7 +126,12 @@ class TorchLearner:
 
     def __init__(self, cfg):
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForSeq2SeqLM,
+            AutoTokenizer,
+        )
 
         _quiet_transformers()
         lc = cfg.learner
@@ -142,7 +147,12 @@ class TorchLearner:
             kwargs["device_map"] = {"": 0}
         try:
             self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=lc.trust_remote_code)
-            base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            arch = AutoConfig.from_pretrained(path, trust_remote_code=lc.trust_remote_code)
+            # Encoder-decoder models (Flan-T5, the paper's learner) train through the
+            # same protocol; only tokenisation, the loss alignment and decoding differ.
+            self.seq2seq = bool(getattr(arch, "is_encoder_decoder", False))
+            auto = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
+            base = auto.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(f"could not load learner model {lc.model!r}: {first[:200]}") from None
@@ -152,7 +162,7 @@ class TorchLearner:
             from peft import prepare_model_for_kbit_training
 
             base = prepare_model_for_kbit_training(base)
-        self.chat = ChatTokens(self.tok)
+        self.chat = Seq2SeqTokens(self.tok) if self.seq2seq else ChatTokens(self.tok)
         self.stop_ids = self.chat.stop_ids
         targets = lc.lora_targets if lc.lora_targets == "all-linear" else lc.lora_targets.split(",")
         lora = LoraConfig(
@@ -160,7 +170,7 @@ class TorchLearner:
             lora_alpha=lc.lora_alpha,
             lora_dropout=lc.lora_dropout,
             target_modules=targets,
-            task_type="CAUSAL_LM",
+            task_type="SEQ_2_SEQ_LM" if self.seq2seq else "CAUSAL_LM",
         )
         torch.manual_seed(cfg.train.seed)  # LoRA init is random: same seed, same adapter
         self.model = get_peft_model(base, lora)
@@ -215,7 +225,8 @@ class TorchLearner:
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, **self._sampling(max_new_tokens, temperature)
         )
-        new = out[:, ids.shape[1] :]
+        # A decoder-only model returns prompt + reply; an encoder-decoder only the reply.
+        new = out if self.seq2seq else out[:, ids.shape[1] :]
         # Rows that stopped early are padded to the longest; count real tokens only.
         self.tokens_generated += int((new != self.tok.pad_token_id).sum())
         return [self.tok.decode(row, skip_special_tokens=True).strip() for row in new]
@@ -256,17 +267,29 @@ class TorchLearner:
     def reseed(self, seed: int) -> None:
         torch.manual_seed(seed)  # seeds CPU and every CUDA device
 
-    def _collate(self, items: list[tuple[list[int], list[int]]]):
+    def _micro_loss_sum(self, items: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Summed target-token loss of one right-padded micro-batch."""
         width = max(len(i) for i, _ in items)
         pad = self.tok.pad_token_id
         ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in items], device=self.device)
-        labels = torch.tensor(
-            [lab + [IGNORE] * (width - len(lab)) for _, lab in items], device=self.device
-        )
         mask = torch.tensor(
             [[1] * len(i) + [0] * (width - len(i)) for i, _ in items], device=self.device
         )
-        return ids, labels, mask
+        lw = max(len(lab) for _, lab in items)
+        labels = torch.tensor(
+            [lab + [IGNORE] * (lw - len(lab)) for _, lab in items], device=self.device
+        )
+        if self.seq2seq:
+            # Decoder logits line up with the labels (the model shifts its own inputs).
+            logits = self.model(input_ids=ids, attention_mask=mask, labels=labels).logits.float()
+            return torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)),
+                labels.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="sum",
+            )
+        logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
+        return masked_ce_sum(logits, labels)
 
     def train_step(self, sequences: list[TrainSequence]) -> StepStats:
         self.model.train()
@@ -277,9 +300,7 @@ class TorchLearner:
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
         for start in range(0, len(encoded), mb):
-            ids, labels, mask = self._collate(encoded[start : start + mb])
-            logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-            loss_sum = masked_ce_sum(logits, labels)
+            loss_sum = self._micro_loss_sum(encoded[start : start + mb])
             # Divide by the batch's target-token count, not the micro-batch's, so the
             # accumulated gradient equals the one full-batch gradient.
             (loss_sum / n_target).backward()

@@ -65,3 +65,44 @@ class ChatTokens:
         n_target = sum(sum(1 for t in lab[1:] if t != IGNORE) for _, lab in encoded)
         encoded.sort(key=lambda x: len(x[0]))
         return encoded, n_target
+
+
+def flatten_chat(chat: Chat) -> str:
+    """A chat as plain text, for encoder-decoder models that have no chat template."""
+    parts = []
+    for m in chat:
+        if m["role"] == "system":
+            parts.append(m["content"])
+        else:
+            who = "User" if m["role"] == "user" else "Assistant"
+            parts.append(f"{who}: {m['content']}")
+    return "\n\n".join(parts) + "\n\nAssistant:"
+
+
+class Seq2SeqTokens(ChatTokens):
+    """Encoder-decoder models (Flan-T5): the chat is the encoder input, the target the
+    decoder labels; every label token carries loss (nothing of the context is decoded)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.stop_ids = [tok.eos_token_id]
+
+    def _with_eos(self, text: str) -> list[int]:
+        ids = self.tok(text)["input_ids"]
+        # T5 tokenizers append </s> themselves; tokenizers without that rule get it here,
+        # so the decoder learns where a reply ends.
+        return ids if ids and ids[-1] == self.tok.eos_token_id else ids + [self.tok.eos_token_id]
+
+    def prompt_ids(self, chat: Chat) -> list[int]:
+        return self._with_eos(flatten_chat(chat))
+
+    def encode(self, seq: TrainSequence) -> tuple[list[int], list[int]]:
+        return self.prompt_ids(seq.context), self._with_eos(seq.target)
+
+    def count(self, chat: Chat, target: str = "") -> int:
+        return len(self.prompt_ids(chat)) + (len(self._with_eos(target)) if target else 0)
+
+    def encode_batch(self, sequences: list[TrainSequence], limit: int):
+        encoded = [(i[:limit], lab[:limit]) for i, lab in map(self.encode, sequences)]
+        encoded.sort(key=lambda x: len(x[0]))
+        return encoded, sum(len(lab) for _, lab in encoded)

@@ -30,8 +30,13 @@ def train(
     mode: str | None = typer.Option(None, help="sft | saie | saie-support | saie-adversarial"),
     backend: str | None = typer.Option(None, help="learner backend: torch | scripted | ..."),
     model: str | None = typer.Option(None, help="learner: hub id, local dir, or 'embedded'"),
-    partner: str | None = typer.Option(None, help="partner backend: llama_cpp | self | ..."),
-    partner_model: str | None = typer.Option(None, help="partner GGUF path, or 'embedded'"),
+    partner: str | None = typer.Option(None, help="partner backend: llama_cpp | openai | self"),
+    partner_model: str | None = typer.Option(
+        None, help="partner GGUF path or 'embedded'; the model name for --partner openai"
+    ),
+    partner_url: str | None = typer.Option(
+        None, help="--partner openai: server base URL, e.g. http://127.0.0.1:8080/v1"
+    ),
     data: str | None = typer.Option(None, help="hub name, .jsonl/.parquet path, or 'bundled'"),
     limit: int | None = typer.Option(None, help="use N examples (0 = all)"),
     rounds: int | None = typer.Option(None, help="discussion rounds"),
@@ -57,6 +62,7 @@ def train(
         "learner.model": model,
         "partner.backend": partner,
         "partner.model": partner_model,
+        "partner.url": partner_url,
         "data.path": data,
         "data.limit": limit,
         "method.rounds": rounds,

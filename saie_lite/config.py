@@ -65,19 +65,33 @@ class LearnerConfig:
 
 @dataclass
 class PartnerConfig:
-    backend: str = _f("llama_cpp", "partner backend: llama_cpp | scripted | self | registered name")
-    model: str = _f("embedded", "GGUF path, or 'embedded' (the SmolLM2 GGUF)")
+    backend: str = _f("llama_cpp", "partner backend: llama_cpp | openai | self | scripted")
+    model: str = _f(
+        "embedded", "llama_cpp: GGUF path or 'embedded'; openai: the server's model name"
+    )
     n_ctx: int = _f(2048, "llama.cpp context window (set explicitly; never the 512 default)")
     n_threads: int = _f(0, "llama.cpp threads; 0 = all cores")
     n_gpu_layers: int = _f(0, "layers offloaded to Metal/CUDA; -1 = all")
     max_tokens: int = _f(96, "longest remark in tokens")
     temperature: float = _f(0.0, "partner sampling temperature; 0 = greedy")
     seed: int = _f(0, "partner sampling seed")
+    url: str = _f(
+        "", "openai: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"
+    )
+    api_key_env: str = _f("", "openai: NAME of the environment variable holding the API key")
+    timeout: float = _f(60.0, "openai: seconds to wait for one reply")
+    retries: int = _f(3, "openai: retries on 429/5xx, timeouts, refused connections, bad JSON")
+    backoff: float = _f(1.0, "openai: first retry delay in seconds (doubles each time)")
+    concurrency: int = _f(4, "openai: remarks requested in parallel")
 
     def validate(self) -> None:
         _check(self.n_ctx >= 256, "partner.n_ctx must be >= 256")
         _check(self.max_tokens >= 1, "partner.max_tokens must be >= 1")
         _check(self.temperature >= 0, "partner.temperature must be >= 0")
+        _check(self.timeout > 0, "partner.timeout must be > 0")
+        _check(0 <= self.retries <= 20, "partner.retries must be in [0, 20]")
+        _check(self.backoff >= 0, "partner.backoff must be >= 0")
+        _check(1 <= self.concurrency <= 64, "partner.concurrency must be in [1, 64]")
 
 
 @dataclass

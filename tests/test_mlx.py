@@ -7,11 +7,11 @@ pytest.importorskip("mlx_lm")
 torch = pytest.importorskip("torch")
 
 from safetensors.numpy import load_file  # noqa: E402
-
-from saie_lite import checkpoint, config  # noqa: E402
 from saie_lite.backends.mlx import MLXLearner  # noqa: E402
 from saie_lite.backends.scripted import ScriptedPartner  # noqa: E402
 from saie_lite.backends.torch_peft import TorchLearner  # noqa: E402
+
+from saie_lite import checkpoint, config  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 from saie_lite.registry import choose_learner  # noqa: E402
 from saie_lite.store import Store  # noqa: E402
@@ -64,7 +64,9 @@ def test_generation_and_adapter_shapes(tiny_model_dir):
     outs = m.generate([CTX, CTX[:2]], 6)
     assert len(outs) == 2 and all(isinstance(o, str) for o in outs)
     assert m.tokens_generated > 0
-    names = [k for k, _ in __import__("mlx.utils").utils.tree_flatten(m.model.trainable_parameters())]
+    names = [
+        k for k, _ in __import__("mlx.utils").utils.tree_flatten(m.model.trainable_parameters())
+    ]
     assert names and all("lora_a" in n or "lora_b" in n for n in names)
 
 
@@ -99,8 +101,13 @@ def run(cfg, run_dir, examples, stop=lambda: False):
 
 def test_mlx_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
     examples = gsm8k.load("bundled")[0][:8]
-    over = {"learner.temperature": 0.8, "learner.lora_dropout": 0.1, "train.batch_size": 2,
-            "train.save_every": 100, "method.warmup_fraction": 0.25}
+    over = {
+        "learner.temperature": 0.8,
+        "learner.lora_dropout": 0.1,
+        "train.batch_size": 2,
+        "train.save_every": 100,
+        "method.warmup_fraction": 0.25,
+    }
     full, part = tmp_path / "full", tmp_path / "part"
     full.mkdir(), part.mkdir()
     assert run(cfg_for(tiny_model_dir, "mlx", **over), full, examples)["step"] == 4
@@ -121,5 +128,8 @@ def test_mlx_resume_matches_uninterrupted(tiny_model_dir, tmp_path):
 
 def test_auto_backend_choice():
     assert choose_learner("auto", "Darwin", "arm64")[0] == "mlx"
-    assert choose_learner("auto", "Linux", "x86_64") == ("torch", "Linux/x86_64 is not Apple silicon")
+    assert choose_learner("auto", "Linux", "x86_64") == (
+        "torch",
+        "Linux/x86_64 is not Apple silicon",
+    )
     assert choose_learner("mlx", "Linux", "x86_64") == ("mlx", "asked for")

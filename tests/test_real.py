@@ -168,11 +168,28 @@ def test_mlx_backend_trains_on_embedded_model(tmp_path):
 
     run = tmp_path / "run"
     # MLX on a Linux CPU is slow: one short update of the real model is the whole test.
-    r = CliRunner().invoke(app, [
-        "train", "--backend", "mlx", "--recipe", "recipes/quickstart.yaml", "--max-steps", "1",
-        "--limit", "5", "--live", "plain", "--run-dir", str(run), "--set", "train.batch_size=1",
-        "--set", "learner.max_seq_len=160",
-    ])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--backend",
+            "mlx",
+            "--recipe",
+            "recipes/quickstart.yaml",
+            "--max-steps",
+            "1",
+            "--limit",
+            "5",
+            "--live",
+            "plain",
+            "--run-dir",
+            str(run),
+            "--set",
+            "train.batch_size=1",
+            "--set",
+            "learner.max_seq_len=160",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "finished: 1 updates" in r.output
     ckpt = run / "checkpoints" / "step-000001"

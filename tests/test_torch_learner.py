@@ -66,9 +66,10 @@ def test_accumulation_equals_full_batch(tiny_model_dir):
     b = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"train.micro_batch_size": 3}))
     la, lb = a.train_step(seqs).loss, b.train_step(seqs).loss
     assert la == pytest.approx(lb, rel=1e-5)
+    # Compare the accumulated gradients (Adam's update would amplify rounding noise).
     for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
         if p.requires_grad:
-            assert torch.allclose(p, q, atol=1e-6), n
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), n
 
 
 def test_training_lowers_loss_and_only_adapters_change(tiny_model_dir):

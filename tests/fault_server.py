@@ -1,0 +1,72 @@
+"""A loopback OpenAI-style server whose replies a test scripts: ok, 500, 429, slow,
+malformed JSON, or closed. For fault tests; the real-server tests use llama_cpp.server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FaultServer:
+    def __init__(self, default: str = "ok:Fine remark from the server.", port: int = 0):
+        self.actions: deque[str] = deque()
+        self.default = default
+        self.requests: list[dict] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer._lock:
+                    outer.requests.append({"headers": dict(self.headers), "body": body})
+                    action = outer.actions.popleft() if outer.actions else outer.default
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                try:
+                    outer._act(self, action)
+                finally:
+                    with outer._lock:
+                        outer.in_flight -= 1
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _act(self, h, action: str) -> None:
+        kind, _, arg = action.partition(":")
+        if kind == "slow":
+            time.sleep(float(arg))
+            kind, arg = "ok", "A slow but fine remark."
+        if kind == "ok":
+            reply = {
+                "choices": [{"message": {"role": "assistant", "content": arg}}],
+                "usage": {"completion_tokens": len(arg.split())},
+            }
+            data, status = json.dumps(reply).encode(), 200
+        elif kind == "malformed":
+            data, status = b'{"choices": [ this is not json', 200
+        else:  # an HTTP status code
+            data, status = b'{"error": "scripted failure"}', int(kind)
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        if status == 429:
+            h.send_header("Retry-After", "0")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,183 @@
+"""The OpenAI-compatible partner against a scripted loopback server: retries, timeouts,
+malformed JSON, concurrency, the API key, and a server that dies mid-run."""
+
+import pytest
+from fault_server import FaultServer
+from saie_lite.backends.openai_http import OpenAIPartner
+from saie_lite.backends.scripted import ScriptedLearner
+
+from saie_lite import checkpoint, config
+from saie_lite.errors import PartnerError, UserError
+from saie_lite.store import Store
+from saie_lite.tasks import gsm8k
+from saie_lite.train import train
+
+CHAT = [{"role": "user", "content": "Remark on: 2+2=5"}]
+
+
+@pytest.fixture
+def server():
+    s = FaultServer()
+    yield s
+    s.close()
+
+
+def partner_for(url, **over):
+    cfg = config.build(
+        overrides={
+            "partner.backend": "openai",
+            "partner.url": url,
+            "partner.model": "test-model",
+            "partner.backoff": 0.01,
+            "partner.retries": 2,
+            "partner.timeout": 2.0,
+            **over,
+        }
+    )
+    return OpenAIPartner(cfg), cfg
+
+
+def test_retries_500_429_and_malformed_json(server):
+    p, _ = partner_for(server.url, **{"partner.retries": 3})
+    server.actions.extend(["500", "429", "malformed", "ok:Check step two."])
+    assert p.remark([CHAT], 32) == ["Check step two."]
+    assert len(server.requests) == 4
+    body = server.requests[0]["body"]
+    assert body["model"] == "test-model" and body["messages"] == CHAT and body["max_tokens"] == 32
+
+
+def test_slow_reply_times_out_then_retries(server):
+    p, _ = partner_for(server.url, **{"partner.timeout": 0.3})
+    server.actions.extend(["slow:1.0", "ok:Quick now."])
+    assert p.remark([CHAT], 8) == ["Quick now."]
+    assert len(server.requests) == 2
+
+
+def test_gives_up_with_one_line(server):
+    p, _ = partner_for(server.url)
+    server.actions.extend(["503", "503", "503"])
+    with pytest.raises(PartnerError) as e:
+        p.remark([CHAT], 8)
+    assert str(e.value) == f"partner server {server.url} failed after 3 attempts (HTTP 503)"
+
+
+def test_refused_connection_names_url():
+    p, _ = partner_for("http://127.0.0.1:9/v1", **{"partner.retries": 1})
+    with pytest.raises(
+        PartnerError, match=r"partner server http://127.0.0.1:9/v1 failed after 2 attempts \("
+    ):
+        p.remark([CHAT], 8)
+
+
+def test_api_key_sent_but_never_written(server, tmp_path, monkeypatch):
+    secret = "sk-test-very-secret-4242"
+    monkeypatch.setenv("SAIE_TEST_KEY", secret)
+    cfg = config.build(
+        overrides={
+            "learner.backend": "scripted",
+            "partner.backend": "openai",
+            "partner.url": server.url,
+            "partner.api_key_env": "SAIE_TEST_KEY",
+            "data.limit": 6,
+            "train.batch_size": 2,
+            "run.dir": str(tmp_path / "run"),
+        }
+    )
+    from saie_lite.runs import start_training
+    from saie_lite.ui import PlainView
+
+    start_training(cfg, tmp_path / "run", False, False, PlainView())
+    assert server.requests and all(
+        r["headers"]["Authorization"] == f"Bearer {secret}" for r in server.requests
+    )
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    assert "SAIE_TEST_KEY" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_missing_key_variable_is_one_line(server):
+    with pytest.raises(UserError) as e:
+        partner_for(server.url, **{"partner.api_key_env": "SAIE_UNSET_VAR_X"})
+    assert str(e.value) == "partner.api_key_env names SAIE_UNSET_VAR_X, which is not set: export it"
+
+
+def test_requests_run_concurrently(server):
+    p, _ = partner_for(server.url, **{"partner.concurrency": 4})
+    server.actions.extend(["slow:0.3"] * 4)
+    assert len(p.remark([CHAT] * 4, 8)) == 4
+    assert server.max_in_flight >= 2
+
+
+def test_degenerate_remark_retried_then_skipped(server, tmp_path):
+    _, cfg = partner_for(server.url)
+    from saie_lite import config as c
+
+    c.apply(
+        cfg,
+        {
+            "learner.backend": "scripted",
+            "method.mode": "saie-support",
+            "train.batch_size": 1,
+            "method.warmup_fraction": 0.0,
+            "train.max_steps": 2,
+        },
+    )
+    exs = gsm8k.load("bundled")[0][:2]
+    # example 1: empty, then a real remark; example 2: empty twice
+    server.actions.extend(["ok:", "ok:Good, keep going.", "ok:   ", "ok:!!!"])
+    learner = ScriptedLearner()
+    store = Store(tmp_path / "s.sqlite")
+    train(cfg, learner, OpenAIPartner(cfg), exs, store, tmp_path)
+    steps = [h for h in learner.history if h["call"] == "train_step"]
+    assert len(steps) == 1  # the second batch had nothing left to train on
+    assert "Good, keep going." in steps[0]["sequences"][0].context[-1]["content"]
+    notes = [m for (m,) in store.db.execute("SELECT message FROM events WHERE kind='remark'")]
+    assert len(notes) == 1 and "degenerate remark (asked twice), discussion skipped" in notes[0]
+    store.close()
+
+
+def test_server_down_mid_run_checkpoints_then_resumes(tmp_path):
+    server = FaultServer()
+    exs = gsm8k.load("bundled")[0][:8]
+    cfg = config.build(
+        overrides={
+            "learner.backend": "scripted",
+            "partner.backend": "openai",
+            "partner.url": server.url,
+            "partner.retries": 1,
+            "partner.backoff": 0.01,
+            "train.batch_size": 2,
+            "train.save_every": 100,
+            "method.warmup_fraction": 0.25,
+        }
+    )
+
+    class KillAfterTwo:
+        def __getattr__(self, name):
+            return lambda *a: None
+
+        def on_step(self, row):
+            if row["step"] == 2:
+                server.close()
+
+    p1 = OpenAIPartner(cfg)
+    store = Store(tmp_path / "saie.sqlite")
+    with pytest.raises(PartnerError) as e:
+        train(cfg, ScriptedLearner(), p1, exs, store, tmp_path, KillAfterTwo())
+    assert str(e.value).startswith(f"partner server {server.url} failed after 2 attempts (")
+    assert str(e.value).endswith(
+        f"checkpoint saved at update 2, once it is back: saie-lite train --resume {tmp_path}"
+    )
+    assert checkpoint.latest(tmp_path).name == "step-000002"
+    # the server comes back on the same port and the run resumes
+    back = FaultServer(port=server.port)
+    try:
+        p2 = OpenAIPartner(cfg)
+        s = train(cfg, ScriptedLearner(), p2, exs, store, tmp_path)
+        assert s["status"] == "finished" and s["step"] == 4
+        # every remark was paid for exactly once: 3 discussion batches x 2 examples x 2 stances
+        assert p1.requests_ok + p2.requests_ok == store.count("remark_cache") == 12
+    finally:
+        back.close()
+        store.close()
