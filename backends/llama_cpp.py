@@ -29,6 +29,9 @@ def resolve_gguf(name: str) -> Path:
     with p.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise UserError(f"partner model {name} is not a GGUF file (its header lacks 'GGUF')")
+    from saie_lite.gguf_export import check_gguf
+
+    check_gguf(p)  # a truncated download or export: one clear line, not a llama.cpp crash
     return p
 
 

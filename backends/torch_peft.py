@@ -93,11 +93,18 @@ def ensure_embedded_learner() -> Path:
         raise UserError(
             "reading the embedded GGUF needs the 'gguf' package: pip install gguf"
         ) from None
+    # The GGUF reader draws its own tqdm bar, which the live view does not want.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
-    fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    if getattr(config, "quantization_config", None) is not None:
+        # The float weights are plain; keeping the GGUF marker would make transformers
+        # treat every later load as quantized and refuse to save merged models.
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")

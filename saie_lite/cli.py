@@ -279,6 +279,23 @@ def logs_export(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a training run directory"),
+    to: str = typer.Option("gguf", help="hf | gguf | mlx"),
+    quant: str = typer.Option("f16", help="gguf: f16 | q8_0"),
+    out: Path | None = typer.Option(None, help="output directory (default RUN/export/...)"),
+) -> None:
+    """Export the trained learner: merged safetensors, GGUF (+ Ollama Modelfile), or MLX."""
+    from saie_lite.export import export as do_export
+
+    try:
+        for path in do_export(run_dir, to, quant, out):
+            typer.echo(f"wrote {path}")
+    except UserError as e:
+        fail(str(e))
+
+
+@app.command()
 def version() -> None:
     """Print the saie-lite version."""
     from importlib.metadata import version as v

@@ -38,7 +38,9 @@ def embedded_gguf() -> Path:
 
 def embedded_learner_dir() -> Path:
     """Cache of the embedded model dequantized to float safetensors (built once)."""
-    return home() / "models" / "smollm2-135m-instruct-f32"
+    # v2: written without the GGUF quantization marker (which made transformers refuse
+    # to save merged models); a v1 cache is simply rebuilt.
+    return home() / "models" / "smollm2-135m-instruct-f32-v2"
 
 
 def bundled_data(name: str) -> Path:

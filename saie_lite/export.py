@@ -1,0 +1,141 @@
+"""``saie-lite export``: a run's learner as merged Hugging Face weights, GGUF, or MLX.
+
+Every format starts from one merged Hugging Face directory (LoRA folded into the base,
+safetensors, tokenizer, chat template): torch runs merge with PEFT, MLX runs fuse with
+mlx-lm. GGUF is written from it by ``gguf_export``; MLX by mlx-lm's converter (or, for
+an MLX run, straight from the fused model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from saie_lite.errors import UserError
+
+FORMATS = ("hf", "gguf", "mlx")
+
+
+def _run_config(run_dir: Path):
+    from saie_lite import config as config_mod
+    from saie_lite.checkpoint import latest
+    from saie_lite.runs import saved_config
+
+    cfg = config_mod.build(base=saved_config(run_dir))
+    ckpt = latest(run_dir)
+    if ckpt is None:
+        raise UserError(f"{run_dir} has no checkpoint yet: train it first")
+    return cfg, ckpt
+
+
+def merge_torch(cfg, ckpt: Path, out: Path) -> None:
+    from saie_lite.backends.torch_peft import TorchLearner
+
+    cfg.learner.quantize = "none"  # merge into full-precision weights
+    cfg.learner.device = "cpu"
+    learner = TorchLearner(cfg)
+    learner.load_adapter(ckpt)
+    merged = learner.model.merge_and_unload()
+    # A base dequantized from GGUF remembers that in its config; the merged model is plain.
+    if getattr(merged.config, "quantization_config", None) is not None:
+        del merged.config.quantization_config
+    merged.save_pretrained(out, safe_serialization=True)
+    learner.tok.save_pretrained(out)
+
+
+def fuse_mlx(cfg, ckpt: Path, out: Path, dequantize: bool) -> None:
+    from mlx.utils import tree_unflatten
+    from mlx_lm.utils import dequantize_model, save
+    from saie_lite.backends.mlx import MLXLearner, resolve_model_path
+
+    learner = MLXLearner(cfg)
+    learner.load_adapter(ckpt)
+    model = learner.model
+    fused = [
+        (n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")
+    ]
+    model.update_modules(tree_unflatten(fused))
+    if dequantize and learner.quantized:
+        model = dequantize_model(model)
+    src = Path(resolve_model_path(cfg.learner.model))
+    config = (
+        json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
+    )
+    if dequantize:
+        config.pop("quantization", None)
+    config.pop("quantization_config", None)
+    save(out, src, model, learner.tok, config)
+
+
+def modelfile(gguf_name: str, template: str | None) -> str:
+    """An Ollama Modelfile; ChatML templates are translated, others left to Ollama."""
+    lines = [f"FROM ./{gguf_name}"]
+    if template and "<|im_start|>" in template:
+        lines += [
+            'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}',
+            "{{ .Content }}<|im_end|>",
+            "{{ end }}<|im_start|>assistant",
+            '"""',
+            'PARAMETER stop "<|im_end|>"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def export(run_dir: Path, to: str, quant: str = "f16", out: Path | None = None) -> list[Path]:
+    """Write the export; returns the main files/directories written."""
+    if to not in FORMATS:
+        raise UserError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
+    run_dir = Path(run_dir)
+    cfg, ckpt = _run_config(run_dir)
+    out = Path(out) if out else run_dir / "export" / (f"{to}-{quant}" if to == "gguf" else to)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty: pick another --out or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export(run_dir, cfg, ckpt, to, quant, out)
+    except BaseException:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # leave nothing half-made behind
+        raise
+
+
+def _export(run_dir: Path, cfg, ckpt: Path, to: str, quant: str, out: Path) -> list[Path]:
+    backend = cfg.learner.backend
+    if to == "mlx" and backend == "mlx":
+        fuse_mlx(cfg, ckpt, out, dequantize=False)
+        return [out]
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        merged = out if to == "hf" else Path(tmp) / "merged"
+        merged.mkdir(exist_ok=True)
+        if backend == "mlx":
+            fuse_mlx(cfg, ckpt, merged, dequantize=True)
+        elif backend == "torch":
+            merge_torch(cfg, ckpt, merged)
+        else:
+            raise UserError(f"export needs a torch or mlx run; this run used {backend!r}")
+        if to == "hf":
+            return [out]
+        if to == "mlx":
+            from mlx_lm import convert
+
+            out.rmdir()  # mlx-lm's converter insists on creating the directory itself
+            convert(hf_path=str(merged), mlx_path=str(out))
+            return [out]
+        from saie_lite.gguf_export import write_gguf
+
+        name = f"saie-{run_dir.name}-{quant}.gguf"
+        path = write_gguf(
+            merged,
+            out / name,
+            quant,
+            name=run_dir.name,
+            hint=cfg.learner.model + (" smollm2" if cfg.learner.model == "embedded" else ""),
+        )
+        tcfg = json.loads((merged / "tokenizer_config.json").read_text())
+        jinja = merged / "chat_template.jinja"
+        template = tcfg.get("chat_template") or (jinja.read_text() if jinja.is_file() else None)
+        (out / "Modelfile").write_text(modelfile(name, template))
+        shutil.copy(merged / "config.json", out / "source-config.json")
+        return [path, out / "Modelfile"]

@@ -1,0 +1,177 @@
+"""Write a merged Hugging Face llama-family model as a GGUF file (f16 or q8_0), with the
+tokenizer and chat template, using the `gguf` package's writer and tensor-name map.
+
+Supported: ``LlamaForCausalLM`` (SmolLM2, Llama, TinyLlama, ...) and
+``Qwen2ForCausalLM``. Other architectures are refused with the list of these.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from saie_lite.errors import UserError
+
+SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+QUANTS = ("f16", "q8_0")
+
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF stores rotary halves split (rotate_half); GGUF llama expects them interleaved
+    per head. Reorders the rows of a q or k projection from one layout to the other."""
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def pre_tokenizer_name(config: dict, hint: str) -> str:
+    """llama.cpp's name for the pre-tokenizer regex; 'default' when we cannot tell."""
+    text = (
+        f"{hint} {config.get('_name_or_path', '')} {config.get('_model_name_or_path', '')}".lower()
+    )
+    if "smollm" in text:
+        return "smollm"
+    if config.get("model_type") == "qwen2" or "qwen" in text:
+        return "qwen2"
+    if "llama-3" in text or "llama3" in text:
+        return "llama-bpe"
+    return "default"
+
+
+def _tokenizer_fields(model_dir: Path) -> dict:
+    data = json.loads((model_dir / "tokenizer.json").read_text())
+    model = data.get("model", {})
+    if model.get("type") != "BPE":
+        raise UserError("GGUF export supports byte-level BPE tokenizers (tokenizer.json type BPE)")
+    vocab: dict[str, int] = dict(model["vocab"])
+    types = {}
+    for added in data.get("added_tokens", []):
+        vocab[added["content"]] = added["id"]
+        types[added["id"]] = 3 if added.get("special") else 4  # control / user-defined
+    size = max(vocab.values()) + 1
+    tokens = [f"[PAD{i}]" for i in range(size)]
+    for tok, i in vocab.items():
+        tokens[i] = tok
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return {"tokens": tokens, "types": [types.get(i, 1) for i in range(size)], "merges": merges}
+
+
+def write_gguf(
+    model_dir: Path, out: Path, quant: str = "f16", name: str = "", hint: str = ""
+) -> Path:
+    """Convert the merged model in ``model_dir`` (safetensors + tokenizer) to ``out``."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    if quant not in QUANTS:
+        raise UserError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
+    config = json.loads((model_dir / "config.json").read_text())
+    archs = config.get("architectures") or ["?"]
+    if archs[0] not in SUPPORTED:
+        raise UserError(
+            f"GGUF export supports {', '.join(SUPPORTED)}; this model is {archs[0]}: "
+            "export --to hf and convert it with llama.cpp's converter"
+        )
+    arch = SUPPORTED[archs[0]]
+    n_layer = config["num_hidden_layers"]
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads", n_head)
+    hidden = config["hidden_size"]
+    head_dim = config.get("head_dim") or hidden // n_head
+    rope = config.get("rope_parameters") or {}
+    theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
+
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_name(name or archs[0])
+    w.add_context_length(config.get("max_position_embeddings", 2048))
+    w.add_embedding_length(hidden)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(config["intermediate_size"])
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_dimension_count(head_dim)
+    w.add_rope_freq_base(float(theta))
+    w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    w.add_vocab_size(config["vocab_size"])
+    ftype = gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
+    w.add_file_type(ftype)
+
+    tok = _tokenizer_fields(model_dir)
+    tcfg_path = model_dir / "tokenizer_config.json"
+    tcfg = json.loads(tcfg_path.read_text()) if tcfg_path.is_file() else {}
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre_tokenizer_name(config, hint))
+    w.add_token_list(tok["tokens"])
+    w.add_token_types(tok["types"])
+    w.add_token_merges(tok["merges"])
+    index = {t: i for i, t in enumerate(tok["tokens"])}
+    for key, add in (
+        ("bos_token", w.add_bos_token_id),
+        ("eos_token", w.add_eos_token_id),
+        ("pad_token", w.add_pad_token_id),
+        ("unk_token", w.add_unk_token_id),
+    ):
+        value = tcfg.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str) and value in index:
+            add(index[value])
+    w.add_add_bos_token(False)
+    template = tcfg.get("chat_template")
+    jinja = model_dir / "chat_template.jinja"
+    if template is None and jinja.is_file():
+        template = jinja.read_text()
+    if template:
+        w.add_chat_template(template)
+
+    names = gguf.get_tensor_name_map(
+        gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2, n_layer
+    )
+    weights = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        weights.update(load_file(str(f)))
+    for hf_name, data in weights.items():
+        if hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        if arch == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
+            data = permute_qk(data, n_head)
+        elif arch == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
+            data = permute_qk(data, n_kv)
+        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise UserError(f"GGUF export: no GGUF name for tensor {hf_name}")
+        data = data.astype(np.float32)
+        if data.ndim == 1:
+            w.add_tensor(new, data)  # norms and biases stay float32
+        elif quant == "q8_0" and data.shape[-1] % 32 == 0:
+            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(new, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(new, data.astype(np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
+def check_gguf(path: Path) -> None:
+    """Fail with one line if a GGUF file is truncated or corrupt (before llama.cpp loads it)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(path))
+        size = path.stat().st_size
+        end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
+    except Exception as e:  # the reader raises many kinds on a damaged file
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:80]
+        raise UserError(
+            f"partner model {path} is truncated or corrupt ({detail}): re-download or re-export it"
+        ) from None
+    if end > size:
+        raise UserError(
+            f"partner model {path} is truncated ({size} of {end} bytes): re-download or re-export it"
+        )
