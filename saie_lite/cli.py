@@ -296,6 +296,41 @@ def export(
 
 
 @app.command()
+def bench(
+    model: str = typer.Option("embedded", help="learner model for every part"),
+    only: str = typer.Option("saie,update,trl,mlx,generate", help="comma list of parts"),
+    examples: int = typer.Option(8, help="SAIE vs SFT part: examples per mode"),
+    steps: int = typer.Option(3, help="timed updates per measurement (after one warm-up)"),
+    batch: int = typer.Option(8, help="sequences per update"),
+    max_len: int = typer.Option(256, help="training sequence length cap"),
+    new_tokens: int = typer.Option(64, help="generation part: new tokens per prompt"),
+    out: Path | None = typer.Option(
+        None, help="report directory (default $SAIE_LITE_HOME/bench/<time>)"
+    ),
+) -> None:
+    """Measure the time split, update and generation throughput against TRL, mlx-lm and llama.cpp."""
+    import time as _time
+
+    from saie_lite.bench import PARTS, BenchSettings, run_bench
+    from saie_lite.paths import home
+
+    try:
+        parts = [p.strip() for p in only.split(",") if p.strip()]
+        bad = [p for p in parts if p not in PARTS]
+        if bad:
+            raise UserError(f"unknown bench part(s) {', '.join(bad)}; parts: {', '.join(PARTS)}")
+        settings = BenchSettings(model, examples, steps, batch, max_len, new_tokens)
+        target = out or home() / "bench" / _time.strftime("%Y%m%d-%H%M%S")
+        report = run_bench(settings, parts, Path(target))
+    except UserError as e:
+        fail(str(e))
+    from saie_lite.bench import markdown
+
+    typer.echo(markdown(report))
+    typer.echo(f"wrote {Path(target) / 'bench.json'} and bench.md")
+
+
+@app.command()
 def version() -> None:
     """Print the saie-lite version."""
     from importlib.metadata import version as v

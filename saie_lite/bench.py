@@ -1,0 +1,397 @@
+"""``saie-lite bench``: where the time goes, and how it compares, in one process run.
+
+Each part returns plain numbers; ``run_bench`` puts them in one JSON report and a
+Markdown table with the machine, library versions and settings. Parts whose optional
+library is missing (TRL, mlx-lm) are reported as skipped, never faked.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from saie_lite import config as config_mod
+from saie_lite.fsutil import atomic_write_text
+from saie_lite.protocols import TrainSequence
+
+PARTS = ("saie", "update", "trl", "mlx", "generate")
+
+
+@dataclass
+class BenchSettings:
+    model: str = "embedded"
+    examples: int = 8  # SAIE vs SFT part: discussion examples per mode
+    steps: int = 3  # timed updates per update measurement (after one warm-up step)
+    batch: int = 8
+    max_len: int = 256  # training sequences are cut to this many tokens
+    new_tokens: int = 64  # generation part
+    lora_r: int = 8
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in (
+        "saie-lite",
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "llama-cpp-python",
+        "mlx",
+        "mlx-lm",
+    ):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if platform.system() == "Darwin" else rss / 1024
+
+
+def _cfg(s: BenchSettings, **over):
+    return config_mod.build(
+        overrides={
+            "learner.model": s.model,
+            "learner.lora_r": s.lora_r,
+            "learner.lora_alpha": 2 * s.lora_r,
+            "learner.max_seq_len": s.max_len,
+            "train.batch_size": s.batch,
+            "train.micro_batch_size": s.batch,
+            "learner.max_new_tokens": s.new_tokens,
+            **over,
+        }
+    )
+
+
+def _sequences(s: BenchSettings, n: int) -> list[TrainSequence]:
+    from saie_lite.tasks import gsm8k
+
+    exs = gsm8k.load("bundled")[0]
+    return [TrainSequence(gsm8k.learner_chat(e.question), e.reference) for e in exs[:n]]
+
+
+def _timed_steps(step: Callable[[], int], steps: int) -> dict:
+    step()  # warm-up: allocator, kernels, lazy init
+    tokens, t0 = 0, time.perf_counter()
+    for _ in range(steps):
+        tokens += step()
+    dt = time.perf_counter() - t0
+    return {"tokens_per_s": tokens / dt, "seconds_per_step": dt / steps}
+
+
+def bench_update(s: BenchSettings, dtype: str) -> dict:
+    """Our torch backend's optimizer steps on plain GSM8K sequences."""
+    from saie_lite.backends.torch_peft import TorchLearner
+
+    learner = TorchLearner(_cfg(s, **{"learner.dtype": dtype, "learner.backend": "torch"}))
+    seqs = _sequences(s, s.batch)
+    return {"dtype": dtype, **_timed_steps(lambda: learner.train_step(seqs).n_tokens, s.steps)}
+
+
+def bench_trl(s: BenchSettings) -> dict:
+    """TRL's SFTTrainer on the same model, data, LoRA settings, batch and length."""
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return {"skipped": "trl not installed (pip install 'saie-lite[bench]')"}
+    import tempfile
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from saie_lite.backends.torch_peft import resolve_model_path
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    path = resolve_model_path(s.model)
+    tok = AutoTokenizer.from_pretrained(path)
+    seqs = _sequences(s, s.batch)
+    rows = [
+        {"prompt": q.context, "completion": [{"role": "assistant", "content": q.target}]}
+        for q in seqs
+    ] * (s.steps + 1)
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = SFTTrainer(
+            model=AutoModelForCausalLM.from_pretrained(path, dtype="float32"),
+            args=SFTConfig(
+                output_dir=tmp,
+                per_device_train_batch_size=s.batch,
+                max_steps=s.steps + 1,
+                max_length=s.max_len,
+                learning_rate=2e-4,
+                logging_steps=10_000,
+                save_strategy="no",
+                report_to=[],
+                use_cpu=True,
+                dataloader_num_workers=0,
+                seed=0,
+            ),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+            peft_config=LoraConfig(
+                r=s.lora_r,
+                lora_alpha=2 * s.lora_r,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
+            callbacks=[Clock()],
+        )
+        n_tokens = sum(
+            min(len(x), s.max_len) for x in trainer.train_dataset["input_ids"][: s.batch]
+        )
+        trainer.train()
+    dt = marks[-1] - marks[0]  # steps 2..n: the first is warm-up
+    return {"tokens_per_s": n_tokens * s.steps / dt, "seconds_per_step": dt / s.steps}
+
+
+def bench_mlx(s: BenchSettings) -> dict:
+    """Our MLX backend against mlx-lm's own LoRA trainer, same model, batch and data."""
+    try:
+        import mlx.core as mx
+        from mlx_lm.tuner.trainer import TrainingArgs, train
+    except ImportError:
+        return {"skipped": "mlx-lm not installed (pip install 'saie-lite[mlx]')"}
+    import tempfile
+
+    import mlx.optimizers as optim
+    from saie_lite.backends.mlx import MLXLearner
+
+    cfg = _cfg(s, **{"learner.backend": "mlx"})
+    ours = MLXLearner(cfg)
+    seqs = _sequences(s, s.batch)
+    mine = _timed_steps(lambda: ours.train_step(seqs).n_tokens, s.steps)
+    # mlx-lm on identical tokens: (ids, prompt length) pairs, its default masked loss.
+    theirs = MLXLearner(cfg)
+    data = []
+    for q in seqs:
+        ids, labels = theirs.encode(q)
+        offset = next(i for i, lab in enumerate(labels) if lab != -100)
+        data.append((ids[: s.max_len], offset))
+    marks: list[float] = []
+
+    class Clock:
+        def on_train_loss_report(self, info):
+            marks.append(time.perf_counter())
+
+        def on_val_loss_report(self, info):
+            pass
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArgs(
+            batch_size=s.batch,
+            iters=s.steps + 1,
+            val_batches=0,
+            steps_per_report=1,
+            steps_per_eval=10**9,
+            steps_per_save=10**9,
+            max_seq_length=s.max_len,
+            adapter_file=f"{tmp}/a.safetensors",
+        )
+        train(
+            theirs.model,
+            optim.AdamW(learning_rate=2e-4),
+            data,
+            None,
+            args,
+            training_callback=Clock(),
+        )
+    mx.eval(theirs.model.parameters())
+    dt = marks[-1] - marks[0]
+    return {
+        "ours_seconds_per_step": mine["seconds_per_step"],
+        "mlx_lm_seconds_per_step": dt / s.steps,
+        "ratio_ours_over_mlx_lm": mine["seconds_per_step"] / (dt / s.steps),
+    }
+
+
+def bench_generate(s: BenchSettings) -> dict:
+    """Learner generation (ours, batched) against llama.cpp single-stream on the same model."""
+    from saie_lite.backends.torch_peft import TorchLearner
+
+    from saie_lite.paths import EMBEDDED, embedded_gguf
+
+    learner = TorchLearner(_cfg(s, **{"learner.backend": "torch"}))
+    chats = [q.context for q in _sequences(s, s.batch)]
+    learner.generate(chats[:1], 4)
+    t0, before = time.perf_counter(), learner.tokens_generated
+    learner.generate(chats, s.new_tokens)
+    ours = (learner.tokens_generated - before) / (time.perf_counter() - t0)
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return {"ours_tokens_per_s": ours, "llama_cpp": "skipped: llama-cpp-python not installed"}
+    if s.model == EMBEDDED:
+        gguf, label = embedded_gguf(), "Q4_1 (the embedded GGUF)"
+    else:
+        import tempfile
+
+        from saie_lite.backends.torch_peft import resolve_model_path
+
+        from saie_lite.gguf_export import write_gguf
+
+        gguf = Path(tempfile.mkdtemp()) / "ref-f16.gguf"
+        write_gguf(Path(resolve_model_path(s.model)), gguf, "f16")
+        label = "f16 (exported)"
+    llm = Llama(str(gguf), n_ctx=2048, verbose=False)
+    n, t0 = 0, time.perf_counter()
+    for chat in chats:
+        out = llm.create_chat_completion(messages=chat, max_tokens=s.new_tokens, temperature=0.0)
+        n += out["usage"]["completion_tokens"]
+    ref = n / (time.perf_counter() - t0)
+    llm.close()
+    return {
+        "ours_tokens_per_s": ours,
+        "llama_cpp_tokens_per_s": ref,
+        "llama_cpp_model": label,
+        "ratio_ours_over_llama_cpp": ours / ref,
+    }
+
+
+def bench_saie(s: BenchSettings, run_root: Path) -> dict:
+    """SAIE (both stances) against plain SFT through the real loop: wall time per example,
+    and the SAIE time split per discussion step."""
+    from saie_lite.runs import build_backends
+    from saie_lite.store import Store
+    from saie_lite.tasks import gsm8k
+    from saie_lite.train import train
+
+    examples = gsm8k.load("bundled")[0][: s.examples]
+    out = {}
+    for mode in ("sft", "saie"):
+        cfg = _cfg(
+            s,
+            **{
+                "learner.backend": "torch",
+                "method.mode": mode,
+                "method.warmup_fraction": 0.0,
+                "train.batch_size": 4,
+                "train.micro_batch_size": 4,
+                "partner.max_tokens": 48,
+            },
+        )
+        learner, partner = build_backends(cfg, dry_run=False)
+        run_dir = run_root / mode
+        run_dir.mkdir(parents=True)
+        store = Store(run_dir / "saie.sqlite")
+        t0 = time.perf_counter()
+        summary = train(cfg, learner, partner, examples, store, run_dir)
+        wall = time.perf_counter() - t0
+        store.close()
+        steps = max(1, summary["step"])
+        out[mode] = {
+            "seconds_per_example": wall / len(examples),
+            "examples_per_minute": 60 * len(examples) / wall,
+            **{f"{k}_seconds_per_step": v / steps for k, v in summary["seconds"].items()},
+        }
+    out["ratio_saie_over_sft"] = (
+        out["saie"]["seconds_per_example"] / out["sft"]["seconds_per_example"]
+    )
+    return out
+
+
+def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> dict:
+    report: dict = {
+        "machine": {
+            "system": platform.system(),
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+            "cpus": __import__("os").cpu_count(),
+            "python": platform.python_version(),
+        },
+        "versions": _versions(),
+        "settings": s.__dict__,
+        "results": {},
+    }
+    jobs = {
+        "saie": lambda: bench_saie(s, out_dir / "runs"),
+        "update": lambda: {
+            "float32": bench_update(s, "float32"),
+            "bfloat16": bench_update(s, "bfloat16"),
+        },
+        "trl": lambda: bench_trl(s),
+        "mlx": lambda: bench_mlx(s),
+        "generate": lambda: bench_generate(s),
+    }
+    for part in parts:
+        log(f"bench: {part} ...")
+        report["results"][part] = jobs[part]()
+    res = report["results"]
+    if "update" in res and "tokens_per_s" in res.get("trl", {}):
+        res["update"]["ratio_over_trl_fp32"] = (
+            res["update"]["float32"]["tokens_per_s"] / res["trl"]["tokens_per_s"]
+        )
+    report["peak_rss_mb"] = _peak_rss_mb()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2))
+    atomic_write_text(out_dir / "bench.md", markdown(report))
+    return report
+
+
+def _f(x, digits=1) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else str(x)
+
+
+def markdown(r: dict) -> str:
+    m, v, res = r["machine"], r["versions"], r["results"]
+    lines = [
+        f"Machine: {m['system']} {m['machine']}, {m['cpus']} CPUs, Python {m['python']}; "
+        + ", ".join(f"{k} {x}" for k, x in v.items() if x)
+        + f"; peak RSS {r['peak_rss_mb']:.0f} MB",
+        "",
+        "Settings: " + ", ".join(f"{k}={x}" for k, x in r["settings"].items()),
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    if "saie" in res:
+        sa = res["saie"]
+        lines += [
+            f"| SAIE step split (s): generate / remark / update | {_f(sa['saie']['generate_seconds_per_step'])} / {_f(sa['saie']['remark_seconds_per_step'])} / {_f(sa['saie']['update_seconds_per_step'])} |",
+            f"| SAIE examples per minute | {_f(sa['saie']['examples_per_minute'])} |",
+            f"| SFT examples per minute | {_f(sa['sft']['examples_per_minute'])} |",
+            f"| SAIE / SFT wall time per example (target <= 3x) | {_f(sa['ratio_saie_over_sft'], 2)}x |",
+        ]
+    if "update" in res:
+        u = res["update"]
+        lines += [
+            f"| update tokens/s, ours fp32 | {_f(u['float32']['tokens_per_s'])} |",
+            f"| update tokens/s, ours bf16 weights | {_f(u['bfloat16']['tokens_per_s'])} |",
+        ]
+        if "ratio_over_trl_fp32" in u:
+            lines.append(
+                f"| ours / TRL SFTTrainer, fp32 (target >= 1.5x) | {_f(u['ratio_over_trl_fp32'], 2)}x |"
+            )
+    if "trl" in res:
+        t = res["trl"]
+        lines.append(
+            f"| update tokens/s, TRL SFTTrainer fp32 | {_f(t.get('tokens_per_s', t.get('skipped')))} |"
+        )
+    if "mlx" in res:
+        x = res["mlx"]
+        lines.append(
+            f"| MLX step time, ours / mlx_lm (target <= 1.1x) | {_f(x.get('ratio_ours_over_mlx_lm', x.get('skipped')), 2)} |"
+        )
+    if "generate" in res:
+        g = res["generate"]
+        lines += [
+            f"| learner generation tokens/s, ours (batched) | {_f(g['ours_tokens_per_s'])} |",
+            f"| llama.cpp tokens/s, single stream, {g.get('llama_cpp_model', '-')} | {_f(g.get('llama_cpp_tokens_per_s', '-'))} |",
+            f"| ours / llama.cpp (target >= 0.5x) | {_f(g.get('ratio_ours_over_llama_cpp', '-'), 2)} |",
+        ]
+    return "\n".join(lines) + "\n"
