@@ -48,7 +48,7 @@ def merge_torch(cfg, ckpt: Path, out: Path) -> None:
 def fuse_mlx(cfg, ckpt: Path, out: Path, dequantize: bool) -> None:
     from mlx.utils import tree_unflatten
     from mlx_lm.utils import dequantize_model, save
-    from saie_lite.backends.mlx import MLXLearner, resolve_model_path
+    from saie_lite.backends.mlx import MLXLearner, config_fixes, resolve_model_path
 
     learner = MLXLearner(cfg)
     learner.load_adapter(ckpt)
@@ -66,6 +66,7 @@ def fuse_mlx(cfg, ckpt: Path, out: Path, dequantize: bool) -> None:
     if dequantize:
         config.pop("quantization", None)
     config.pop("quantization_config", None)
+    config.update(config_fixes(str(src)))  # mlx-lm readers need a top-level rope_theta
     save(out, src, model, learner.tok, config)
 
 
@@ -119,9 +120,15 @@ def _export(run_dir: Path, cfg, ckpt: Path, to: str, quant: str, out: Path) -> l
             return [out]
         if to == "mlx":
             from mlx_lm import convert
+            from saie_lite.backends.mlx import config_fixes
 
             out.rmdir()  # mlx-lm's converter insists on creating the directory itself
             convert(hf_path=str(merged), mlx_path=str(out))
+            # The converter copies a transformers 5 config whose rope_theta mlx-lm misses.
+            cfg_path = out / "config.json"
+            cfg_json = json.loads(cfg_path.read_text())
+            cfg_json.update(config_fixes(str(merged)))
+            cfg_path.write_text(json.dumps(cfg_json, indent=2))
             return [out]
         from saie_lite.gguf_export import write_gguf
 

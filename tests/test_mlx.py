@@ -133,3 +133,38 @@ def test_auto_backend_choice():
         "Linux/x86_64 is not Apple silicon",
     )
     assert choose_learner("mlx", "Linux", "x86_64") == ("mlx", "asked for")
+
+
+def test_export_of_an_mlx_run(tiny_model_dir, tmp_path):
+    """An MLX run exports fused to MLX (loads in mlx-lm) and merged to HF (loads in torch)."""
+    from mlx_lm import load
+    from transformers import AutoModelForCausalLM
+
+    from saie_lite.export import export
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = cfg_for(
+        tiny_model_dir, "mlx", **{"train.batch_size": 2, "train.max_steps": 2, "train.lr": 0.05}
+    )
+    run(cfg, run_dir, gsm8k.load("bundled")[0][:6])
+    from saie_lite import config as config_mod
+
+    config_mod.save(cfg, run_dir / "config.yaml")
+    learner = MLXLearner(cfg)
+    learner.load_adapter(checkpoint.latest(run_dir))
+    ids = learner.chat.prompt_ids(CTX)
+    want = learner.model(mx.array([ids]))[0, -1]
+
+    (mlx_dir,) = export(run_dir, "mlx", out=tmp_path / "mlx")
+    fused, _ = load(str(mlx_dir))
+    got = fused(mx.array([ids]))[0, -1]
+    assert mx.allclose(got, want, atol=1e-4).item()
+
+    (hf_dir,) = export(run_dir, "hf", out=tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].numpy()
+    import numpy as np
+
+    assert np.allclose(logits, np.array(want), atol=1e-3)
