@@ -153,7 +153,10 @@ def test_missing_learner_model_is_one_line(tmp_path):
         str(tmp_path / "r"),
     )
     assert r.exit_code == 2
-    assert r.output.strip() == (
+    # `--backend auto` (the default) first says which backend it chose, and why
+    note, error = r.output.strip().splitlines()
+    assert note.startswith("note: learner backend: ")
+    assert error == (
         "error: learner model not found: ./missing-model (give a local model directory, a hub id, "
         "or 'embedded')"
     )
