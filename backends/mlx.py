@@ -15,7 +15,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from saie_lite.chat_tokens import IGNORE, ChatTokens
+from saie_lite.chat_tokens import IGNORE, ChatTokenLearner, ChatTokens
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
 
@@ -84,7 +84,7 @@ def masked_ce_sum(model, ids: mx.array, labels: mx.array) -> mx.array:
     return (ce * mask).sum()
 
 
-class MLXLearner:
+class MLXLearner(ChatTokenLearner):
     def __init__(self, cfg):
         from mlx_lm import load
         from mlx_lm.tuner.utils import linear_to_lora_layers
@@ -128,13 +128,6 @@ class MLXLearner:
         self.loss_and_grad = nn.value_and_grad(self.model, masked_ce_sum)
         self.step = 0
         self.tokens_generated = 0
-
-    # -- tokenisation -------------------------------------------------------------
-    def encode(self, seq: TrainSequence) -> tuple[list[int], list[int]]:
-        return self.chat.encode(seq)
-
-    def count_tokens(self, chat: Chat, target: str = "") -> int:
-        return self.chat.count(chat, target)
 
     # -- generation ---------------------------------------------------------------
     def generate(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from saie_lite.chat_tokens import IGNORE, ChatTokens, Seq2SeqTokens
+from saie_lite.chat_tokens import IGNORE, ChatTokenLearner, ChatTokens, Seq2SeqTokens
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
 
@@ -128,7 +128,7 @@ def resolve_model_path(name: str) -> str:
     return str(p) if p.exists() else name
 
 
-class TorchLearner:
+class TorchLearner(ChatTokenLearner):
     """LoRA learner. One optimizer step per ``train_step``; micro-batches accumulate."""
 
     def __init__(self, cfg):
@@ -191,13 +191,6 @@ class TorchLearner:
         )
         self.step = 0
         self.tokens_generated = 0
-
-    # -- tokenisation (shared with other backends) --------------------------------
-    def encode(self, seq: TrainSequence) -> tuple[list[int], list[int]]:
-        return self.chat.encode(seq)
-
-    def count_tokens(self, chat: Chat, target: str = "") -> int:
-        return self.chat.count(chat, target)
 
     # -- generation ---------------------------------------------------------------
     def _left_padded(self, prompts: list[list[int]]):

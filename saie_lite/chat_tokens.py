@@ -19,6 +19,19 @@ FALLBACK_TEMPLATE = (
 )
 
 
+class ChatTokenLearner:
+    """Mixin for learners holding a ``ChatTokens`` as ``self.chat``: the protocol's
+    tokenisation methods, once."""
+
+    chat: ChatTokens
+
+    def encode(self, seq: TrainSequence) -> tuple[list[int], list[int]]:
+        return self.chat.encode(seq)
+
+    def count_tokens(self, chat: Chat, target: str = "") -> int:
+        return self.chat.count(chat, target)
+
+
 class ChatTokens:
     def __init__(self, tok):
         self.tok = tok

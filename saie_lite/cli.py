@@ -90,44 +90,6 @@ def train(
         raise typer.Exit(130)
 
 
-def _eval_cfg(
-    task,
-    data,
-    split,
-    limit,
-    model,
-    backend,
-    strategy,
-    k,
-    rounds,
-    agents,
-    temperature,
-    scoring,
-    max_new_tokens,
-    batch_size,
-    set_,
-):
-    from saie_lite import config as config_mod
-
-    flags = {
-        "data.task": task,
-        "data.path": data,
-        "data.split": split,
-        "data.limit": limit,
-        "learner.model": model,
-        "learner.backend": backend,
-        "eval.strategy": strategy,
-        "eval.k": k,
-        "eval.rounds": rounds,
-        "eval.agents": agents,
-        "eval.temperature": temperature,
-        "eval.scoring": scoring,
-        "eval.max_new_tokens": max_new_tokens,
-        "eval.batch_size": batch_size,
-    }
-    return config_mod.build(None, {**config_mod.parse_sets(set_), **flags})
-
-
 @app.command("eval")
 def eval_(
     task: str = typer.Option("gsm8k", help="gsm8k | commonsense_qa | mmlu"),
@@ -151,26 +113,27 @@ def eval_(
     set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value"),
 ) -> None:
     """Measure accuracy (with 95% intervals) of a learner under an inference strategy."""
+    from saie_lite import config as config_mod
     from saie_lite.inference import start_eval
 
     try:
-        cfg = _eval_cfg(
-            task,
-            data,
-            split,
-            limit,
-            model,
-            backend,
-            strategy,
-            k,
-            rounds,
-            agents,
-            temperature,
-            scoring,
-            max_new_tokens,
-            batch_size,
-            set_,
-        )
+        flags = {
+            "data.task": task,
+            "data.path": data,
+            "data.split": split,
+            "data.limit": limit,
+            "learner.model": model,
+            "learner.backend": backend,
+            "eval.strategy": strategy,
+            "eval.k": k,
+            "eval.rounds": rounds,
+            "eval.agents": agents,
+            "eval.temperature": temperature,
+            "eval.scoring": scoring,
+            "eval.max_new_tokens": max_new_tokens,
+            "eval.batch_size": batch_size,
+        }
+        cfg = config_mod.build(None, {**config_mod.parse_sets(set_), **flags})
         summary = start_eval(cfg, run, out)
     except UserError as e:
         fail(str(e))

@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from saie_lite.errors import UserError
 from saie_lite.paths import bundled_data
 from saie_lite.protocols import Example
+
+
+@dataclass
+class Score:
+    """An answer read two ways (SAIE.md section 4): strict format, and flexible."""
+
+    strict: str | None
+    flexible: str | None
+    strict_correct: bool
+    flexible_correct: bool
+
 
 DEV_SEED = 2024
 DEV_SIZE = 500

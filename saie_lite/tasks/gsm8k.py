@@ -8,11 +8,10 @@ N") and *flexible* (the last number anywhere). No number means wrong.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from saie_lite.protocols import Example
-from saie_lite.tasks.common import load_rows, parse_all
+from saie_lite.tasks.common import Score, load_rows, parse_all
 
 SYSTEM = (
     "You are a careful math tutor. Solve the problem step by step, "
@@ -53,14 +52,6 @@ def extract_strict(output: str) -> str | None:
 def extract_flexible(output: str) -> str | None:
     found = _ANY.findall(output)
     return normalize(found[-1]) if found else None
-
-
-@dataclass
-class Score:
-    strict: str | None
-    flexible: str | None
-    strict_correct: bool
-    flexible_correct: bool
 
 
 def score(output: str, gold: str) -> Score:

@@ -9,23 +9,15 @@ datasets have no reference rationales. Letter extraction, per SAIE.md section 4:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from saie_lite.protocols import Example
+from saie_lite.tasks.common import Score
 
 ANSWER_FORMAT = "'The answer is (<letter>)'"
 SYSTEM = (
     "You are a careful assistant answering multiple-choice questions. Think briefly, "
     "then end with 'The answer is (X)' where X is the letter of one choice."
 )
-
-
-@dataclass
-class Score:
-    strict: str | None
-    flexible: str | None
-    strict_correct: bool
-    flexible_correct: bool
 
 
 def format_question(question: str, labels: list[str], texts: list[str]) -> str:
