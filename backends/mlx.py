@@ -21,7 +21,7 @@ from saie_lite.protocols import Chat, StepStats, TrainSequence
 
 
 def resolve_model_path(name: str) -> str:
-    from saie_lite.paths import EMBEDDED
+    from saie_lite.paths import EMBEDDED, local_or_hub
 
     if name == EMBEDDED:
         # The GGUF is dequantized once (through transformers) into safetensors that
@@ -34,13 +34,7 @@ def resolve_model_path(name: str) -> str:
                 "pip install 'saie-lite[torch]' (or give --model an MLX or HF directory)"
             ) from None
         return str(ensure_embedded_learner())
-    p = Path(name).expanduser()
-    if name.startswith((".", "/", "~")) and not p.exists():
-        raise UserError(
-            f"learner model not found: {name} (give a local model directory, a hub id, "
-            "or 'embedded')"
-        )
-    return str(p) if p.exists() else name
+    return local_or_hub(name)
 
 
 def config_fixes(path: str) -> dict:

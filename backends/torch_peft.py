@@ -115,17 +115,11 @@ def ensure_embedded_learner() -> Path:
 
 
 def resolve_model_path(name: str) -> str:
-    from saie_lite.paths import EMBEDDED
+    from saie_lite.paths import EMBEDDED, local_or_hub
 
     if name == EMBEDDED:
         return str(ensure_embedded_learner())
-    p = Path(name).expanduser()
-    if name.startswith((".", "/", "~")) and not p.exists():
-        raise UserError(
-            f"learner model not found: {name} (give a local model directory, a hub id, "
-            "or 'embedded')"
-        )
-    return str(p) if p.exists() else name
+    return local_or_hub(name)
 
 
 class TorchLearner(ChatTokenLearner):

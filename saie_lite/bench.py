@@ -109,9 +109,10 @@ def bench_trl(s: BenchSettings) -> dict:
 
     from datasets import Dataset
     from peft import LoraConfig
-    from saie_lite.backends.torch_peft import resolve_model_path
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    from saie_lite.backends.torch_peft import resolve_model_path
 
     path = resolve_model_path(s.model)
     tok = AutoTokenizer.from_pretrained(path)
@@ -170,6 +171,7 @@ def bench_mlx(s: BenchSettings) -> dict:
     import tempfile
 
     import mlx.optimizers as optim
+
     from saie_lite.backends.mlx import MLXLearner
 
     cfg = _cfg(s, **{"learner.backend": "mlx"})
@@ -223,7 +225,6 @@ def bench_mlx(s: BenchSettings) -> dict:
 def bench_generate(s: BenchSettings) -> dict:
     """Learner generation (ours, batched) against llama.cpp single-stream on the same model."""
     from saie_lite.backends.torch_peft import TorchLearner
-
     from saie_lite.paths import EMBEDDED, embedded_gguf
 
     learner = TorchLearner(_cfg(s, **{"learner.backend": "torch"}))
@@ -242,7 +243,6 @@ def bench_generate(s: BenchSettings) -> dict:
         import tempfile
 
         from saie_lite.backends.torch_peft import resolve_model_path
-
         from saie_lite.gguf_export import write_gguf
 
         gguf = Path(tempfile.mkdtemp()) / "ref-f16.gguf"

@@ -43,5 +43,17 @@ def embedded_learner_dir() -> Path:
     return home() / "models" / "smollm2-135m-instruct-f32-v2"
 
 
+def local_or_hub(name: str) -> str:
+    """A model named by the user: an existing local path, or a hub id. A path-like name
+    (./, /, ~) that does not exist is a mistake, reported in one line."""
+    p = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not p.exists():
+        raise UserError(
+            f"learner model not found: {name} (give a local model directory, a hub id, "
+            "or 'embedded')"
+        )
+    return str(p) if p.exists() else name
+
+
 def bundled_data(name: str) -> Path:
     return Path(__file__).parent / "data" / name

@@ -1,0 +1,272 @@
+"""One discussion batch (SAIE.md section 2, steps 1-4): on-policy learner answers,
+partner remarks per stance through the cache, the context check, revisions, and the
+training sequences. Every turn is appended to the rows the loop stores after the update.
+"""
+
+from __future__ import annotations
+
+import time
+
+from saie_lite.discussion import (
+    Branch,
+    choose_target,
+    clip_text,
+    discussion_chat,
+    partner_chat,
+    rationale_chat,
+)
+from saie_lite.errors import PartnerError
+from saie_lite.protocols import Chat, Example, Learner, Partner, TrainSequence
+from saie_lite.store import Store, remark_key
+from saie_lite.tasks import get_task
+
+
+def get_remarks(
+    partner: Partner, store: Store, chats: list[Chat], max_tokens: int
+) -> tuple[list[str], list[bool]]:
+    """Remarks through the cache: a (partner, prompt) pair is never asked twice."""
+    keys = [remark_key(partner.name, c, max_tokens) for c in chats]
+    found = [store.cached_remark(k) for k in keys]
+    missing = [i for i, f in enumerate(found) if f is None]
+    if missing:
+        try:
+            fresh = partner.remark([chats[i] for i in missing], max_tokens)
+        except PartnerError as e:
+            # Keep the replies that did arrive: a resumed run will not ask for them again.
+            for j, text in e.partial.items():
+                store.cache_remark(keys[missing[j]], partner.name, chats[missing[j]], text)
+            raise
+        for i, text in zip(missing, fresh):
+            store.cache_remark(keys[i], partner.name, chats[i], text)
+            found[i] = text
+    fetched = set(missing)
+    # Degenerate remarks (empty, no words, one word repeated) are asked for once more;
+    # a second degenerate one is kept in the cache as is, and the caller skips it.
+    again = [i for i in missing if is_degenerate(found[i] or "")]
+    if again:
+        retried = partner.remark([chats[i] for i in again], max_tokens)
+        for i, text in zip(again, retried):
+            if not is_degenerate(text):
+                store.cache_remark(keys[i], partner.name, chats[i], text)
+                found[i] = text
+    return [f or "" for f in found], [i not in fetched for i in range(len(chats))]
+
+
+def is_degenerate(text: str) -> bool:
+    words = text.split()
+    if not any(ch.isalpha() for ch in text):
+        return True
+    return len(words) >= 8 and max(words.count(w) for w in set(words)) >= 0.9 * len(words)
+
+
+def fit_history(
+    learner: Learner,
+    base: Chat,
+    history: list[str],
+    target: str,
+    budget: int,
+    limit: int,
+    policy: str,
+    fmt: str,
+) -> tuple[list[str] | None, bool]:
+    """Make the discussion fit ``limit`` tokens, both for generating a reply of ``budget``
+    tokens and for training on ``target``.
+
+    Returns (history, clipped); history is None when the policy is 'skip' or nothing
+    more can be clipped. Clipping shortens the longest turn by a quarter at a time.
+    """
+    hist, clipped = list(history), False
+
+    def too_long() -> bool:
+        chat = discussion_chat(base, hist, fmt)
+        return (
+            learner.count_tokens(chat) + budget > limit
+            or learner.count_tokens(chat, target) > limit
+        )
+
+    while too_long():
+        if policy == "skip":
+            return None, clipped
+        i = max(range(len(hist)), key=lambda j: len(hist[j]))
+        shorter = clip_text(hist[i], 0.75)
+        if shorter == hist[i]:
+            return None, clipped
+        hist[i], clipped = shorter, True
+    return hist, clipped
+
+
+def gold_targets(cfg, task, partner, store, exs, timer, rows, meta) -> dict[str, str]:
+    """Each example's training target: the reference, or (``target: rationalized``) the
+    partner's rationale for the gold choice when it ends in that choice (cached)."""
+    gold = {ex.id: ex.reference for ex in exs}
+    if cfg.method.target != "rationalized":
+        return gold
+    chats = [rationale_chat(ex) for ex in exs]
+    t0 = time.perf_counter()
+    texts, cached = get_remarks(partner, store, chats, cfg.partner.max_tokens)
+    timer.add("remark", t0)
+    for ex, chat, text, hit in zip(exs, chats, texts, cached):
+        usable = task.is_correct(text, ex.answer)
+        if usable:
+            gold[ex.id] = text
+        rows.append(
+            turn_row(
+                meta,
+                ex,
+                turn=0,
+                role="partner",
+                stance="rationale",
+                prompt=chat,
+                text=text,
+                correct=int(usable),
+                cached=int(hit),
+            )
+        )
+    return gold
+
+
+def turn_row(meta: dict, ex: Example, **kw) -> dict:
+    """A ``turns`` table row: the batch's step/phase/round plus this turn's fields."""
+    return {**meta, "example_id": ex.id, **kw}
+
+
+def discussion_batch(
+    cfg, learner, partner, store, exs, bases, timer, rows, meta, note, cb
+) -> list[TrainSequence]:
+    """One discussion batch: on-policy answers, remarks per stance, training sequences.
+
+    Appends every turn to ``rows`` (written to the store once the update succeeds).
+    """
+    task = get_task(cfg.data.task)
+    m, lc = cfg.method, cfg.learner
+    limit = lc.max_seq_len
+
+    # 1. The learner answers with its current adapter (on-policy), batched.
+    t0 = time.perf_counter()
+    a0 = learner.generate(bases, lc.max_new_tokens, lc.temperature)
+    per = timer.add("generate", t0) / max(1, len(exs))
+    ok0 = [task.is_correct(a, e.answer) for a, e in zip(a0, exs)]
+    for ex, base, a, ok in zip(exs, bases, a0, ok0):
+        rows.append(
+            turn_row(
+                meta, ex, turn=0, role="learner", prompt=base, text=a, correct=int(ok), seconds=per
+            )
+        )
+    gold = gold_targets(cfg, task, partner, store, exs, timer, rows, meta)
+    branches = [
+        Branch(ex, stance, base, [a]) for ex, base, a in zip(exs, bases, a0) for stance in m.stances
+    ]
+    sequences: list[TrainSequence] = []
+    for turn in range(1, m.turns + 1):
+        # 2. The partner remarks on each branch's latest learner answer (cached).
+        chats = [
+            partner_chat(b.example, b.history, b.stance, m.partner_sees_reference) for b in branches
+        ]
+        t0 = time.perf_counter()
+        remarks, cached = get_remarks(partner, store, chats, cfg.partner.max_tokens)
+        per = timer.add("remark", t0) / max(1, len(chats))
+        for b, chat, text, hit in zip(branches, chats, remarks, cached):
+            b.history.append(text)
+            rows.append(
+                turn_row(
+                    meta,
+                    b.example,
+                    turn=turn,
+                    role="partner",
+                    stance=b.stance,
+                    prompt=chat,
+                    text=text,
+                    cached=int(hit),
+                    seconds=0.0 if hit else per,
+                )
+            )
+        # 3. Context check before any generation or update: clip or skip, and say so.
+        kept = []
+        for b in branches:
+            if is_degenerate(b.history[-1]):
+                note(
+                    "remark",
+                    f"{b.example.id} turn {turn} ({b.stance}): degenerate remark "
+                    "(asked twice), discussion skipped",
+                )
+                continue
+            hist, clipped = fit_history(
+                learner,
+                b.base,
+                b.history,
+                gold[b.example.id],
+                lc.max_new_tokens,
+                limit,
+                m.context_policy,
+                task.ANSWER_FORMAT,
+            )
+            if hist is None:
+                note(
+                    "context",
+                    f"{b.example.id} turn {turn} ({b.stance}): over max_seq_len={limit}, skipped",
+                )
+                continue
+            if clipped:
+                note(
+                    "context",
+                    f"{b.example.id} turn {turn} ({b.stance}): turns clipped to fit max_seq_len={limit}",
+                )
+            b.history = hist
+            kept.append(b)
+        branches = kept
+        if not branches:
+            break
+        contexts = [discussion_chat(b.base, b.history, task.ANSWER_FORMAT) for b in branches]
+        # 4. A revision is needed for a later turn, or as a candidate target.
+        revisions: list[str | None] = [None] * len(branches)
+        if turn < m.turns or m.target == "reference_or_revision":
+            t0 = time.perf_counter()
+            revisions = learner.generate(contexts, lc.max_new_tokens, lc.temperature)
+            per = timer.add("generate", t0) / len(branches)
+            for b, ctx, rev in zip(branches, contexts, revisions):
+                ok = task.is_correct(rev, b.example.answer)
+                rows.append(
+                    turn_row(
+                        meta,
+                        b.example,
+                        turn=turn,
+                        role="learner",
+                        stance=b.stance,
+                        prompt=ctx,
+                        text=rev,
+                        correct=int(ok),
+                        seconds=per,
+                    )
+                )
+        for b, ctx, rev in zip(branches, contexts, revisions):
+            ok = rev is not None and task.is_correct(rev, b.example.answer)
+            target = choose_target(gold[b.example.id], rev, ok, m.target)
+            sequences.append(TrainSequence(context=ctx, target=target, kind=b.stance))
+            rows.append(
+                turn_row(
+                    meta,
+                    b.example,
+                    turn=turn,
+                    role="target",
+                    stance=b.stance,
+                    prompt=ctx,
+                    text=target,
+                )
+            )
+        if turn < m.turns:
+            for b, rev in zip(branches, revisions):
+                b.history.append(rev or "")
+    # One live-view card per example: its answer, every stance's remark, the target.
+    for ex, a, ok in zip(exs, a0, ok0):
+        mine = [r for r in rows if r["example_id"] == ex.id and r["role"] == "partner"]
+        cb.on_exchange(
+            {
+                "phase": "discussion",
+                "example": ex,
+                "answer": a,
+                "correct": ok,
+                "remarks": [(r["stance"], r["text"], bool(r["cached"])) for r in mine],
+                "target": gold[ex.id],
+            }
+        )
+    return sequences
