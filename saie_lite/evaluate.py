@@ -163,6 +163,10 @@ def evaluate(
             status = "stopped"
             break
         chunk = todo[start : start + bs]
+        # Sampling strategies draw the same numbers for the same items, resumed or not.
+        for agent in {id(a): a for a in agents}.values():
+            if hasattr(agent, "reseed"):
+                agent.reseed(cfg.data.seed * 1_000_003 + chunk[0][0])
         t0, tok0 = time.perf_counter(), tokens_generated(agents)
         results = run_batch(cfg, task, agents, [x for _, x in chunk])
         dt, dtok = time.perf_counter() - t0, tokens_generated(agents) - tok0
