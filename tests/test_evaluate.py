@@ -54,7 +54,10 @@ def test_eval_resumes_and_refuses_other_settings(tmp_path):
     agent = ScriptedLearner()
     s2 = evaluate(cfg_with(), gsm8k, exs, [agent], store, "e", tmp_path)
     assert s2["status"] == "finished" and s2["n"] == 6
-    assert sum(len(h["chats"]) for h in agent.history) == 4  # only the missing items
+    asked = [h for h in agent.history if h["call"] == "generate"]
+    assert sum(len(h["chats"]) for h in asked) == 4  # only the missing items
+    # each batch reseeds from its first item's position: 2 batches, positions 2 and 4
+    assert [h["seed"] for h in agent.history if h["call"] == "reseed"] == [2, 4]
     with pytest.raises(UserError, match=r"holds an evaluation with other settings \(k, strategy"):
         evaluate(
             cfg_with(**{"eval.strategy": "self-consistency"}),
