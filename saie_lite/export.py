@@ -48,6 +48,7 @@ def merge_torch(cfg, ckpt: Path, out: Path) -> None:
 def fuse_mlx(cfg, ckpt: Path, out: Path, dequantize: bool) -> None:
     from mlx.utils import tree_unflatten
     from mlx_lm.utils import dequantize_model, save
+
     from saie_lite.backends.mlx import MLXLearner, config_fixes, resolve_model_path
 
     learner = MLXLearner(cfg)
@@ -120,6 +121,7 @@ def _export(run_dir: Path, cfg, ckpt: Path, to: str, quant: str, out: Path) -> l
             return [out]
         if to == "mlx":
             from mlx_lm import convert
+
             from saie_lite.backends.mlx import config_fixes
 
             out.rmdir()  # mlx-lm's converter insists on creating the directory itself

@@ -100,9 +100,8 @@ def test_malformed_rows_reported_not_fatal(tmp_path):
 
 def test_missing_partner_model_is_one_line(tmp_path):
     pytest.importorskip("llama_cpp")
-    from saie_lite.backends.llama_cpp import resolve_gguf
-
     from saie_lite import config
+    from saie_lite.backends.llama_cpp import resolve_gguf
     from saie_lite.errors import UserError
 
     with pytest.raises(UserError) as e:

@@ -3,10 +3,10 @@
 import json
 
 import pytest
-from saie_lite.backends.scripted import ScriptedLearner
 from typer.testing import CliRunner
 
 from saie_lite import config
+from saie_lite.backends.scripted import ScriptedLearner
 from saie_lite.cli import app
 from saie_lite.errors import UserError
 from saie_lite.evaluate import compare, evaluate

@@ -53,9 +53,8 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def merged(run_dir):
     """The merged torch model and the prompt ids the formats are compared on."""
-    from saie_lite.backends.torch_peft import TorchLearner
-
     from saie_lite import config
+    from saie_lite.backends.torch_peft import TorchLearner
     from saie_lite.checkpoint import latest
     from saie_lite.runs import saved_config
 

@@ -1,9 +1,9 @@
 """The loop with scripted learner and partner: what is sent, trained, stored, resumed."""
 
 import pytest
-from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner
 
 from saie_lite import checkpoint, config
+from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner
 from saie_lite.store import Store
 from saie_lite.tasks import gsm8k
 from saie_lite.train import schedule, train

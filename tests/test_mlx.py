@@ -7,11 +7,11 @@ pytest.importorskip("mlx_lm")
 torch = pytest.importorskip("torch")
 
 from safetensors.numpy import load_file  # noqa: E402
+
+from saie_lite import checkpoint, config  # noqa: E402
 from saie_lite.backends.mlx import MLXLearner  # noqa: E402
 from saie_lite.backends.scripted import ScriptedPartner  # noqa: E402
 from saie_lite.backends.torch_peft import TorchLearner  # noqa: E402
-
-from saie_lite import checkpoint, config  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 from saie_lite.registry import choose_learner  # noqa: E402
 from saie_lite.store import Store  # noqa: E402

@@ -3,10 +3,10 @@ malformed JSON, concurrency, the API key, and a server that dies mid-run."""
 
 import pytest
 from fault_server import FaultServer
-from saie_lite.backends.openai_http import OpenAIPartner
-from saie_lite.backends.scripted import ScriptedLearner
 
 from saie_lite import checkpoint, config
+from saie_lite.backends.openai_http import OpenAIPartner
+from saie_lite.backends.scripted import ScriptedLearner
 from saie_lite.errors import PartnerError, UserError
 from saie_lite.store import Store
 from saie_lite.tasks import gsm8k

@@ -6,10 +6,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from safetensors.torch import load_file  # noqa: E402
-from saie_lite.backends.scripted import ScriptedPartner  # noqa: E402
-from saie_lite.backends.torch_peft import TorchLearner  # noqa: E402
 
 from saie_lite import checkpoint, config  # noqa: E402
+from saie_lite.backends.scripted import ScriptedPartner  # noqa: E402
+from saie_lite.backends.torch_peft import TorchLearner  # noqa: E402
 from saie_lite.store import Store  # noqa: E402
 from saie_lite.tasks import gsm8k  # noqa: E402
 from saie_lite.train import train  # noqa: E402

@@ -4,11 +4,10 @@ import pytest
 
 pytest.importorskip("torch")
 
+from saie_lite import checkpoint, config  # noqa: E402
 from saie_lite.backends.openai_http import OpenAIPartner  # noqa: E402
 from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner  # noqa: E402
 from saie_lite.backends.torch_peft import TorchLearner  # noqa: E402
-
-from saie_lite import checkpoint, config  # noqa: E402
 from saie_lite.errors import PartnerError  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 from saie_lite.store import Store  # noqa: E402

@@ -5,9 +5,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from saie_lite.backends import torch_peft  # noqa: E402
-
 from saie_lite import config  # noqa: E402
+from saie_lite.backends import torch_peft  # noqa: E402
 from saie_lite.errors import UserError  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 
