@@ -12,7 +12,3 @@ class PartnerError(UserError):
     def __init__(self, message: str):
         super().__init__(message)
         self.partial: dict[int, str] = {}
-
-
-class StopRequested(Exception):
-    """Raised inside the loop when Ctrl-C asked for a clean stop after a checkpoint."""

@@ -219,12 +219,13 @@ def discussion_batch(
         contexts = [discussion_chat(b.base, b.history, task.ANSWER_FORMAT) for b in branches]
         # 4. A revision is needed for a later turn, or as a candidate target.
         revisions: list[str | None] = [None] * len(branches)
+        correct = [False] * len(branches)
         if turn < m.turns or m.target == "reference_or_revision":
             t0 = time.perf_counter()
             revisions = learner.generate(contexts, lc.max_new_tokens, lc.temperature)
             per = timer.add("generate", t0) / len(branches)
-            for b, ctx, rev in zip(branches, contexts, revisions):
-                ok = task.is_correct(rev, b.example.answer)
+            correct = [task.is_correct(r, b.example.answer) for b, r in zip(branches, revisions)]
+            for b, ctx, rev, ok in zip(branches, contexts, revisions, correct):
                 rows.append(
                     turn_row(
                         meta,
@@ -238,8 +239,7 @@ def discussion_batch(
                         seconds=per,
                     )
                 )
-        for b, ctx, rev in zip(branches, contexts, revisions):
-            ok = rev is not None and task.is_correct(rev, b.example.answer)
+        for b, ctx, rev, ok in zip(branches, contexts, revisions, correct):
             target = choose_target(gold[b.example.id], rev, ok, m.target)
             sequences.append(TrainSequence(context=ctx, target=target, kind=b.stance))
             rows.append(

@@ -6,7 +6,7 @@ template and every OpenAI-style server understands, so backends need no adapter 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -41,7 +41,6 @@ class StepStats:
     n_sequences: int
     n_target_tokens: int
     n_tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 @runtime_checkable
