@@ -15,7 +15,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from saie_lite.chat_tokens import IGNORE, ChatTokenLearner, ChatTokens
+from saie_lite.chat_tokens import IGNORE, ChatTokenLearner, ChatTokens, micro_batches
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
 
@@ -190,8 +190,8 @@ class MLXLearner(ChatTokenLearner):
             raise UserError("a training batch has no target tokens: raise learner.max_seq_len")
         mb = self.cfg.train.micro_batch_size
         grads, total = None, 0.0
-        for start in range(0, len(encoded), mb):
-            loss_sum, g = self.loss_and_grad(self.model, *self._pad(encoded[start : start + mb]))
+        for start, end in micro_batches([len(i) for i, _ in encoded], mb):
+            loss_sum, g = self.loss_and_grad(self.model, *self._pad(encoded[start:end]))
             # Scale by the whole batch's target count so accumulation equals one batch.
             g = tree_map(lambda x: x / n_target, g)
             grads = g if grads is None else tree_map(mx.add, grads, g)

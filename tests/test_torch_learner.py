@@ -71,6 +71,24 @@ def test_accumulation_equals_full_batch(tiny_model_dir):
             assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), n
 
 
+def test_target_only_head_equals_full_logits(tiny_model_dir):
+    """The fast loss (vocabulary logits only at target positions) is the same loss and
+    the same gradient as the full forward it replaces."""
+    seqs = [TrainSequence(CTX, "2 + 3 = 5\n#### 5"), TrainSequence(CTX[:2], "Five.\n#### 5")]
+    fast = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
+    full = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
+    assert fast.split_head is not None
+    full.split_head = None
+    items = [fast.encode(s) for s in seqs]
+    a, b = fast._micro_loss_sum(items), full._micro_loss_sum(items)
+    assert a.item() == pytest.approx(b.item(), rel=1e-5)
+    a.backward()
+    b.backward()
+    for (n, p), (_, q) in zip(fast.model.named_parameters(), full.model.named_parameters()):
+        if p.requires_grad:
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), n
+
+
 def test_training_lowers_loss_and_only_adapters_change(tiny_model_dir):
     learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
     frozen = {n: p.clone() for n, p in learner.model.named_parameters() if not p.requires_grad}
