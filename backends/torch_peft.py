@@ -21,6 +21,7 @@ from saie_lite.chat_tokens import (
 )
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
+from saie_lite.tasks import cut_at_answer
 
 
 def _quiet_transformers() -> None:
@@ -192,6 +193,10 @@ class TorchLearner(ChatTokenLearner):
         )
         self.step = 0
         self.tokens_generated = 0
+        self.model_dir = Path(path)
+        from saie_lite.tasks import answer_stop
+
+        self.answer_end = answer_stop(cfg)
 
     # -- generation ---------------------------------------------------------------
     def _left_padded(self, prompts: list[list[int]]):
@@ -223,14 +228,31 @@ class TorchLearner(ChatTokenLearner):
     ) -> list[str]:
         self.model.eval()
         ids, mask = self._left_padded([self.chat.prompt_ids(c) for c in chats])
-        out = self.model.generate(
-            input_ids=ids, attention_mask=mask, **self._sampling(max_new_tokens, temperature)
-        )
+        kw = self._sampling(max_new_tokens, temperature)
+        if self.answer_end is not None:
+            kw["stopping_criteria"] = [self._answer_stopper(0 if self.seq2seq else ids.shape[1])]
+        out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
         # A decoder-only model returns prompt + reply; an encoder-decoder only the reply.
         new = out if self.seq2seq else out[:, ids.shape[1] :]
         # Rows that stopped early are padded to the longest; count real tokens only.
         self.tokens_generated += int((new != self.tok.pad_token_id).sum())
-        return [self.tok.decode(row, skip_special_tokens=True).strip() for row in new]
+        texts = [self.tok.decode(row, skip_special_tokens=True) for row in new]
+        return [cut_at_answer(t, self.answer_end).strip() for t in texts]
+
+    def _answer_stopper(self, start: int):
+        """Per-row early stop once the reply holds a finished final answer: a row that
+        is done stops costing decode steps, and the batch ends when every row is done."""
+        from transformers import StoppingCriteria
+
+        tok, answer_end = self.tok, self.answer_end
+
+        class AnswerEnd(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                texts = tok.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+                done = [answer_end(t) is not None for t in texts]
+                return torch.tensor(done, device=input_ids.device)
+
+        return AnswerEnd()
 
     def stream(self, chat: Chat, max_new_tokens: int, temperature: float = 0.0):
         """Yield decoded pieces as they are generated (generation runs in a thread)."""
@@ -322,6 +344,27 @@ class TorchLearner(ChatTokenLearner):
         self.step += 1
         n_tok = sum(len(i) for i, _ in encoded)
         return StepStats(total / n_target, len(sequences), n_target, n_tok)
+
+    @torch.no_grad()
+    def merged_weights(self) -> dict:
+        """The base weights with the adapter folded in, as float32 numpy arrays under
+        the base model's own tensor names; the live model is not modified (merging and
+        unmerging in place would drift the frozen base by rounding on every refresh)."""
+        from peft.tuners.lora import LoraLayer
+
+        base = self.model.get_base_model()
+        out = {
+            name.replace(".base_layer.", "."): t
+            for name, t in base.state_dict().items()
+            if "lora_" not in name
+        }
+        for name, module in base.named_modules():
+            if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                key = f"{name}.weight"
+                out[key] = out[key] + module.get_delta_weight("default").to(out[key].dtype)
+        if getattr(base.config, "tie_word_embeddings", False):
+            out.pop("lm_head.weight", None)  # llama.cpp reuses the embedding
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
 
     # -- persistence --------------------------------------------------------------
     def save(self, directory: Path) -> None:

@@ -42,6 +42,16 @@ class LearnerConfig:
     max_seq_len: int = _f(1024, "longest training/generation context in tokens")
     max_new_tokens: int = _f(192, "longest learner answer in tokens")
     temperature: float = _f(0.0, "learner sampling temperature; 0 = greedy")
+    stop_at_answer: bool = _f(
+        True, "stop an answer once its final answer is complete ('#### 18', 'answer is (B)')"
+    )
+    snapshot_every: int = _f(
+        0,
+        "fast generation path (torch): 0 = answers from the learner itself, exactly "
+        "on-policy; N = answers from a llama.cpp snapshot of the merged learner, "
+        "re-exported every N updates (faster; up to N-1 updates stale)",
+    )
+    snapshot_quant: str = _f("q8_0", "snapshot GGUF type: q8_0 | f16")
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _f(0.0, "LoRA dropout")
@@ -54,6 +64,8 @@ class LearnerConfig:
         _check(self.max_new_tokens >= 1, "learner.max_new_tokens must be >= 1")
         _check(self.temperature >= 0, "learner.temperature must be >= 0")
         _check(self.lora_r >= 1, "learner.lora_r must be >= 1")
+        _check(self.snapshot_every >= 0, "learner.snapshot_every must be >= 0 (0 = off)")
+        _check(self.snapshot_quant in ("q8_0", "f16"), "learner.snapshot_quant: q8_0 | f16")
         _check(self.lora_layers >= 0, "learner.lora_layers must be >= 0")
         _check(0 <= self.lora_dropout < 1, "learner.lora_dropout must be in [0, 1)")
         _check(self.quantize in ("auto", "4bit", "none"), "learner.quantize: auto | 4bit | none")

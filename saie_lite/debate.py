@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from saie_lite.discussion import PARTNER_SYSTEM
 from saie_lite.protocols import Chat, Example
 
 STRATEGIES = ("single", "self-consistency", "self-discussion", "debate")
@@ -28,7 +27,11 @@ SELF_PROMPT = (
     "Check that answer step by step; keep what is right, fix what is wrong, and give your "
     "own final answer, ending with {fmt}."
 )
-CRITIC_SYSTEM = PARTNER_SYSTEM["adversarial"].replace(" Reply in at most three sentences.", "")
+CRITIC_SYSTEM = (
+    "You are a critical study partner. Challenge the student's solution: point at a step "
+    "that may be wrong, raise an objection or argue for another answer, and ask the "
+    "student to defend or revise it."
+)
 
 
 class Agent(Protocol):

@@ -10,16 +10,23 @@ from dataclasses import dataclass, field
 
 from saie_lite.protocols import Chat, Example, TrainSequence
 
-PARTNER_SYSTEM = {
+# The stance goes last in the partner's prompt and everything before it is shared, so
+# the two stances' prompts on one answer differ only in their final sentence: llama.cpp
+# keeps the shared prefix in its KV cache and evaluates it once per answer, not per
+# stance (bench: remark time per discussion step, see the README).
+PARTNER_SYSTEM = (
+    "You are a study partner. You read a student's solution to a problem and reply with "
+    "one remark of at most three sentences."
+)
+STANCE_INSTRUCTION = {
     "supportive": (
-        "You are a supportive study partner. Agree with the student's solution, point out "
-        "which steps are right and why, and encourage them to state the final answer clearly. "
-        "Reply in at most three sentences."
+        "Write a supportive remark: agree with the student's solution, point out which "
+        "steps are right and why, and encourage them to state the final answer clearly."
     ),
     "adversarial": (
-        "You are a critical study partner. Challenge the student's solution: point at a step "
-        "that may be wrong, raise an objection or argue for another answer, and ask the "
-        "student to defend or revise it. Reply in at most three sentences."
+        "Write a critical remark: challenge the student's solution, point at a step that "
+        "may be wrong, raise an objection or argue for another answer, and ask the student "
+        "to defend or revise it."
     ),
 }
 
@@ -52,11 +59,9 @@ def partner_chat(example: Example, history: list[str], stance: str, sees_referen
         who = "Student" if i % 2 == 0 else "You"
         lines.append(f"{who} earlier:\n{text}")
     lines.append(f"Student's answer:\n{history[-1]}")
-    lines.append(
-        "Write your supportive remark." if stance == "supportive" else "Write your critical remark."
-    )
+    lines.append(STANCE_INSTRUCTION[stance])
     return [
-        {"role": "system", "content": PARTNER_SYSTEM[stance]},
+        {"role": "system", "content": PARTNER_SYSTEM},
         {"role": "user", "content": "\n\n".join(lines)},
     ]
 

@@ -61,9 +61,19 @@ def _tokenizer_fields(model_dir: Path) -> dict:
 
 
 def write_gguf(
-    model_dir: Path, out: Path, quant: str = "f16", name: str = "", hint: str = ""
+    model_dir: Path,
+    out: Path,
+    quant: str = "f16",
+    name: str = "",
+    hint: str = "",
+    weights: dict | None = None,
 ) -> Path:
-    """Convert the merged model in ``model_dir`` (safetensors + tokenizer) to ``out``."""
+    """Convert the merged model in ``model_dir`` (safetensors + tokenizer) to ``out``.
+
+    ``weights`` (name -> numpy array) replaces the directory's safetensors: the fast
+    generation path writes a live learner's merged weights with the base model's
+    config and tokenizer, without a merged copy on disk first.
+    """
     import gguf
     from safetensors.numpy import load_file
 
@@ -130,9 +140,10 @@ def write_gguf(
     names = gguf.get_tensor_name_map(
         gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2, n_layer
     )
-    weights = {}
-    for f in sorted(model_dir.glob("*.safetensors")):
-        weights.update(load_file(str(f)))
+    if weights is None:
+        weights = {}
+        for f in sorted(model_dir.glob("*.safetensors")):
+            weights.update(load_file(str(f)))
     for hf_name, data in weights.items():
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue

@@ -54,7 +54,7 @@ def resolve_backend(cfg: Config, note) -> None:
         note(f"learner backend: {cfg.learner.backend} ({why})")
 
 
-def build_backends(cfg: Config, dry_run: bool):
+def build_backends(cfg: Config, dry_run: bool, run_dir: Path | None = None):
     from saie_lite.registry import factory
 
     if dry_run:
@@ -65,6 +65,10 @@ def build_backends(cfg: Config, dry_run: bool):
     partner = None
     if cfg.method.stances:  # plain SFT needs no partner: do not load one
         partner = factory("partners", cfg.partner.backend)(cfg, learner)
+    if cfg.learner.snapshot_every and run_dir is not None:
+        from saie_lite.fast_generation import SnapshotAnswers
+
+        learner = SnapshotAnswers(learner, cfg, Path(run_dir) / "snapshot")
     return learner, partner
 
 
@@ -112,7 +116,7 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         view.on_event(f"skipped {sum(skipped.values())} malformed data rows ({detail})")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_mod.save(cfg, run_dir / "config.yaml")
-    learner, partner = build_backends(cfg, dry_run)
+    learner, partner = build_backends(cfg, dry_run, run_dir)
     store = Store(run_dir / "saie.sqlite")
     try:
         with StopFlag(

@@ -7,8 +7,9 @@ EX = Example("e1", "What is 2+3?", "2+3=5\n#### 5", "5")
 def test_partner_prompt_stance_and_reference():
     sup = d.partner_chat(EX, ["It is 6.\n#### 6"], "supportive", True)
     adv = d.partner_chat(EX, ["It is 6.\n#### 6"], "adversarial", False)
-    assert sup[0]["content"] == d.PARTNER_SYSTEM["supportive"]
-    assert adv[0]["content"] == d.PARTNER_SYSTEM["adversarial"]
+    assert sup[0]["content"] == adv[0]["content"] == d.PARTNER_SYSTEM
+    assert sup[1]["content"].endswith(d.STANCE_INSTRUCTION["supportive"])
+    assert adv[1]["content"].endswith(d.STANCE_INSTRUCTION["adversarial"])
     assert "Reference solution" in sup[1]["content"] and "2+3=5" in sup[1]["content"]
     assert "Reference solution" not in adv[1]["content"]
     assert sup[1]["content"].index("What is 2+3?") < sup[1]["content"].index("It is 6.")

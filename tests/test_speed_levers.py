@@ -36,3 +36,17 @@ def test_micro_batches_is_optimal_against_brute_force():
         if all(e - s <= 3 for s, e in spans)
     )
     assert _cost(lengths, micro_batches(lengths, 3, overhead=50), 50) == best
+
+
+def test_stance_prompts_share_everything_but_the_last_sentence():
+    """llama.cpp reuses the KV cache of a shared prompt prefix: the two stances' prompts
+    on one answer must differ only at the end."""
+    from saie_lite import discussion as d
+    from saie_lite.protocols import Example
+
+    ex = Example("e1", "What is 2+3?", "2+3=5\n#### 5", "5")
+    sup, adv = (d.partner_chat(ex, ["It is 6.\n#### 6"], s, True) for s in d.STANCE_INSTRUCTION)
+    assert sup[0] == adv[0]
+    a, b = sup[1]["content"], adv[1]["content"]
+    shared = len(a) - len(d.STANCE_INSTRUCTION["supportive"])
+    assert a[:shared] == b[:shared] and "It is 6." in a[:shared] and "2+3=5" in a[:shared]

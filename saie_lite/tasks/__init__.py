@@ -14,3 +14,15 @@ def get_task(name: str):
     from importlib import import_module
 
     return import_module(f"saie_lite.tasks.{name}")
+
+
+def answer_stop(cfg):
+    """The early-stop rule for learner generation: the task's ``answer_end`` when
+    ``learner.stop_at_answer`` is on, else None."""
+    return get_task(cfg.data.task).answer_end if cfg.learner.stop_at_answer else None
+
+
+def cut_at_answer(text: str, answer_end) -> str:
+    """Drop what follows a finished final answer (a model that keeps going after it)."""
+    end = answer_end(text) if answer_end else None
+    return text[:end] if end else text

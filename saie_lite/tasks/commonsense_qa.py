@@ -6,6 +6,7 @@ from saie_lite.protocols import Example
 from saie_lite.tasks.common import load_rows, parse_all
 from saie_lite.tasks.multiple_choice import (  # noqa: F401  (the task interface)
     ANSWER_FORMAT,
+    answer_end,
     answer_key,
     extract_flexible,
     extract_strict,

@@ -69,6 +69,16 @@ def answer_key(output: str) -> str | None:
     return extract_strict(output) or extract_flexible(output)
 
 
+_END = re.compile(r"####\s*(?:" + _NUM + r")(?=\s)")
+
+
+def answer_end(text: str) -> int | None:
+    """Where a finished final answer ends ('#### 18' then whitespace), for early stop:
+    what a model writes after its final answer is never scored."""
+    m = _END.search(text)
+    return m.end() if m else None
+
+
 def learner_chat(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 

@@ -72,6 +72,15 @@ def learner_chat(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 
+_END = re.compile(r"answer is\s*:?\s*\**\(([A-J])\)", re.IGNORECASE)
+
+
+def answer_end(text: str) -> int | None:
+    """Where 'The answer is (B)' ends, for early stop."""
+    m = _END.search(text)
+    return m.end() if m else None
+
+
 def answer_key(output: str) -> str | None:
     """What a vote counts: the strict letter, else the flexible one."""
     return extract_flexible(output)

@@ -1,0 +1,160 @@
+"""The fast generation path (``learner.snapshot_every: N``).
+
+Learner answers are the largest cost of an online method on a CPU. Here they come from
+a quantized llama.cpp snapshot of the learner: the adapter is folded into the base
+weights (in memory), written as a GGUF with the base model's tokenizer and template, and
+loaded into llama.cpp; the snapshot is rebuilt every N updates. Answers are therefore
+up to N-1 updates stale: N=1 is on-policy up to quantization, larger N trades that for
+speed. Updates still run on the torch learner; nothing else in the loop changes.
+
+Snapshots are taken at multiples of N and kept in the run directory, so a resumed run
+generates from the same snapshot the uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from saie_lite.errors import UserError
+from saie_lite.protocols import Chat
+from saie_lite.tasks import cut_at_answer
+
+
+def due_step(step: int, every: int) -> int:
+    """The update whose adapter the snapshot must hold at ``step``."""
+    return (step // every) * every
+
+
+class SnapshotAnswers:
+    """Wraps a torch learner: ``generate`` runs on llama.cpp, the rest is the learner's."""
+
+    def __init__(self, learner, cfg, directory: Path):
+        if not hasattr(learner, "merged_weights") or getattr(learner, "seq2seq", False):
+            raise UserError(
+                "learner.snapshot_every needs the torch backend with a decoder-only model: "
+                "set learner.snapshot_every=0"
+            )
+        if getattr(learner, "quantized", False):
+            raise UserError(
+                "learner.snapshot_every cannot merge a 4-bit (QLoRA) base: set "
+                "learner.quantize=none or learner.snapshot_every=0"
+            )
+        lc = cfg.learner
+        self.inner = learner
+        self.every = lc.snapshot_every
+        self.quant = lc.snapshot_quant
+        self.dir = Path(directory)
+        self.n_ctx = lc.max_seq_len + lc.max_new_tokens
+        self.n_threads = cfg.partner.n_threads or os.cpu_count() or 1
+        self.hint = lc.model + (" smollm2" if lc.model == "embedded" else "")
+        self.llm = None
+        self.snap_step: int | None = None
+        self.refresh_seconds = 0.0
+        self.refreshes = 0
+        self.tokens_generated = 0
+
+    def __getattr__(self, name):
+        # Everything but generation (train_step, save, count_tokens, name, ...) is the
+        # learner's own. Only reached for attributes this wrapper does not define.
+        return getattr(self.inner, name)
+
+    # -- the snapshot -------------------------------------------------------------
+    @property
+    def path(self) -> Path:
+        return self.dir / f"learner-{self.quant}.gguf"
+
+    def _meta(self) -> dict:
+        try:
+            return json.loads((self.dir / "snapshot.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def refresh_if_due(self) -> None:
+        want = due_step(self.inner.step, self.every)
+        if self.llm is not None and self.snap_step == want:
+            return
+        t0 = time.perf_counter()
+        meta = self._meta()
+        if not (
+            meta.get("step") == want and meta.get("quant") == self.quant and self.path.is_file()
+        ):
+            self._write(want)
+        self._load()
+        self.snap_step = want
+        self.refreshes += 1
+        self.refresh_seconds += time.perf_counter() - t0
+
+    def _write(self, step: int) -> None:
+        from saie_lite.gguf_export import write_gguf
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        write_gguf(
+            self.inner.model_dir,
+            tmp,
+            self.quant,
+            name="saie-lite learner snapshot",
+            hint=self.hint,
+            weights=self.inner.merged_weights(),
+        )
+        if self.llm is not None:  # the old file is mapped by llama.cpp: close it first
+            self.llm.close()
+            self.llm = None
+        os.replace(tmp, self.path)
+        (self.dir / "snapshot.json").write_text(json.dumps({"step": step, "quant": self.quant}))
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+
+        if self.llm is not None:
+            self.llm.close()
+        self.llm = Llama(
+            model_path=str(self.path),
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_batch=512,
+            verbose=False,
+        )
+
+    # -- generation ---------------------------------------------------------------
+    def generate(
+        self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0
+    ) -> list[str]:
+        self.refresh_if_due()
+        return [self._one(chat, max_new_tokens, temperature, i) for i, chat in enumerate(chats)]
+
+    def _one(self, chat: Chat, max_new_tokens: int, temperature: float, index: int) -> str:
+        inner = self.inner
+        # The learner's own tokenizer renders the prompt, so the snapshot sees exactly
+        # the token ids the torch learner would; its detokenizer reads the reply back.
+        prompt = inner.chat.prompt_ids(chat)
+        if temperature > 0:
+            # Reproducible: the loop reseeds per batch; the seed follows step and row.
+            self.llm.set_seed(inner.step * 100_003 + index)
+        reply: list[int] = []
+        stops = set(inner.stop_ids)
+        for token in self.llm.generate(
+            prompt,
+            temp=temperature,
+            top_k=0,
+            top_p=1.0,
+            min_p=0.0,
+            typical_p=1.0,
+            repeat_penalty=1.0,
+        ):
+            if token in stops:
+                break
+            reply.append(token)
+            if len(reply) >= max_new_tokens:
+                break
+            # Early stop: decoding the reply so far costs microseconds, a token milliseconds.
+            if inner.answer_end and inner.answer_end(
+                inner.tok.decode(reply, skip_special_tokens=True)
+            ):
+                break
+        self.tokens_generated += len(reply)
+        text = inner.tok.decode(reply, skip_special_tokens=True)
+        return cut_at_answer(text, inner.answer_end).strip()

