@@ -46,6 +46,9 @@ class LlamaCppPartner:
         self.seed = pc.seed
         self.calls = 0
         self.tokens_generated = 0
+        # Consecutive prompts that share a prefix (one answer's stances) reuse llama.cpp's
+        # KV cache for it; bench switches this off to measure the lever.
+        self.reuse_prefix = True
         self.name = f"llama_cpp:{path.name}:t{pc.temperature}:s{pc.seed}"
         try:
             self.llm = Llama(
@@ -98,6 +101,8 @@ class LlamaCppPartner:
         """One reply per chat; the partner doubles as a debate agent this way."""
         out = []
         for chat in chats:
+            if not self.reuse_prefix:
+                self.llm.reset()
             reply = self.llm.create_chat_completion(
                 messages=self._fit(chat, max_new_tokens),
                 **self._params(max_new_tokens, temperature),

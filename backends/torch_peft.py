@@ -188,6 +188,7 @@ class TorchLearner(ChatTokenLearner):
                 p.data = p.data.float()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.split_head = None if self.seq2seq else target_only_head(self.model.get_base_model())
+        self.plan_micro_batches = True  # bench switches this off to measure the lever
         self.opt = torch.optim.AdamW(
             self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
@@ -332,7 +333,13 @@ class TorchLearner(ChatTokenLearner):
         mb = self.cfg.train.micro_batch_size
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        for start, end in micro_batches([len(i) for i, _ in encoded], mb):
+        lengths = [len(i) for i, _ in encoded]
+        spans = (
+            micro_batches(lengths, mb)
+            if self.plan_micro_batches
+            else [(s, min(s + mb, len(encoded))) for s in range(0, len(encoded), mb)]
+        )
+        for start, end in spans:
             loss_sum = self._micro_loss_sum(encoded[start:end])
             # Divide by the batch's target-token count, not the micro-batch's, so the
             # accumulated gradient equals the one full-batch gradient.

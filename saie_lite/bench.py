@@ -20,7 +20,7 @@ from saie_lite import config as config_mod
 from saie_lite.fsutil import atomic_write_text
 from saie_lite.protocols import TrainSequence
 
-PARTS = ("saie", "update", "trl", "mlx", "generate")
+PARTS = ("saie", "update", "trl", "mlx", "generate", "levers")
 
 
 @dataclass
@@ -90,13 +90,50 @@ def _timed_steps(step: Callable[[], int], steps: int) -> dict:
     return {"tokens_per_s": tokens / dt, "seconds_per_step": dt / steps}
 
 
-def bench_update(s: BenchSettings, dtype: str) -> dict:
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate (best of ``repeats`` square products)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def frozen_params(learner) -> int:
+    """Parameters of the frozen base (a tied output head counted once, as it is stored)."""
+    base = learner.model.get_base_model()
+    return sum(p.numel() for n, p in base.named_parameters() if "lora_" not in n)
+
+
+def bench_update(s: BenchSettings, dtype: str, learner=None) -> dict:
     """Our torch backend's optimizer steps on plain GSM8K sequences."""
     from saie_lite.backends.torch_peft import TorchLearner
 
-    learner = TorchLearner(_cfg(s, **{"learner.dtype": dtype, "learner.backend": "torch"}))
+    if learner is None:
+        learner = TorchLearner(_cfg(s, **{"learner.dtype": dtype, "learner.backend": "torch"}))
     seqs = _sequences(s, s.batch)
-    return {"dtype": dtype, **_timed_steps(lambda: learner.train_step(seqs).n_tokens, s.steps)}
+    return {
+        "dtype": dtype,
+        # A LoRA update costs about 2 FLOPs per weight forward and 2 backward (gradients
+        # flow to the activations, not to frozen weights): the usual 4N per token.
+        "flops_per_token": 4 * frozen_params(learner),
+        **_timed_steps(lambda: learner.train_step(seqs).n_tokens, s.steps),
+    }
+
+
+def bench_update_part(s: BenchSettings) -> dict:
+    out = {"float32": bench_update(s, "float32"), "bfloat16": bench_update(s, "bfloat16")}
+    peak = matmul_peak_gflops()
+    bound = peak * 1e9 / out["float32"]["flops_per_token"]
+    out["matmul_peak_gflops_fp32"] = peak
+    out["matmul_bound_tokens_per_s_fp32"] = bound
+    out["fraction_of_matmul_bound_fp32"] = out["float32"]["tokens_per_s"] / bound
+    return out
 
 
 def bench_trl(s: BenchSettings) -> dict:
@@ -222,21 +259,39 @@ def bench_mlx(s: BenchSettings) -> dict:
     }
 
 
+def _gen_rate(learner, chats: list, new_tokens: int) -> dict:
+    t0, before = time.perf_counter(), learner.tokens_generated
+    learner.generate(chats, new_tokens)
+    dt = time.perf_counter() - t0
+    n = learner.tokens_generated - before
+    return {"seconds": dt, "tokens": n, "tokens_per_s": n / dt}
+
+
 def bench_generate(s: BenchSettings) -> dict:
-    """Learner generation (ours, batched) against llama.cpp single-stream on the same model."""
+    """Learner generation against llama.cpp single-stream on the same model: ours batched
+    on torch, and ours on the fast path (a q8_0 llama.cpp snapshot of the learner)."""
+    import os
+    import tempfile
+
     from saie_lite.backends.torch_peft import TorchLearner
     from saie_lite.paths import EMBEDDED, embedded_gguf
 
-    learner = TorchLearner(_cfg(s, **{"learner.backend": "torch"}))
+    # Both sides get the same job: answers with no early stop, up to new_tokens each.
+    cfg = _cfg(s, **{"learner.backend": "torch", "learner.stop_at_answer": False})
+    learner = TorchLearner(cfg)
     chats = [q.context for q in _sequences(s, s.batch)]
     learner.generate(chats[:1], 4)
-    t0, before = time.perf_counter(), learner.tokens_generated
-    learner.generate(chats, s.new_tokens)
-    ours = (learner.tokens_generated - before) / (time.perf_counter() - t0)
+    ours = _gen_rate(learner, chats, s.new_tokens)["tokens_per_s"]
     try:
         from llama_cpp import Llama
+
+        from saie_lite.fast_generation import SnapshotAnswers
     except ImportError:
         return {"ours_tokens_per_s": ours, "llama_cpp": "skipped: llama-cpp-python not installed"}
+    cfg.learner.snapshot_every = 1
+    snap = SnapshotAnswers(learner, cfg, Path(tempfile.mkdtemp()) / "snapshot")
+    snap.generate(chats[:1], 4)  # builds the snapshot (timed separately)
+    fast = _gen_rate(snap, chats, s.new_tokens)["tokens_per_s"]
     if s.model == EMBEDDED:
         gguf, label = embedded_gguf(), "Q4_1 (the embedded GGUF)"
     else:
@@ -248,7 +303,8 @@ def bench_generate(s: BenchSettings) -> dict:
         gguf = Path(tempfile.mkdtemp()) / "ref-f16.gguf"
         write_gguf(Path(resolve_model_path(s.model)), gguf, "f16")
         label = "f16 (exported)"
-    llm = Llama(str(gguf), n_ctx=2048, verbose=False)
+    # All cores, as the partner and the snapshot use (llama-cpp-python defaults to half).
+    llm = Llama(str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
     n, t0 = 0, time.perf_counter()
     for chat in chats:
         out = llm.create_chat_completion(messages=chat, max_tokens=s.new_tokens, temperature=0.0)
@@ -257,10 +313,63 @@ def bench_generate(s: BenchSettings) -> dict:
     llm.close()
     return {
         "ours_tokens_per_s": ours,
+        "fast_path_tokens_per_s": fast,
+        "fast_path_model": f"{snap.quant} snapshot, built in {snap.refresh_seconds:.1f} s",
         "llama_cpp_tokens_per_s": ref,
         "llama_cpp_model": label,
         "ratio_ours_over_llama_cpp": ours / ref,
+        "ratio_fast_path_over_llama_cpp": fast / ref,
     }
+
+
+def bench_levers(s: BenchSettings) -> dict:
+    """Each speed lever off, then on, on the same work."""
+    from saie_lite.backends.torch_peft import TorchLearner
+    from saie_lite.discussion import partner_chat
+    from saie_lite.tasks import gsm8k
+
+    out: dict = {}
+    # 1. Update: full-vocabulary logits in fixed micro-batches -> target-only logits in
+    #    length-planned micro-batches.
+    learner = TorchLearner(_cfg(s, **{"learner.backend": "torch"}))
+    head = learner.split_head
+    learner.split_head, learner.plan_micro_batches = None, False
+    before = bench_update(s, "float32", learner)["tokens_per_s"]
+    learner.split_head, learner.plan_micro_batches = head, True
+    after = bench_update(s, "float32", learner)["tokens_per_s"]
+    out["update_tokens_per_s"] = {"before": before, "after": after}
+    # 2. Early stop at the final answer, torch batched generation of 192-token answers.
+    chats = [gsm8k.learner_chat(e.question) for e in gsm8k.load("bundled")[0][: s.batch]]
+    end = learner.answer_end
+    learner.answer_end = None
+    off = _gen_rate(learner, chats, 192)
+    learner.answer_end = end
+    on = _gen_rate(learner, chats, 192)
+    out["early_stop_generate_seconds"] = {"before": off["seconds"], "after": on["seconds"]}
+    # 3. Remarks: stance-last prompts reuse llama.cpp's KV cache across an answer's
+    #    stances; "before" clears the cache before every prompt.
+    try:
+        from saie_lite.backends.llama_cpp import LlamaCppPartner
+    except ImportError:
+        out["remark_seconds"] = "skipped: llama-cpp-python not installed"
+        return out
+    exs = gsm8k.load("bundled")[0][:4]
+    prompts = [
+        partner_chat(e, [e.reference], stance, True)
+        for e in exs
+        for stance in ("supportive", "adversarial")
+    ]
+    partner = LlamaCppPartner(_cfg(s))
+    partner.remark(prompts[:1], 4)
+    timed = {}
+    for label, reuse in (("before", False), ("after", True)):
+        partner.reuse_prefix = reuse
+        t0 = time.perf_counter()
+        partner.remark(prompts, 48)
+        timed[label] = (time.perf_counter() - t0) / len(prompts)
+    out["remark_seconds_each"] = timed
+    partner.llm.close()
+    return out
 
 
 def bench_saie(s: BenchSettings, run_root: Path) -> dict:
@@ -273,11 +382,13 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
 
     examples = gsm8k.load("bundled")[0][: s.examples]
     out = {}
-    for mode in ("sft", "saie"):
+    # saie_fast: the fast generation path, a snapshot refreshed every 4 updates.
+    for run, mode, every in (("sft", "sft", 0), ("saie", "saie", 0), ("saie_fast", "saie", 4)):
         cfg = _cfg(
             s,
             **{
                 "learner.backend": "torch",
+                "learner.snapshot_every": every,
                 "method.mode": mode,
                 "method.warmup_fraction": 0.0,
                 "train.batch_size": 4,
@@ -285,26 +396,27 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
                 "partner.max_tokens": 48,
             },
         )
-        learner, partner = build_backends(cfg, dry_run=False)
+        run_dir = run_root / run
+        run_dir.mkdir(parents=True)
+        learner, partner = build_backends(cfg, dry_run=False, run_dir=run_dir)
         # One untimed update first: the first step after loading pays one-off costs
         # (allocator growth, kernel selection) that would bias whichever mode runs first.
         learner.train_step(_sequences(s, 1))
-        run_dir = run_root / mode
-        run_dir.mkdir(parents=True)
         store = Store(run_dir / "saie.sqlite")
         t0 = time.perf_counter()
         summary = train(cfg, learner, partner, examples, store, run_dir)
         wall = time.perf_counter() - t0
         store.close()
         steps = max(1, summary["step"])
-        out[mode] = {
+        out[run] = {
             "seconds_per_example": wall / len(examples),
             "examples_per_minute": 60 * len(examples) / wall,
             **{f"{k}_seconds_per_step": v / steps for k, v in summary["seconds"].items()},
         }
-    out["ratio_saie_over_sft"] = (
-        out["saie"]["seconds_per_example"] / out["sft"]["seconds_per_example"]
-    )
+    for run in ("saie", "saie_fast"):
+        out[f"ratio_{run}_over_sft"] = (
+            out[run]["seconds_per_example"] / out["sft"]["seconds_per_example"]
+        )
     return out
 
 
@@ -323,13 +435,11 @@ def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> d
     }
     jobs = {
         "saie": lambda: bench_saie(s, out_dir / "runs"),
-        "update": lambda: {
-            "float32": bench_update(s, "float32"),
-            "bfloat16": bench_update(s, "bfloat16"),
-        },
+        "update": lambda: bench_update_part(s),
         "trl": lambda: bench_trl(s),
         "mlx": lambda: bench_mlx(s),
         "generate": lambda: bench_generate(s),
+        "levers": lambda: bench_levers(s),
     }
     for part in parts:
         log(f"bench: {part} ...")
@@ -350,6 +460,10 @@ def _f(x, digits=1) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) else str(x)
 
 
+def _split(run: dict) -> str:
+    return " / ".join(_f(run[f"{k}_seconds_per_step"]) for k in ("generate", "remark", "update"))
+
+
 def markdown(r: dict) -> str:
     m, v, res = r["machine"], r["versions"], r["results"]
     lines = [
@@ -362,39 +476,76 @@ def markdown(r: dict) -> str:
         "| measure | value |",
         "|---|---|",
     ]
+    row = lines.append
     if "saie" in res:
         sa = res["saie"]
-        lines += [
-            f"| SAIE step split (s): generate / remark / update | {_f(sa['saie']['generate_seconds_per_step'])} / {_f(sa['saie']['remark_seconds_per_step'])} / {_f(sa['saie']['update_seconds_per_step'])} |",
-            f"| SAIE examples per minute | {_f(sa['saie']['examples_per_minute'])} |",
-            f"| SFT examples per minute | {_f(sa['sft']['examples_per_minute'])} |",
-            f"| SAIE / SFT wall time per example (target <= 3x) | {_f(sa['ratio_saie_over_sft'], 2)}x |",
-        ]
+        row(f"| SAIE step split (s): generate / remark / update | {_split(sa['saie'])} |")
+        row(f"| SAIE, fast path (snapshot every 4): same split | {_split(sa['saie_fast'])} |")
+        for run, label in (("sft", "SFT"), ("saie", "SAIE"), ("saie_fast", "SAIE fast path")):
+            row(f"| {label} examples per minute | {_f(sa[run]['examples_per_minute'])} |")
+        row(
+            f"| SAIE / SFT wall time per example (target <= 3x) | {_f(sa['ratio_saie_over_sft'], 2)}x |"
+        )
+        row(
+            "| SAIE fast path / SFT wall time per example (target <= 3x) | "
+            f"{_f(sa['ratio_saie_fast_over_sft'], 2)}x |"
+        )
     if "update" in res:
         u = res["update"]
-        lines += [
-            f"| update tokens/s, ours fp32 | {_f(u['float32']['tokens_per_s'])} |",
-            f"| update tokens/s, ours bf16 weights | {_f(u['bfloat16']['tokens_per_s'])} |",
-        ]
+        row(f"| update tokens/s, ours fp32 | {_f(u['float32']['tokens_per_s'])} |")
+        row(f"| update tokens/s, ours bf16 weights | {_f(u['bfloat16']['tokens_per_s'])} |")
+        row(
+            f"| fp32 matmul peak (GFLOP/s) / bound (tokens/s at 4N FLOPs per token) | "
+            f"{_f(u['matmul_peak_gflops_fp32'])} / {_f(u['matmul_bound_tokens_per_s_fp32'])} |"
+        )
+        row(
+            "| ours fp32 / matmul bound (target >= 0.5) | "
+            f"{_f(u['fraction_of_matmul_bound_fp32'], 2)} |"
+        )
         if "ratio_over_trl_fp32" in u:
-            lines.append(
+            row(
                 f"| ours / TRL SFTTrainer, fp32 (target >= 1.5x) | {_f(u['ratio_over_trl_fp32'], 2)}x |"
             )
     if "trl" in res:
         t = res["trl"]
-        lines.append(
+        row(
             f"| update tokens/s, TRL SFTTrainer fp32 | {_f(t.get('tokens_per_s', t.get('skipped')))} |"
         )
     if "mlx" in res:
         x = res["mlx"]
-        lines.append(
-            f"| MLX step time, ours / mlx_lm (target <= 1.1x) | {_f(x.get('ratio_ours_over_mlx_lm', x.get('skipped')), 2)} |"
+        row(
+            "| MLX step time, ours / mlx_lm (target <= 1.1x) | "
+            f"{_f(x.get('ratio_ours_over_mlx_lm', x.get('skipped')), 2)} |"
         )
     if "generate" in res:
         g = res["generate"]
-        lines += [
-            f"| learner generation tokens/s, ours (batched) | {_f(g['ours_tokens_per_s'])} |",
-            f"| llama.cpp tokens/s, single stream, {g.get('llama_cpp_model', '-')} | {_f(g.get('llama_cpp_tokens_per_s', '-'))} |",
-            f"| ours / llama.cpp (target >= 0.5x) | {_f(g.get('ratio_ours_over_llama_cpp', '-'), 2)} |",
-        ]
+        row(
+            f"| learner generation tokens/s, ours (torch, batched) | {_f(g['ours_tokens_per_s'])} |"
+        )
+        if "fast_path_tokens_per_s" in g:
+            row(
+                f"| learner generation tokens/s, fast path ({g['fast_path_model']}) | "
+                f"{_f(g['fast_path_tokens_per_s'])} |"
+            )
+        row(
+            f"| llama.cpp tokens/s, single stream, {g.get('llama_cpp_model', '-')} | "
+            f"{_f(g.get('llama_cpp_tokens_per_s', '-'))} |"
+        )
+        row(f"| ours (torch) / llama.cpp | {_f(g.get('ratio_ours_over_llama_cpp', '-'), 2)} |")
+        row(
+            "| fast path / llama.cpp (target >= 0.5x) | "
+            f"{_f(g.get('ratio_fast_path_over_llama_cpp', '-'), 2)} |"
+        )
+    if "levers" in res:
+        lv = res["levers"]
+        for key, label in (
+            ("update_tokens_per_s", "update tokens/s: target-only logits + planned micro-batches"),
+            ("early_stop_generate_seconds", "answer batch seconds: early stop at the final answer"),
+            ("remark_seconds_each", "seconds per remark: shared-prefix KV reuse"),
+        ):
+            x = lv.get(key)
+            if isinstance(x, dict):
+                row(
+                    f"| lever, {label}: before -> after | {_f(x['before'], 2)} -> {_f(x['after'], 2)} |"
+                )
     return "\n".join(lines) + "\n"

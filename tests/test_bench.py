@@ -20,7 +20,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
             "--model",
             str(tiny_model_dir),
             "--only",
-            "update,trl,generate",
+            "update,trl,generate,levers",
             "--steps",
             "1",
             "--batch",
@@ -41,10 +41,17 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
     assert (
         res["generate"]["ours_tokens_per_s"] > 0 and res["generate"]["llama_cpp_tokens_per_s"] > 0
     )
+    assert res["generate"]["fast_path_tokens_per_s"] > 0
+    assert 0 < res["update"]["fraction_of_matmul_bound_fp32"] < 1
+    levers = res["levers"]
+    for key in ("update_tokens_per_s", "early_stop_generate_seconds", "remark_seconds_each"):
+        assert levers[key]["before"] > 0 and levers[key]["after"] > 0, key
     assert ("tokens_per_s" in res["trl"]) or ("skipped" in res["trl"])
     assert report["versions"]["torch"] and report["peak_rss_mb"] > 0
     md = (out / "bench.md").read_text()
-    assert "| update tokens/s, ours fp32 |" in md and "| ours / llama.cpp (target >= 0.5x) |" in md
+    assert "| update tokens/s, ours fp32 |" in md
+    assert "| fast path / llama.cpp (target >= 0.5x) |" in md
+    assert "| lever, seconds per remark: shared-prefix KV reuse: before -> after |" in md
 
 
 def test_bench_rejects_unknown_part(tmp_path):
@@ -52,5 +59,5 @@ def test_bench_rejects_unknown_part(tmp_path):
     assert r.exit_code == 2
     assert (
         r.output.strip()
-        == "error: unknown bench part(s) warp; parts: saie, update, trl, mlx, generate"
+        == "error: unknown bench part(s) warp; parts: saie, update, trl, mlx, generate, levers"
     )
