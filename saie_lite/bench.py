@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -397,6 +398,8 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
             },
         )
         run_dir = run_root / run
+        if run_dir.exists():  # the bench's own scratch runs from an earlier bench
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
         learner, partner = build_backends(cfg, dry_run=False, run_dir=run_dir)
         # One untimed update first: the first step after loading pays one-off costs
@@ -444,6 +447,12 @@ def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> d
     for part in parts:
         log(f"bench: {part} ...")
         report["results"][part] = jobs[part]()
+        _write(report, out_dir)  # a part that fails later loses nothing measured before
+    _write(report, out_dir)
+    return report
+
+
+def _write(report: dict, out_dir: Path) -> None:
     res = report["results"]
     if "update" in res and "tokens_per_s" in res.get("trl", {}):
         res["update"]["ratio_over_trl_fp32"] = (
@@ -453,7 +462,6 @@ def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> d
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2))
     atomic_write_text(out_dir / "bench.md", markdown(report))
-    return report
 
 
 def _f(x, digits=1) -> str:

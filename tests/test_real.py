@@ -85,6 +85,30 @@ def test_cli_trains_two_steps_with_real_models(tmp_path):
     assert (run / "checkpoints" / "step-000002" / "adapter_model.safetensors").is_file()
 
 
+def test_fast_generation_recipe_trains_from_snapshots(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from saie_lite.cli import app
+
+    run = tmp_path / "run"
+    args = ["train", "--recipe", "recipes/quickstart-fast.yaml", "--limit", "8"]
+    args += ["--live", "plain", "--run-dir", str(run), "--max-steps", "3"]
+    for kv in ("learner.max_new_tokens=24", "partner.max_tokens=16", "train.batch_size=2"):
+        args += ["--set", kv]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    # updates: 1 warm-up, then discussions at learner steps 1 and 2; with snapshot_every=2
+    # the step-2 answers come from a snapshot re-exported after update 2
+    meta = json.loads((run / "snapshot" / "snapshot.json").read_text())
+    assert meta == {"step": 2, "quant": "q8_0"}
+    store = Store(run / "saie.sqlite")
+    answers = [t for (t,) in store.db.execute("SELECT text FROM turns WHERE role='learner'")]
+    store.close()
+    assert len(answers) == 4 and all(a.strip() for a in answers)
+
+
 def test_eval_on_gsm8k_dev_slice_with_embedded_learner(tmp_path):
     from pathlib import Path
 
