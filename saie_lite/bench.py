@@ -370,6 +370,16 @@ def bench_levers(s: BenchSettings) -> dict:
         timed[label] = (time.perf_counter() - t0) / len(prompts)
     out["remark_seconds_each"] = timed
     partner.llm.close()
+    # 4. Partner weights: the shipped Q4_1 file against the same model in q8_0.
+    q8 = LlamaCppPartner(_cfg(s, **{"partner.model": "embedded-q8_0"}))
+    q8.remark(prompts[:1], 4)
+    t0 = time.perf_counter()
+    q8.remark(prompts, 48)
+    out["partner_q8_0_remark_seconds_each"] = {
+        "before": timed["after"],
+        "after": (time.perf_counter() - t0) / len(prompts),
+    }
+    q8.llm.close()
     return out
 
 
@@ -383,14 +393,24 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
 
     examples = gsm8k.load("bundled")[0][: s.examples]
     out = {}
-    # saie_fast: the fast generation path, a snapshot refreshed every 4 updates.
-    for run, mode, every in (("sft", "sft", 0), ("saie", "saie", 0), ("saie_fast", "saie", 4)):
+    runs = {
+        "sft": {"method.mode": "sft"},
+        "saie": {"method.mode": "saie"},
+        # the fast generation path: a snapshot refreshed every 4 updates
+        "saie_fast": {"method.mode": "saie", "learner.snapshot_every": 4},
+        # ... and the partner's prompts evaluated on q8_0 weights
+        "saie_fast_q8": {
+            "method.mode": "saie",
+            "learner.snapshot_every": 4,
+            "partner.model": "embedded-q8_0",
+        },
+    }
+    for run, over in runs.items():
         cfg = _cfg(
             s,
             **{
                 "learner.backend": "torch",
-                "learner.snapshot_every": every,
-                "method.mode": mode,
+                **over,
                 "method.warmup_fraction": 0.0,
                 "train.batch_size": 4,
                 "train.micro_batch_size": 4,
@@ -416,7 +436,7 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
             "examples_per_minute": 60 * len(examples) / wall,
             **{f"{k}_seconds_per_step": v / steps for k, v in summary["seconds"].items()},
         }
-    for run in ("saie", "saie_fast"):
+    for run in ("saie", "saie_fast", "saie_fast_q8"):
         out[f"ratio_{run}_over_sft"] = (
             out[run]["seconds_per_example"] / out["sft"]["seconds_per_example"]
         )
@@ -487,17 +507,22 @@ def markdown(r: dict) -> str:
     row = lines.append
     if "saie" in res:
         sa = res["saie"]
-        row(f"| SAIE step split (s): generate / remark / update | {_split(sa['saie'])} |")
-        row(f"| SAIE, fast path (snapshot every 4): same split | {_split(sa['saie_fast'])} |")
-        for run, label in (("sft", "SFT"), ("saie", "SAIE"), ("saie_fast", "SAIE fast path")):
-            row(f"| {label} examples per minute | {_f(sa[run]['examples_per_minute'])} |")
-        row(
-            f"| SAIE / SFT wall time per example (target <= 3x) | {_f(sa['ratio_saie_over_sft'], 2)}x |"
-        )
-        row(
-            "| SAIE fast path / SFT wall time per example (target <= 3x) | "
-            f"{_f(sa['ratio_saie_fast_over_sft'], 2)}x |"
-        )
+        labels = {
+            "saie": "SAIE",
+            "saie_fast": "SAIE, fast path (snapshot every 4)",
+            "saie_fast_q8": "SAIE, fast path + q8_0 partner",
+        }
+        for run, label in labels.items():
+            if run in sa:
+                row(f"| {label}: step split (s) generate / remark / update | {_split(sa[run])} |")
+        row(f"| SFT examples per minute | {_f(sa['sft']['examples_per_minute'])} |")
+        for run, label in labels.items():
+            if run in sa:
+                row(f"| {label}: examples per minute | {_f(sa[run]['examples_per_minute'])} |")
+                row(
+                    f"| {label} / SFT wall time per example (target <= 3x) | "
+                    f"{_f(sa[f'ratio_{run}_over_sft'], 2)}x |"
+                )
     if "update" in res:
         u = res["update"]
         row(f"| update tokens/s, ours fp32 | {_f(u['float32']['tokens_per_s'])} |")
@@ -550,6 +575,7 @@ def markdown(r: dict) -> str:
             ("update_tokens_per_s", "update tokens/s: target-only logits + planned micro-batches"),
             ("early_stop_generate_seconds", "answer batch seconds: early stop at the final answer"),
             ("remark_seconds_each", "seconds per remark: shared-prefix KV reuse"),
+            ("partner_q8_0_remark_seconds_each", "seconds per remark: partner Q4_1 -> q8_0"),
         ):
             x = lv.get(key)
             if isinstance(x, dict):
