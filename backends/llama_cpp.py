@@ -80,6 +80,8 @@ class LlamaCppPartner:
         # Consecutive prompts that share a prefix (one answer's stances) reuse llama.cpp's
         # KV cache for it; bench switches this off to measure the lever.
         self.reuse_prefix = True
+        self.parallel = pc.parallel
+        self._batched = None  # (decoder, chat formatter, end-of-generation ids), lazily
         self.name = f"llama_cpp:{path.name}:t{pc.temperature}:s{pc.seed}"
         try:
             self.llm = Llama(
@@ -130,6 +132,10 @@ class LlamaCppPartner:
         self, chats: list[Chat], max_new_tokens: int, temperature: float | None = 0.0
     ) -> list[str]:
         """One reply per chat; the partner doubles as a debate agent this way."""
+        if self.parallel > 1 and len(chats) > 1:
+            batched = self._batched_parts()
+            if batched is not None:
+                return self._generate_batched(chats, max_new_tokens, temperature, *batched)
         out = []
         for chat in chats:
             if not self.reuse_prefix:
@@ -141,6 +147,50 @@ class LlamaCppPartner:
             self.tokens_generated += reply.get("usage", {}).get("completion_tokens", 0)
             out.append((reply["choices"][0]["message"]["content"] or "").strip())
         return out
+
+    def _batched_parts(self):
+        """Batched decoding renders prompts with the GGUF's own chat template, exactly as
+        create_chat_completion does; when llama-cpp-python chose another chat format
+        for this file, replies are decoded one at a time instead (None)."""
+        if self._batched is None:
+            if self.llm.chat_format != "chat_template.default":
+                self._batched = False
+                return None
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            from saie_lite.backends.llama_batched import BatchedDecoder
+
+            model = self.llm._model
+            fmt = Jinja2ChatFormatter(
+                template=self.llm.metadata["tokenizer.chat_template"],
+                eos_token=model.token_get_text(self.llm.token_eos()),
+                bos_token=model.token_get_text(self.llm.token_bos()),
+            )
+            vocab = llama_cpp.llama_model_get_vocab(model.model)
+            eog = {t for t in range(self.llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t)}
+            decoder = BatchedDecoder(
+                self.llm,
+                parallel=self.parallel,
+                kv_tokens=min(self.parallel, 4) * self.n_ctx,
+                n_threads=self.llm.n_threads,
+            )
+            self._batched = (decoder, fmt, eog)
+        return self._batched or None
+
+    def _generate_batched(self, chats, max_new_tokens, temperature, decoder, fmt, eog):
+        prompts = []
+        for chat in chats:
+            r = fmt(messages=self._fit(chat, max_new_tokens))
+            prompts.append(
+                self.llm.tokenize(r.prompt.encode(), add_bos=not r.added_special, special=True)
+            )
+        params = self._params(max_new_tokens, temperature)
+        replies = decoder.generate(
+            prompts, max_new_tokens, eog, params["temperature"], seed=params["seed"]
+        )
+        self.tokens_generated += sum(map(len, replies))
+        return [self.llm.detokenize(r).decode("utf-8", errors="ignore").strip() for r in replies]
 
     def stream(self, chat: Chat, max_new_tokens: int, temperature: float | None = 0.0):
         """Yield the reply piece by piece (for the live debate view)."""

@@ -21,7 +21,7 @@ from saie_lite.chat_tokens import (
 )
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
-from saie_lite.tasks import cut_at_answer
+from saie_lite.tasks import ANSWER_TAIL_TOKENS, cut_at_answer
 
 
 def _quiet_transformers() -> None:
@@ -249,7 +249,8 @@ class TorchLearner(ChatTokenLearner):
 
         class AnswerEnd(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                texts = tok.batch_decode(input_ids[:, start:], skip_special_tokens=True)
+                tail = max(start, input_ids.shape[1] - ANSWER_TAIL_TOKENS)
+                texts = tok.batch_decode(input_ids[:, tail:], skip_special_tokens=True)
                 done = [answer_end(t) is not None for t in texts]
                 return torch.tensor(done, device=input_ids.device)
 

@@ -86,6 +86,10 @@ class PartnerConfig:
     n_ctx: int = _f(2048, "llama.cpp context window (set explicitly; never the 512 default)")
     n_threads: int = _f(0, "llama.cpp threads; 0 = all cores")
     n_gpu_layers: int = _f(0, "layers offloaded to Metal/CUDA; -1 = all")
+    parallel: int = _f(
+        8,
+        "llama.cpp: remarks decoded together in one batch (weights read once per step); 1 = one at a time",
+    )
     max_tokens: int = _f(96, "longest remark in tokens")
     temperature: float = _f(0.0, "partner sampling temperature; 0 = greedy")
     seed: int = _f(0, "partner sampling seed")
@@ -106,6 +110,7 @@ class PartnerConfig:
         _check(0 <= self.retries <= 20, "partner.retries must be in [0, 20]")
         _check(self.backoff >= 0, "partner.backoff must be >= 0")
         _check(1 <= self.concurrency <= 64, "partner.concurrency must be in [1, 64]")
+        _check(1 <= self.parallel <= 64, "partner.parallel must be in [1, 64]")
 
 
 @dataclass

@@ -20,7 +20,9 @@ from pathlib import Path
 
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat
-from saie_lite.tasks import cut_at_answer
+from saie_lite.tasks import ANSWER_TAIL_TOKENS, cut_at_answer
+
+PARALLEL = 8  # answers decoded together (a batch is usually 4-8 questions)
 
 
 def due_step(step: int, every: int) -> int:
@@ -51,6 +53,7 @@ class SnapshotAnswers:
         self.n_threads = cfg.partner.n_threads or os.cpu_count() or 1
         self.hint = lc.model + (" smollm2" if lc.model == "embedded" else "")
         self.llm = None
+        self.decoder = None
         self.snap_step: int | None = None
         self.refresh_seconds = 0.0
         self.refreshes = 0
@@ -100,17 +103,16 @@ class SnapshotAnswers:
             hint=self.hint,
             weights=self.inner.merged_weights(),
         )
-        if self.llm is not None:  # the old file is mapped by llama.cpp: close it first
-            self.llm.close()
-            self.llm = None
+        self._close()
         os.replace(tmp, self.path)
         (self.dir / "snapshot.json").write_text(json.dumps({"step": step, "quant": self.quant}))
 
     def _load(self) -> None:
         from llama_cpp import Llama
 
-        if self.llm is not None:
-            self.llm.close()
+        from saie_lite.backends.llama_batched import BatchedDecoder
+
+        self._close()
         self.llm = Llama(
             model_path=str(self.path),
             n_ctx=self.n_ctx,
@@ -118,43 +120,47 @@ class SnapshotAnswers:
             n_batch=512,
             verbose=False,
         )
+        # A batch of answers decodes together: one step reads the weights once for all.
+        self.decoder = BatchedDecoder(
+            self.llm, parallel=PARALLEL, kv_tokens=4 * self.n_ctx, n_threads=self.n_threads
+        )
+
+    def _close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
+            self.decoder = None
+        if self.llm is not None:  # the file is mapped by llama.cpp: close before replacing
+            self.llm.close()
+            self.llm = None
 
     # -- generation ---------------------------------------------------------------
     def generate(
         self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0
     ) -> list[str]:
         self.refresh_if_due()
-        return [self._one(chat, max_new_tokens, temperature, i) for i, chat in enumerate(chats)]
-
-    def _one(self, chat: Chat, max_new_tokens: int, temperature: float, index: int) -> str:
         inner = self.inner
-        # The learner's own tokenizer renders the prompt, so the snapshot sees exactly
-        # the token ids the torch learner would; its detokenizer reads the reply back.
-        prompt = inner.chat.prompt_ids(chat)
-        if temperature > 0:
-            # Reproducible: the loop reseeds per batch; the seed follows step and row.
-            self.llm.set_seed(inner.step * 100_003 + index)
-        reply: list[int] = []
-        stops = set(inner.stop_ids)
-        for token in self.llm.generate(
-            prompt,
-            temp=temperature,
-            top_k=0,
-            top_p=1.0,
-            min_p=0.0,
-            typical_p=1.0,
-            repeat_penalty=1.0,
-        ):
-            if token in stops:
-                break
-            reply.append(token)
-            if len(reply) >= max_new_tokens:
-                break
-            # Early stop: decoding the reply so far costs microseconds, a token milliseconds.
-            if inner.answer_end and inner.answer_end(
-                inner.tok.decode(reply, skip_special_tokens=True)
-            ):
-                break
-        self.tokens_generated += len(reply)
-        text = inner.tok.decode(reply, skip_special_tokens=True)
-        return cut_at_answer(text, inner.answer_end).strip()
+        # The learner's own tokenizer renders the prompts, so the snapshot sees exactly
+        # the token ids the torch learner would; its detokenizer reads the replies back.
+        prompts = [inner.chat.prompt_ids(chat) for chat in chats]
+        end = inner.answer_end
+
+        def done(reply: list[int]) -> bool:
+            # Early stop: decoding a reply's tail costs microseconds, a step milliseconds.
+            tail = reply[-ANSWER_TAIL_TOKENS:]
+            return (
+                end is not None
+                and end(inner.tok.decode(tail, skip_special_tokens=True)) is not None
+            )
+
+        replies = self.decoder.generate(
+            prompts,
+            max_new_tokens,
+            set(inner.stop_ids),
+            temperature,
+            # the loop reseeds per batch; sampled answers follow the update count
+            seed=inner.step,
+            done=done,
+        )
+        self.tokens_generated += sum(map(len, replies))
+        texts = [inner.tok.decode(r, skip_special_tokens=True) for r in replies]
+        return [cut_at_answer(t, end).strip() for t in texts]

@@ -106,10 +106,13 @@ def test_torch_generation_stops_each_row_at_its_final_answer(tiny_model_dir):
     rows = [
         [5, 6] + learner.tok("so #### 18\nThe")["input_ids"],
         [5, 6] + learner.tok("so #### 1")["input_ids"],
+        # a long reply: only its tail is decoded, and the answer just finished is in it
+        [5, 6] + learner.tok("three times six is eighteen, " * 12 + "so #### 18\n")["input_ids"],
     ]
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [learner.tok.pad_token_id] * (width - len(r)) for r in rows])
-    assert stop(ids, None).tolist() == [True, False]
+    assert [stop(torch.tensor([r]), None).item() for r in rows] == [True, False, True]
+    # rows of one batch are judged separately
+    same = [rows[0], rows[0][:2] + [rows[0][2]] * (len(rows[0]) - 2)]
+    assert stop(torch.tensor(same), None).tolist() == [True, False]
     off = torch_peft.TorchLearner(_cfg(tiny_model_dir, **{"learner.stop_at_answer": False}))
     assert off.answer_end is None
 

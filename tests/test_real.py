@@ -43,6 +43,29 @@ def test_llama_cpp_partner_remarks_on_embedded_gguf():
     assert isinstance(partner.remark([long_chat], 8)[0], str)
 
 
+def test_llama_cpp_partner_batches_remarks():
+    from saie_lite.backends.llama_cpp import LlamaCppPartner
+    from saie_lite.discussion import partner_chat
+    from saie_lite.tasks import gsm8k
+
+    ex = gsm8k.load("bundled")[0][0]
+    chats = [
+        partner_chat(ex, ["I think it is 12.\n#### 12"], s, True)
+        for s in ("supportive", "adversarial")
+    ]
+    partner = LlamaCppPartner(config.build(overrides={"partner.parallel": 4}))
+    out = partner.remark(chats + chats[:1], 32)  # the third repeats the first
+    assert partner._batched  # the GGUF's own template: the batched path was taken
+    assert len(out) == 3 and all(o.strip() for o in out) and out[0] != out[1]
+    # the third reuses the first's KV cells through a prefix copy. Greedy replies agree
+    # at first; later a near-tie may break differently, because the last prompt token's
+    # logits come from a different batch shape (floating-point order), so the words are
+    # compared rather than the whole text.
+    assert out[2].split()[:4] == out[0].split()[:4]
+    partner.parallel = 1  # one at a time again: create_chat_completion
+    assert partner.remark(chats[:1], 32)[0].split()[:2] == out[0].split()[:2]
+
+
 def test_cli_trains_two_steps_with_real_models(tmp_path):
     from typer.testing import CliRunner
 

@@ -16,6 +16,12 @@ def get_task(name: str):
     return import_module(f"saie_lite.tasks.{name}")
 
 
+# Early stop checks the answer after every new token, so a final answer that has just
+# been completed ('#### 1,234.5' plus a newline: about a dozen tokens) lies within the
+# reply's last tokens; decoding only those keeps the check cheap on long replies.
+ANSWER_TAIL_TOKENS = 24
+
+
 def answer_stop(cfg):
     """The early-stop rule for learner generation: the task's ``answer_end`` when
     ``learner.stop_at_answer`` is on, else None."""
