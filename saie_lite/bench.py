@@ -347,13 +347,44 @@ def bench_levers(s: BenchSettings) -> dict:
     learner.answer_end = end
     on = _gen_rate(learner, chats, 192)
     out["early_stop_generate_seconds"] = {"before": off["seconds"], "after": on["seconds"]}
-    # 3. Remarks: stance-last prompts reuse llama.cpp's KV cache across an answer's
-    #    stances; "before" clears the cache before every prompt.
+    # 3. Remarks, three levers in turn on the same 8 prompts (4 answers x 2 stances):
+    #    one at a time with the KV cache cleared before each prompt; one at a time with
+    #    the shared prefix of an answer's stances reused; batched decoding; and then the
+    #    same model with q8_0 weights instead of the shipped Q4_1.
     try:
         from saie_lite.backends.llama_cpp import LlamaCppPartner
     except ImportError:
-        out["remark_seconds"] = "skipped: llama-cpp-python not installed"
+        out["remark_seconds_each"] = "skipped: llama-cpp-python not installed"
         return out
+    exs = gsm8k.load("bundled")[0][:4]
+    prompts = [
+        partner_chat(e, [e.reference], stance, True)
+        for e in exs
+        for stance in ("supportive", "adversarial")
+    ]
+
+    def per_remark(partner) -> float:
+        t0 = time.perf_counter()
+        partner.remark(prompts, 48)
+        return (time.perf_counter() - t0) / len(prompts)
+
+    partner = LlamaCppPartner(_cfg(s))
+    partner.remark(prompts[:2], 4)  # warm-up, both paths
+    partner.parallel, partner.reuse_prefix = 1, False
+    cleared = per_remark(partner)
+    partner.reuse_prefix = True
+    reused = per_remark(partner)
+    partner.parallel = 8
+    batched = per_remark(partner)
+    partner.llm.close()
+    q8 = LlamaCppPartner(_cfg(s, **{"partner.model": "embedded-q8_0"}))
+    q8.remark(prompts[:2], 4)
+    quant = per_remark(q8)
+    q8.llm.close()
+    out["remark_seconds_each"] = {"before": cleared, "after": reused}
+    out["batched_remark_seconds_each"] = {"before": reused, "after": batched}
+    out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}
+    return out
     exs = gsm8k.load("bundled")[0][:4]
     prompts = [
         partner_chat(e, [e.reference], stance, True)
@@ -575,6 +606,7 @@ def markdown(r: dict) -> str:
             ("update_tokens_per_s", "update tokens/s: target-only logits + planned micro-batches"),
             ("early_stop_generate_seconds", "answer batch seconds: early stop at the final answer"),
             ("remark_seconds_each", "seconds per remark: shared-prefix KV reuse"),
+            ("batched_remark_seconds_each", "seconds per remark: batched decoding"),
             ("partner_q8_0_remark_seconds_each", "seconds per remark: partner Q4_1 -> q8_0"),
         ):
             x = lv.get(key)

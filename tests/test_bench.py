@@ -44,7 +44,13 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
     assert res["generate"]["fast_path_tokens_per_s"] > 0
     assert 0 < res["update"]["fraction_of_matmul_bound_fp32"] < 1
     levers = res["levers"]
-    for key in ("update_tokens_per_s", "early_stop_generate_seconds", "remark_seconds_each"):
+    for key in (
+        "update_tokens_per_s",
+        "early_stop_generate_seconds",
+        "remark_seconds_each",
+        "batched_remark_seconds_each",
+        "partner_q8_0_remark_seconds_each",
+    ):
         assert levers[key]["before"] > 0 and levers[key]["after"] > 0, key
     assert ("tokens_per_s" in res["trl"]) or ("skipped" in res["trl"])
     assert report["versions"]["torch"] and report["peak_rss_mb"] > 0
