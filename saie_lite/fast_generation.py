@@ -104,6 +104,9 @@ class SnapshotAnswers:
             weights=self.inner.merged_weights(),
         )
         self._close()
+        # The metadata goes first and comes back last: a crash in between leaves no
+        # record, so a resumed run rebuilds instead of trusting a mismatched file.
+        (self.dir / "snapshot.json").unlink(missing_ok=True)
         os.replace(tmp, self.path)
         (self.dir / "snapshot.json").write_text(json.dumps({"step": step, "quant": self.quant}))
 
