@@ -32,7 +32,7 @@ def embedded_q8_0() -> Path:
     if target.is_file():
         return target
     try:
-        from saie_lite.backends.torch_peft import ensure_embedded_learner
+        from saie_lite.backends.torch_models import ensure_embedded_learner
     except ImportError:
         raise UserError(
             f"partner.model={EMBEDDED_Q8} is built from the embedded model with torch: "

@@ -27,7 +27,7 @@ def resolve_model_path(name: str) -> str:
         # The GGUF is dequantized once (through transformers) into safetensors that
         # mlx-lm loads like any Hugging Face directory.
         try:
-            from saie_lite.backends.torch_peft import ensure_embedded_learner
+            from saie_lite.backends.torch_models import ensure_embedded_learner
         except ImportError:
             raise UserError(
                 "preparing the embedded model needs the torch extra once: "

@@ -6,12 +6,11 @@ Also provides the ``self`` partner: the learner's own frozen base (adapters disa
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from pathlib import Path
 
 import torch
 
+from saie_lite.backends.torch_models import quiet_transformers, resolve_model_path
 from saie_lite.chat_tokens import (
     IGNORE,
     ChatTokenLearner,
@@ -22,15 +21,6 @@ from saie_lite.chat_tokens import (
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
 from saie_lite.tasks import ANSWER_TAIL_TOKENS, cut_at_answer
-
-
-def _quiet_transformers() -> None:
-    """The live view owns the terminal: no library progress bars or deprecation chatter."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
 
 
 # -- choices that depend on the machine (pure, unit-tested) ------------------------------
@@ -92,58 +82,6 @@ def quantization_config():
     )
 
 
-# -- the embedded default model ------------------------------------------------------
-def ensure_embedded_learner() -> Path:
-    """Dequantize the embedded GGUF into float safetensors once; later loads read the cache.
-
-    transformers can read a GGUF (``gguf_file=``) but refuses ``save_pretrained`` on the
-    result, so the model is rebuilt from its config and state dict before saving.
-    """
-    from saie_lite.fsutil import atomic_publish_dir
-    from saie_lite.paths import embedded_gguf, embedded_learner_dir
-
-    target = embedded_learner_dir()
-    if (target / "model.safetensors").is_file():
-        return target
-    _quiet_transformers()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = embedded_gguf()
-    try:
-        import gguf as _  # noqa: F401  (transformers needs it to read GGUF)
-    except ModuleNotFoundError:
-        raise UserError(
-            "reading the embedded GGUF needs the 'gguf' package: pip install gguf"
-        ) from None
-    # The GGUF reader draws its own tqdm bar, which the live view does not want.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    config = loaded.config
-    if getattr(config, "quantization_config", None) is not None:
-        # The float weights are plain; keeping the GGUF marker would make transformers
-        # treat every later load as quantized and refuse to save merged models.
-        del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    fresh.load_state_dict(loaded.state_dict())
-    fresh.generation_config = loaded.generation_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    fresh.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    atomic_publish_dir(tmp, target)
-    return target
-
-
-def resolve_model_path(name: str) -> str:
-    from saie_lite.paths import EMBEDDED, local_or_hub
-
-    if name == EMBEDDED:
-        return str(ensure_embedded_learner())
-    return local_or_hub(name)
-
-
 class TorchLearner(ChatTokenLearner):
     """LoRA learner. One optimizer step per ``train_step``; micro-batches accumulate."""
 
@@ -156,7 +94,7 @@ class TorchLearner(ChatTokenLearner):
             AutoTokenizer,
         )
 
-        _quiet_transformers()
+        quiet_transformers()
         lc = cfg.learner
         self.cfg = cfg
         self.device = resolve_device(lc.device)

@@ -7,18 +7,14 @@ library is missing (TRL, mlx-lm) are reported as skipped, never faked.
 
 from __future__ import annotations
 
-import json
-import platform
-import resource
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from saie_lite import config as config_mod
-from saie_lite.fsutil import atomic_write_text
+from saie_lite.bench_report import machine, versions, write_report
 from saie_lite.protocols import TrainSequence
 
 PARTS = ("saie", "update", "trl", "mlx", "generate", "levers")
@@ -33,31 +29,6 @@ class BenchSettings:
     max_len: int = 256  # training sequences are cut to this many tokens
     new_tokens: int = 64  # generation part
     lora_r: int = 8
-
-
-def _versions() -> dict:
-    out = {}
-    for pkg in (
-        "saie-lite",
-        "torch",
-        "transformers",
-        "peft",
-        "trl",
-        "llama-cpp-python",
-        "mlx",
-        "mlx-lm",
-    ):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _peak_rss_mb() -> float:
-    # ru_maxrss is KiB on Linux, bytes on macOS.
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if platform.system() == "Darwin" else rss / 1024
 
 
 def _cfg(s: BenchSettings, **over):
@@ -150,7 +121,7 @@ def bench_trl(s: BenchSettings) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from saie_lite.backends.torch_peft import resolve_model_path
+    from saie_lite.backends.torch_models import resolve_model_path
 
     path = resolve_model_path(s.model)
     tok = AutoTokenizer.from_pretrained(path)
@@ -298,7 +269,7 @@ def bench_generate(s: BenchSettings) -> dict:
     else:
         import tempfile
 
-        from saie_lite.backends.torch_peft import resolve_model_path
+        from saie_lite.backends.torch_models import resolve_model_path
         from saie_lite.gguf_export import write_gguf
 
         gguf = Path(tempfile.mkdtemp()) / "ref-f16.gguf"
@@ -321,97 +292,6 @@ def bench_generate(s: BenchSettings) -> dict:
         "ratio_ours_over_llama_cpp": ours / ref,
         "ratio_fast_path_over_llama_cpp": fast / ref,
     }
-
-
-def bench_levers(s: BenchSettings) -> dict:
-    """Each speed lever off, then on, on the same work."""
-    from saie_lite.backends.torch_peft import TorchLearner
-    from saie_lite.discussion import partner_chat
-    from saie_lite.tasks import gsm8k
-
-    out: dict = {}
-    # 1. Update: full-vocabulary logits in fixed micro-batches -> target-only logits in
-    #    length-planned micro-batches.
-    learner = TorchLearner(_cfg(s, **{"learner.backend": "torch"}))
-    head = learner.split_head
-    learner.split_head, learner.plan_micro_batches = None, False
-    before = bench_update(s, "float32", learner)["tokens_per_s"]
-    learner.split_head, learner.plan_micro_batches = head, True
-    after = bench_update(s, "float32", learner)["tokens_per_s"]
-    out["update_tokens_per_s"] = {"before": before, "after": after}
-    # 2. Early stop at the final answer, torch batched generation of 192-token answers.
-    chats = [gsm8k.learner_chat(e.question) for e in gsm8k.load("bundled")[0][: s.batch]]
-    end = learner.answer_end
-    learner.answer_end = None
-    off = _gen_rate(learner, chats, 192)
-    learner.answer_end = end
-    on = _gen_rate(learner, chats, 192)
-    out["early_stop_generate_seconds"] = {"before": off["seconds"], "after": on["seconds"]}
-    # 3. Remarks, three levers in turn on the same 8 prompts (4 answers x 2 stances):
-    #    one at a time with the KV cache cleared before each prompt; one at a time with
-    #    the shared prefix of an answer's stances reused; batched decoding; and then the
-    #    same model with q8_0 weights instead of the shipped Q4_1.
-    try:
-        from saie_lite.backends.llama_cpp import LlamaCppPartner
-    except ImportError:
-        out["remark_seconds_each"] = "skipped: llama-cpp-python not installed"
-        return out
-    exs = gsm8k.load("bundled")[0][:4]
-    prompts = [
-        partner_chat(e, [e.reference], stance, True)
-        for e in exs
-        for stance in ("supportive", "adversarial")
-    ]
-
-    def per_remark(partner) -> float:
-        t0 = time.perf_counter()
-        partner.remark(prompts, 48)
-        return (time.perf_counter() - t0) / len(prompts)
-
-    partner = LlamaCppPartner(_cfg(s))
-    partner.remark(prompts[:2], 4)  # warm-up, both paths
-    partner.parallel, partner.reuse_prefix = 1, False
-    cleared = per_remark(partner)
-    partner.reuse_prefix = True
-    reused = per_remark(partner)
-    partner.parallel = 8
-    batched = per_remark(partner)
-    partner.llm.close()
-    q8 = LlamaCppPartner(_cfg(s, **{"partner.model": "embedded-q8_0"}))
-    q8.remark(prompts[:2], 4)
-    quant = per_remark(q8)
-    q8.llm.close()
-    out["remark_seconds_each"] = {"before": cleared, "after": reused}
-    out["batched_remark_seconds_each"] = {"before": reused, "after": batched}
-    out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}
-    return out
-    exs = gsm8k.load("bundled")[0][:4]
-    prompts = [
-        partner_chat(e, [e.reference], stance, True)
-        for e in exs
-        for stance in ("supportive", "adversarial")
-    ]
-    partner = LlamaCppPartner(_cfg(s))
-    partner.remark(prompts[:1], 4)
-    timed = {}
-    for label, reuse in (("before", False), ("after", True)):
-        partner.reuse_prefix = reuse
-        t0 = time.perf_counter()
-        partner.remark(prompts, 48)
-        timed[label] = (time.perf_counter() - t0) / len(prompts)
-    out["remark_seconds_each"] = timed
-    partner.llm.close()
-    # 4. Partner weights: the shipped Q4_1 file against the same model in q8_0.
-    q8 = LlamaCppPartner(_cfg(s, **{"partner.model": "embedded-q8_0"}))
-    q8.remark(prompts[:1], 4)
-    t0 = time.perf_counter()
-    q8.remark(prompts, 48)
-    out["partner_q8_0_remark_seconds_each"] = {
-        "before": timed["after"],
-        "after": (time.perf_counter() - t0) / len(prompts),
-    }
-    q8.llm.close()
-    return out
 
 
 def bench_saie(s: BenchSettings, run_root: Path) -> dict:
@@ -474,16 +354,16 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
     return out
 
 
+def _levers(s: BenchSettings) -> dict:
+    from saie_lite.bench_levers import bench_levers  # it builds on this module's helpers
+
+    return bench_levers(s)
+
+
 def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> dict:
     report: dict = {
-        "machine": {
-            "system": platform.system(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-            "cpus": __import__("os").cpu_count(),
-            "python": platform.python_version(),
-        },
-        "versions": _versions(),
+        "machine": machine(),
+        "versions": versions(),
         "settings": s.__dict__,
         "results": {},
     }
@@ -493,125 +373,11 @@ def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> d
         "trl": lambda: bench_trl(s),
         "mlx": lambda: bench_mlx(s),
         "generate": lambda: bench_generate(s),
-        "levers": lambda: bench_levers(s),
+        "levers": lambda: _levers(s),
     }
     for part in parts:
         log(f"bench: {part} ...")
         report["results"][part] = jobs[part]()
-        _write(report, out_dir)  # a part that fails later loses nothing measured before
-    _write(report, out_dir)
+        write_report(report, out_dir)  # a part that fails later loses nothing measured before
+    write_report(report, out_dir)
     return report
-
-
-def _write(report: dict, out_dir: Path) -> None:
-    res = report["results"]
-    if "update" in res and "tokens_per_s" in res.get("trl", {}):
-        res["update"]["ratio_over_trl_fp32"] = (
-            res["update"]["float32"]["tokens_per_s"] / res["trl"]["tokens_per_s"]
-        )
-    report["peak_rss_mb"] = _peak_rss_mb()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2))
-    atomic_write_text(out_dir / "bench.md", markdown(report))
-
-
-def _f(x, digits=1) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else str(x)
-
-
-def _split(run: dict) -> str:
-    return " / ".join(_f(run[f"{k}_seconds_per_step"]) for k in ("generate", "remark", "update"))
-
-
-def markdown(r: dict) -> str:
-    m, v, res = r["machine"], r["versions"], r["results"]
-    lines = [
-        f"Machine: {m['system']} {m['machine']}, {m['cpus']} CPUs, Python {m['python']}; "
-        + ", ".join(f"{k} {x}" for k, x in v.items() if x)
-        + f"; peak RSS {r['peak_rss_mb']:.0f} MB",
-        "",
-        "Settings: " + ", ".join(f"{k}={x}" for k, x in r["settings"].items()),
-        "",
-        "| measure | value |",
-        "|---|---|",
-    ]
-    row = lines.append
-    if "saie" in res:
-        sa = res["saie"]
-        labels = {
-            "saie": "SAIE",
-            "saie_fast": "SAIE, fast path (snapshot every 4)",
-            "saie_fast_q8": "SAIE, fast path + q8_0 partner",
-        }
-        for run, label in labels.items():
-            if run in sa:
-                row(f"| {label}: step split (s) generate / remark / update | {_split(sa[run])} |")
-        row(f"| SFT examples per minute | {_f(sa['sft']['examples_per_minute'])} |")
-        for run, label in labels.items():
-            if run in sa:
-                row(f"| {label}: examples per minute | {_f(sa[run]['examples_per_minute'])} |")
-                row(
-                    f"| {label} / SFT wall time per example (target <= 3x) | "
-                    f"{_f(sa[f'ratio_{run}_over_sft'], 2)}x |"
-                )
-    if "update" in res:
-        u = res["update"]
-        row(f"| update tokens/s, ours fp32 | {_f(u['float32']['tokens_per_s'])} |")
-        row(f"| update tokens/s, ours bf16 weights | {_f(u['bfloat16']['tokens_per_s'])} |")
-        row(
-            f"| fp32 matmul peak (GFLOP/s) / bound (tokens/s at 4N FLOPs per token) | "
-            f"{_f(u['matmul_peak_gflops_fp32'])} / {_f(u['matmul_bound_tokens_per_s_fp32'])} |"
-        )
-        row(
-            "| ours fp32 / matmul bound (target >= 0.5) | "
-            f"{_f(u['fraction_of_matmul_bound_fp32'], 2)} |"
-        )
-        if "ratio_over_trl_fp32" in u:
-            row(
-                f"| ours / TRL SFTTrainer, fp32 (target >= 1.5x) | {_f(u['ratio_over_trl_fp32'], 2)}x |"
-            )
-    if "trl" in res:
-        t = res["trl"]
-        row(
-            f"| update tokens/s, TRL SFTTrainer fp32 | {_f(t.get('tokens_per_s', t.get('skipped')))} |"
-        )
-    if "mlx" in res:
-        x = res["mlx"]
-        row(
-            "| MLX step time, ours / mlx_lm (target <= 1.1x) | "
-            f"{_f(x.get('ratio_ours_over_mlx_lm', x.get('skipped')), 2)} |"
-        )
-    if "generate" in res:
-        g = res["generate"]
-        row(
-            f"| learner generation tokens/s, ours (torch, batched) | {_f(g['ours_tokens_per_s'])} |"
-        )
-        if "fast_path_tokens_per_s" in g:
-            row(
-                f"| learner generation tokens/s, fast path ({g['fast_path_model']}) | "
-                f"{_f(g['fast_path_tokens_per_s'])} |"
-            )
-        row(
-            f"| llama.cpp tokens/s, single stream, {g.get('llama_cpp_model', '-')} | "
-            f"{_f(g.get('llama_cpp_tokens_per_s', '-'))} |"
-        )
-        row(f"| ours (torch) / llama.cpp | {_f(g.get('ratio_ours_over_llama_cpp', '-'), 2)} |")
-        row(
-            "| fast path / llama.cpp (target >= 0.5x) | "
-            f"{_f(g.get('ratio_fast_path_over_llama_cpp', '-'), 2)} |"
-        )
-    if "levers" in res:
-        lv = res["levers"]
-        for key, label in (
-            ("update_tokens_per_s", "update tokens/s: target-only logits + planned micro-batches"),
-            ("early_stop_generate_seconds", "answer batch seconds: early stop at the final answer"),
-            ("remark_seconds_each", "seconds per remark: shared-prefix KV reuse"),
-            ("batched_remark_seconds_each", "seconds per remark: batched decoding"),
-            ("partner_q8_0_remark_seconds_each", "seconds per remark: partner Q4_1 -> q8_0"),
-        ):
-            x = lv.get(key)
-            if isinstance(x, dict):
-                row(
-                    f"| lever, {label}: before -> after | {_f(x['before'], 2)} -> {_f(x['after'], 2)} |"
-                )
-    return "\n".join(lines) + "\n"

@@ -287,7 +287,7 @@ def bench(
         report = run_bench(settings, parts, Path(target))
     except UserError as e:
         fail(str(e))
-    from saie_lite.bench import markdown
+    from saie_lite.bench_report import markdown
 
     typer.echo(markdown(report))
     typer.echo(f"wrote {Path(target) / 'bench.json'} and bench.md")

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.real
 
 
 def test_embedded_learner_cache_built_once():
-    from saie_lite.backends.torch_peft import ensure_embedded_learner
+    from saie_lite.backends.torch_models import ensure_embedded_learner
 
     path = ensure_embedded_learner()
     weights = path / "model.safetensors"

@@ -1,0 +1,161 @@
+"""The bench report: machine and library versions, and the JSON + Markdown files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from saie_lite.fsutil import atomic_write_text
+
+
+def machine() -> dict:
+    return {
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def versions() -> dict:
+    out = {}
+    for pkg in (
+        "saie-lite",
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "llama-cpp-python",
+        "mlx",
+        "mlx-lm",
+    ):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if platform.system() == "Darwin" else rss / 1024
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    res = report["results"]
+    if "update" in res and "tokens_per_s" in res.get("trl", {}):
+        res["update"]["ratio_over_trl_fp32"] = (
+            res["update"]["float32"]["tokens_per_s"] / res["trl"]["tokens_per_s"]
+        )
+    report["peak_rss_mb"] = peak_rss_mb()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "bench.json", json.dumps(report, indent=2))
+    atomic_write_text(out_dir / "bench.md", markdown(report))
+
+
+def _f(x, digits=1) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) else str(x)
+
+
+def _split(run: dict) -> str:
+    return " / ".join(_f(run[f"{k}_seconds_per_step"]) for k in ("generate", "remark", "update"))
+
+
+def markdown(r: dict) -> str:
+    m, v, res = r["machine"], r["versions"], r["results"]
+    lines = [
+        f"Machine: {m['system']} {m['machine']}, {m['cpus']} CPUs, Python {m['python']}; "
+        + ", ".join(f"{k} {x}" for k, x in v.items() if x)
+        + f"; peak RSS {r['peak_rss_mb']:.0f} MB",
+        "",
+        "Settings: " + ", ".join(f"{k}={x}" for k, x in r["settings"].items()),
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    row = lines.append
+    if "saie" in res:
+        sa = res["saie"]
+        labels = {
+            "saie": "SAIE",
+            "saie_fast": "SAIE, fast path (snapshot every 4)",
+            "saie_fast_q8": "SAIE, fast path + q8_0 partner",
+        }
+        for run, label in labels.items():
+            if run in sa:
+                row(f"| {label}: step split (s) generate / remark / update | {_split(sa[run])} |")
+        row(f"| SFT examples per minute | {_f(sa['sft']['examples_per_minute'])} |")
+        for run, label in labels.items():
+            if run in sa:
+                row(f"| {label}: examples per minute | {_f(sa[run]['examples_per_minute'])} |")
+                row(
+                    f"| {label} / SFT wall time per example (target <= 3x) | "
+                    f"{_f(sa[f'ratio_{run}_over_sft'], 2)}x |"
+                )
+    if "update" in res:
+        u = res["update"]
+        row(f"| update tokens/s, ours fp32 | {_f(u['float32']['tokens_per_s'])} |")
+        row(f"| update tokens/s, ours bf16 weights | {_f(u['bfloat16']['tokens_per_s'])} |")
+        row(
+            f"| fp32 matmul peak (GFLOP/s) / bound (tokens/s at 4N FLOPs per token) | "
+            f"{_f(u['matmul_peak_gflops_fp32'])} / {_f(u['matmul_bound_tokens_per_s_fp32'])} |"
+        )
+        row(
+            "| ours fp32 / matmul bound (target >= 0.5) | "
+            f"{_f(u['fraction_of_matmul_bound_fp32'], 2)} |"
+        )
+        if "ratio_over_trl_fp32" in u:
+            row(
+                f"| ours / TRL SFTTrainer, fp32 (target >= 1.5x) | {_f(u['ratio_over_trl_fp32'], 2)}x |"
+            )
+    if "trl" in res:
+        t = res["trl"]
+        row(
+            f"| update tokens/s, TRL SFTTrainer fp32 | {_f(t.get('tokens_per_s', t.get('skipped')))} |"
+        )
+    if "mlx" in res:
+        x = res["mlx"]
+        row(
+            "| MLX step time, ours / mlx_lm (target <= 1.1x) | "
+            f"{_f(x.get('ratio_ours_over_mlx_lm', x.get('skipped')), 2)} |"
+        )
+    if "generate" in res:
+        g = res["generate"]
+        row(
+            f"| learner generation tokens/s, ours (torch, batched) | {_f(g['ours_tokens_per_s'])} |"
+        )
+        if "fast_path_tokens_per_s" in g:
+            row(
+                f"| learner generation tokens/s, fast path ({g['fast_path_model']}) | "
+                f"{_f(g['fast_path_tokens_per_s'])} |"
+            )
+        row(
+            f"| llama.cpp tokens/s, single stream, {g.get('llama_cpp_model', '-')} | "
+            f"{_f(g.get('llama_cpp_tokens_per_s', '-'))} |"
+        )
+        row(f"| ours (torch) / llama.cpp | {_f(g.get('ratio_ours_over_llama_cpp', '-'), 2)} |")
+        row(
+            "| fast path / llama.cpp (target >= 0.5x) | "
+            f"{_f(g.get('ratio_fast_path_over_llama_cpp', '-'), 2)} |"
+        )
+    if "levers" in res:
+        lv = res["levers"]
+        for key, label in (
+            ("update_tokens_per_s", "update tokens/s: target-only logits + planned micro-batches"),
+            ("early_stop_generate_seconds", "answer batch seconds: early stop at the final answer"),
+            ("remark_seconds_each", "seconds per remark: shared-prefix KV reuse"),
+            ("batched_remark_seconds_each", "seconds per remark: batched decoding"),
+            ("partner_q8_0_remark_seconds_each", "seconds per remark: partner Q4_1 -> q8_0"),
+        ):
+            x = lv.get(key)
+            if isinstance(x, dict):
+                row(
+                    f"| lever, {label}: before -> after | {_f(x['before'], 2)} -> {_f(x['after'], 2)} |"
+                )
+    return "\n".join(lines) + "\n"
