@@ -92,7 +92,8 @@ class PartnerConfig:
     n_gpu_layers: int = _f(0, "layers offloaded to Metal/CUDA; -1 = all")
     parallel: int = _f(
         8,
-        "llama.cpp: remarks decoded together in one batch (weights read once per step); 1 = one at a time",
+        "llama.cpp: remarks decoded together (weights read once per step for all); they "
+        "share a second KV cache of up to 4 x n_ctx cells; 1 = one at a time, no extra cache",
     )
     max_tokens: int = _f(96, "longest remark in tokens")
     temperature: float = _f(0.0, "partner sampling temperature; 0 = greedy")
