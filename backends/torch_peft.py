@@ -20,7 +20,7 @@ from saie_lite.chat_tokens import (
 )
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
-from saie_lite.tasks import ANSWER_TAIL_TOKENS, cut_at_answer
+from saie_lite.tasks import cut_at_answer, reply_finished
 
 
 # -- choices that depend on the machine (pure, unit-tested) ------------------------------
@@ -50,7 +50,7 @@ def resolve_quantize(requested: str, device: str) -> bool:
 
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16 instructions. Without them bf16 weights are slower than fp32 on
-    a CPU (bench: about 2.7x slower on this project's AVX-512 machine)."""
+    a CPU (bench: 2.7x to 3.8x slower on this project's AVX-512 machine)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: no cheap way to tell, keep fp32
@@ -202,9 +202,8 @@ class TorchLearner(ChatTokenLearner):
 
         class AnswerEnd(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                tail = max(start, input_ids.shape[1] - ANSWER_TAIL_TOKENS)
-                texts = tok.batch_decode(input_ids[:, tail:], skip_special_tokens=True)
-                done = [answer_end(t) is not None for t in texts]
+                rows = input_ids[:, start:].tolist()
+                done = [reply_finished(tok, row, answer_end) for row in rows]
                 return torch.tensor(done, device=input_ids.device)
 
         return AnswerEnd()

@@ -267,8 +267,6 @@ def bench_generate(s: BenchSettings) -> dict:
     if s.model == EMBEDDED:
         gguf, label = embedded_gguf(), "Q4_1 (the embedded GGUF)"
     else:
-        import tempfile
-
         from saie_lite.backends.torch_models import resolve_model_path
         from saie_lite.gguf_export import write_gguf
 
@@ -379,5 +377,4 @@ def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> d
         log(f"bench: {part} ...")
         report["results"][part] = jobs[part]()
         write_report(report, out_dir)  # a part that fails later loses nothing measured before
-    write_report(report, out_dir)
     return report

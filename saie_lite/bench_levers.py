@@ -16,7 +16,7 @@ def bench_levers(s: BenchSettings) -> dict:
     out: dict = {}
     # 1. Update: full-vocabulary logits in fixed micro-batches -> target-only logits in
     #    length-planned micro-batches.
-    learner = TorchLearner(_cfg(s, **{"learner.backend": "torch"}))
+    learner = TorchLearner(_cfg(s, **{"learner.backend": "torch", "learner.dtype": "float32"}))
     head = learner.split_head
     learner.split_head, learner.plan_micro_batches = None, False
     before = bench_update(s, "float32", learner)["tokens_per_s"]

@@ -280,6 +280,8 @@ def bench(
     try:
         parts = [p.strip() for p in only.split(",") if p.strip()]
         bad = [p for p in parts if p not in PARTS]
+        if not parts:
+            raise UserError(f"--only names no bench part; parts: {', '.join(PARTS)}")
         if bad:
             raise UserError(f"unknown bench part(s) {', '.join(bad)}; parts: {', '.join(PARTS)}")
         settings = BenchSettings(model, examples, steps, batch, max_len, new_tokens)

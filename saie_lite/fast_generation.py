@@ -20,7 +20,7 @@ from pathlib import Path
 
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat
-from saie_lite.tasks import ANSWER_TAIL_TOKENS, cut_at_answer
+from saie_lite.tasks import cut_at_answer, reply_finished
 
 PARALLEL = 8  # answers decoded together (a batch is usually 4-8 questions)
 
@@ -116,9 +116,11 @@ class SnapshotAnswers:
         from saie_lite.backends.llama_batched import BatchedDecoder
 
         self._close()
+        # The Llama only holds the weights (and vocabulary); generation runs in the
+        # decoder's own context, so this one gets the smallest useful KV cache.
         self.llm = Llama(
             model_path=str(self.path),
-            n_ctx=self.n_ctx,
+            n_ctx=512,
             n_threads=self.n_threads,
             n_batch=512,
             verbose=False,
@@ -147,14 +149,6 @@ class SnapshotAnswers:
         prompts = [inner.chat.prompt_ids(chat) for chat in chats]
         end = inner.answer_end
 
-        def done(reply: list[int]) -> bool:
-            # Early stop: decoding a reply's tail costs microseconds, a step milliseconds.
-            tail = reply[-ANSWER_TAIL_TOKENS:]
-            return (
-                end is not None
-                and end(inner.tok.decode(tail, skip_special_tokens=True)) is not None
-            )
-
         replies = self.decoder.generate(
             prompts,
             max_new_tokens,
@@ -162,7 +156,7 @@ class SnapshotAnswers:
             temperature,
             # the loop reseeds per batch; sampled answers follow the update count
             seed=inner.step,
-            done=done,
+            done=lambda reply: reply_finished(inner.tok, reply, end),
         )
         self.tokens_generated += sum(map(len, replies))
         texts = [inner.tok.decode(r, skip_special_tokens=True) for r in replies]

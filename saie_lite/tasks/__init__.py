@@ -22,6 +22,14 @@ def get_task(name: str):
 ANSWER_TAIL_TOKENS = 24
 
 
+def reply_finished(tok, reply: list[int], answer_end) -> bool:
+    """Early stop: does this reply (token ids) end in a finished final answer? Only its
+    tail is decoded; a tokenizer decode costs microseconds, a decode step milliseconds."""
+    if answer_end is None:
+        return False
+    return answer_end(tok.decode(reply[-ANSWER_TAIL_TOKENS:], skip_special_tokens=True)) is not None
+
+
 def answer_stop(cfg):
     """The early-stop rule for learner generation: the task's ``answer_end`` when
     ``learner.stop_at_answer`` is on, else None."""
