@@ -25,7 +25,7 @@ def embedded_q8_0() -> Path:
     with the shipped Q4_1 file, and remark prompts are long (problem, reference, answer)
     while remarks are short (bench: the partner-quantization lever).
     """
-    from saie_lite.gguf_export import write_gguf
+    from saie_lite.gguf_writer import write_gguf
     from saie_lite.paths import embedded_learner_dir
 
     target = embedded_learner_dir().parent / "smollm2-135m-instruct-q8_0.gguf"
@@ -60,7 +60,7 @@ def resolve_gguf(name: str) -> Path:
     with p.open("rb") as f:
         if f.read(4) != GGUF_MAGIC:
             raise UserError(f"partner model {name} is not a GGUF file (its header lacks 'GGUF')")
-    from saie_lite.gguf_export import check_gguf
+    from saie_lite.gguf_writer import check_gguf
 
     check_gguf(p)  # a truncated download or export: one clear line, not a llama.cpp crash
     return p

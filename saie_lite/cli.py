@@ -53,8 +53,8 @@ def train(
 ) -> None:
     """Train a learner with SAIE: warm-up, then discussion rounds with a partner."""
     from saie_lite import config as config_mod
-    from saie_lite.runs import new_run_dir, saved_config, start_training
-    from saie_lite.ui import make_view
+    from saie_lite.train.runs import new_run_dir, saved_config, start_training
+    from saie_lite.ui.train_view import make_view
 
     flags = {
         "method.mode": mode,
@@ -114,7 +114,7 @@ def eval_(
 ) -> None:
     """Measure accuracy (with 95% intervals) of a learner under an inference strategy."""
     from saie_lite import config as config_mod
-    from saie_lite.inference import start_eval
+    from saie_lite.evaluate.start import start_eval
 
     try:
         flags = {
@@ -150,9 +150,9 @@ def compare(
     b: Path = typer.Argument(..., help="eval directory (or its summary.json) of system B"),
 ) -> None:
     """Paired comparison of two evaluations on the same items (exact McNemar test)."""
-    from saie_lite.evaluate import compare as do_compare
-    from saie_lite.evaluate import load_summary
-    from saie_lite.ui import print_compare
+    from saie_lite.evaluate.evaluation import compare as do_compare
+    from saie_lite.evaluate.evaluation import load_summary
+    from saie_lite.ui.eval_view import print_compare
 
     try:
         sa, sb = load_summary(a), load_summary(b)
@@ -181,7 +181,7 @@ def debate_cmd(
     live: str = typer.Option("auto", help="auto | rich | plain"),
 ) -> None:
     """Let models discuss a question: n agents, r rounds, streamed turns, majority vote."""
-    from saie_lite.inference import start_debate
+    from saie_lite.evaluate.start import start_debate
 
     try:
         start_debate(
@@ -200,7 +200,7 @@ app.add_typer(logs_app, name="logs")
 @logs_app.command("list")
 def logs_list() -> None:
     """List saved debates, evaluations and runs."""
-    from saie_lite.inference import list_logs
+    from saie_lite.evaluate.start import list_logs
 
     typer.echo(list_logs())
 
@@ -208,8 +208,8 @@ def logs_list() -> None:
 @logs_app.command("show")
 def logs_show(debate_id: int = typer.Argument(..., help="debate number from 'logs list'")) -> None:
     """Print one debate transcript."""
-    from saie_lite.inference import get_debate
-    from saie_lite.transcripts import to_markdown
+    from saie_lite.evaluate.start import get_debate
+    from saie_lite.evaluate.transcripts import to_markdown
 
     try:
         typer.echo(to_markdown(get_debate(debate_id)))
@@ -224,8 +224,8 @@ def logs_export(
     out: Path | None = typer.Option(None, help="write here instead of stdout"),
 ) -> None:
     """Export one debate transcript as Markdown or JSON."""
-    from saie_lite.inference import get_debate
-    from saie_lite.transcripts import to_json, to_markdown
+    from saie_lite.evaluate.start import get_debate
+    from saie_lite.evaluate.transcripts import to_json, to_markdown
 
     try:
         if format not in ("md", "json"):
@@ -249,7 +249,7 @@ def export(
     out: Path | None = typer.Option(None, help="output directory (default RUN/export/...)"),
 ) -> None:
     """Export the trained learner: merged safetensors, GGUF (+ Ollama Modelfile), or MLX."""
-    from saie_lite.export import export as do_export
+    from saie_lite.export.formats import export as do_export
 
     try:
         for path in do_export(run_dir, to, quant, out):
@@ -274,7 +274,7 @@ def bench(
     """Measure the time split, update and generation throughput against TRL, mlx-lm and llama.cpp."""
     import time as _time
 
-    from saie_lite.bench import PARTS, BenchSettings, run_bench
+    from saie_lite.bench.run import PARTS, BenchSettings, run_bench
     from saie_lite.paths import home
 
     try:
@@ -289,7 +289,7 @@ def bench(
         report = run_bench(settings, parts, Path(target))
     except UserError as e:
         fail(str(e))
-    from saie_lite.bench_report import markdown
+    from saie_lite.bench.report import markdown
 
     typer.echo(markdown(report))
     typer.echo(f"wrote {Path(target) / 'bench.json'} and bench.md")

@@ -1,7 +1,7 @@
 """Inference strategies with scripted agents: prompts, turns, votes and the tie rule."""
 
-from saie_lite import debate
 from saie_lite.backends.scripted import ScriptedLearner
+from saie_lite.evaluate import strategies as debate
 from saie_lite.protocols import Example
 from saie_lite.tasks import gsm8k
 

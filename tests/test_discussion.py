@@ -1,5 +1,5 @@
-from saie_lite import discussion as d
 from saie_lite.protocols import Example
+from saie_lite.train import prompts as d
 
 EX = Example("e1", "What is 2+3?", "2+3=5\n#### 5", "5")
 

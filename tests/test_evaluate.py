@@ -9,7 +9,7 @@ from saie_lite import config
 from saie_lite.backends.scripted import ScriptedLearner
 from saie_lite.cli import app
 from saie_lite.errors import UserError
-from saie_lite.evaluate import compare, evaluate
+from saie_lite.evaluate.evaluation import compare, evaluate
 from saie_lite.store import Store
 from saie_lite.tasks import gsm8k
 

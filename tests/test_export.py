@@ -55,8 +55,8 @@ def merged(run_dir):
     """The merged torch model and the prompt ids the formats are compared on."""
     from saie_lite import config
     from saie_lite.backends.torch_peft import TorchLearner
-    from saie_lite.checkpoint import latest
-    from saie_lite.runs import saved_config
+    from saie_lite.train.checkpoint import latest
+    from saie_lite.train.runs import saved_config
 
     cfg = config.build(base=saved_config(run_dir))
     learner = TorchLearner(cfg)
@@ -186,7 +186,7 @@ def test_exported_gguf_serves_as_partner_and_bad_files_are_refused(run_dir, tmp_
 
 
 def test_export_refuses_unsupported_architecture(tmp_path):
-    from saie_lite.gguf_export import write_gguf
+    from saie_lite.gguf_writer import write_gguf
 
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(UserError) as e:

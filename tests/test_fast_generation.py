@@ -13,9 +13,9 @@ pytest.importorskip("llama_cpp")
 from saie_lite import config  # noqa: E402
 from saie_lite.backends import torch_peft  # noqa: E402
 from saie_lite.errors import UserError  # noqa: E402
-from saie_lite.fast_generation import SnapshotAnswers, due_step  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 from saie_lite.tasks import gsm8k  # noqa: E402
+from saie_lite.train.fast_generation import SnapshotAnswers, due_step  # noqa: E402
 
 CHAT = [{"role": "user", "content": "What is 12 times 3? Explain."}]
 SEQS = [TrainSequence(CHAT, "12 * 3 = 36\n#### 36"), TrainSequence(CHAT, "36\n#### 36")]

@@ -24,7 +24,7 @@ def test_common_prefix_and_groups():
 def tiny_llm(tiny_model_dir, tmp_path_factory):
     from llama_cpp import Llama
 
-    from saie_lite.gguf_export import write_gguf
+    from saie_lite.gguf_writer import write_gguf
 
     path = write_gguf(tiny_model_dir, tmp_path_factory.mktemp("g") / "tiny.gguf", "f16")
     llm = Llama(str(path), n_ctx=1024, n_threads=2, verbose=False)

@@ -2,11 +2,12 @@
 
 import pytest
 
-from saie_lite import checkpoint, config
+from saie_lite import config
 from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner
 from saie_lite.store import Store
 from saie_lite.tasks import gsm8k
-from saie_lite.train import schedule, train
+from saie_lite.train import checkpoint
+from saie_lite.train.loop import schedule, train
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 
 from safetensors.numpy import load_file  # noqa: E402
 
-from saie_lite import checkpoint, config  # noqa: E402
+from saie_lite import config  # noqa: E402
 from saie_lite.backends.mlx import MLXLearner  # noqa: E402
 from saie_lite.backends.scripted import ScriptedPartner  # noqa: E402
 from saie_lite.backends.torch_peft import TorchLearner  # noqa: E402
@@ -16,7 +16,8 @@ from saie_lite.protocols import TrainSequence  # noqa: E402
 from saie_lite.registry import choose_learner  # noqa: E402
 from saie_lite.store import Store  # noqa: E402
 from saie_lite.tasks import gsm8k  # noqa: E402
-from saie_lite.train import train  # noqa: E402
+from saie_lite.train import checkpoint  # noqa: E402
+from saie_lite.train.loop import train  # noqa: E402
 
 CTX = [
     {"role": "system", "content": "Solve it."},
@@ -140,7 +141,7 @@ def test_export_of_an_mlx_run(tiny_model_dir, tmp_path):
     from mlx_lm import load
     from transformers import AutoModelForCausalLM
 
-    from saie_lite.export import export
+    from saie_lite.export.formats import export
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

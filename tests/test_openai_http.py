@@ -4,13 +4,14 @@ malformed JSON, concurrency, the API key, and a server that dies mid-run."""
 import pytest
 from fault_server import FaultServer
 
-from saie_lite import checkpoint, config
+from saie_lite import config
 from saie_lite.backends.openai_http import OpenAIPartner
 from saie_lite.backends.scripted import ScriptedLearner
 from saie_lite.errors import PartnerError, UserError
 from saie_lite.store import Store
 from saie_lite.tasks import gsm8k
-from saie_lite.train import train
+from saie_lite.train import checkpoint
+from saie_lite.train.loop import train
 
 CHAT = [{"role": "user", "content": "Remark on: 2+2=5"}]
 
@@ -83,8 +84,8 @@ def test_api_key_sent_but_never_written(server, tmp_path, monkeypatch):
             "run.dir": str(tmp_path / "run"),
         }
     )
-    from saie_lite.runs import start_training
-    from saie_lite.ui import PlainView
+    from saie_lite.train.runs import start_training
+    from saie_lite.ui.train_view import PlainView
 
     start_training(cfg, tmp_path / "run", False, False, PlainView())
     assert server.requests and all(

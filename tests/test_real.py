@@ -45,8 +45,8 @@ def test_llama_cpp_partner_remarks_on_embedded_gguf():
 
 def test_llama_cpp_partner_batches_remarks():
     from saie_lite.backends.llama_cpp import LlamaCppPartner
-    from saie_lite.discussion import partner_chat
     from saie_lite.tasks import gsm8k
+    from saie_lite.train.prompts import partner_chat
 
     ex = gsm8k.load("bundled")[0][0]
     chats = [

@@ -7,12 +7,13 @@ pytest.importorskip("peft")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from saie_lite import checkpoint, config  # noqa: E402
+from saie_lite import config  # noqa: E402
 from saie_lite.backends.scripted import ScriptedPartner  # noqa: E402
 from saie_lite.backends.torch_peft import TorchLearner  # noqa: E402
 from saie_lite.store import Store  # noqa: E402
 from saie_lite.tasks import gsm8k  # noqa: E402
-from saie_lite.train import train  # noqa: E402
+from saie_lite.train import checkpoint  # noqa: E402
+from saie_lite.train.loop import train  # noqa: E402
 
 
 def cfg_for(model_dir, run_dir):

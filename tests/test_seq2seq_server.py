@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from saie_lite import checkpoint, config  # noqa: E402
+from saie_lite import config  # noqa: E402
 from saie_lite.backends.openai_http import OpenAIPartner  # noqa: E402
 from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner  # noqa: E402
 from saie_lite.backends.torch_peft import TorchLearner  # noqa: E402
@@ -12,7 +12,8 @@ from saie_lite.errors import PartnerError  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 from saie_lite.store import Store  # noqa: E402
 from saie_lite.tasks import gsm8k  # noqa: E402
-from saie_lite.train import train  # noqa: E402
+from saie_lite.train import checkpoint  # noqa: E402
+from saie_lite.train.loop import train  # noqa: E402
 
 CTX = [
     {"role": "system", "content": "Solve it."},

@@ -41,8 +41,8 @@ def test_micro_batches_is_optimal_against_brute_force():
 def test_stance_prompts_share_everything_but_the_last_sentence():
     """llama.cpp reuses the KV cache of a shared prompt prefix: the two stances' prompts
     on one answer must differ only at the end."""
-    from saie_lite import discussion as d
     from saie_lite.protocols import Example
+    from saie_lite.train import prompts as d
 
     ex = Example("e1", "What is 2+3?", "2+3=5\n#### 5", "5")
     sup, adv = (d.partner_chat(ex, ["It is 6.\n#### 6"], s, True) for s in d.STANCE_INSTRUCTION)

@@ -1,6 +1,6 @@
 import pytest
 
-from saie_lite import stats
+from saie_lite.evaluate import stats
 
 
 @pytest.mark.parametrize(

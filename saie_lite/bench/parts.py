@@ -14,10 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saie_lite import config as config_mod
-from saie_lite.bench_report import machine, versions, write_report
 from saie_lite.protocols import TrainSequence
-
-PARTS = ("saie", "update", "trl", "mlx", "generate", "levers")
 
 
 @dataclass
@@ -257,7 +254,7 @@ def bench_generate(s: BenchSettings) -> dict:
     try:
         from llama_cpp import Llama
 
-        from saie_lite.fast_generation import SnapshotAnswers
+        from saie_lite.train.fast_generation import SnapshotAnswers
     except ImportError:
         return {"ours_tokens_per_s": ours, "llama_cpp": "skipped: llama-cpp-python not installed"}
     cfg.learner.snapshot_every = 1
@@ -268,7 +265,7 @@ def bench_generate(s: BenchSettings) -> dict:
         gguf, label = embedded_gguf(), "Q4_1 (the embedded GGUF)"
     else:
         from saie_lite.backends.torch_models import resolve_model_path
-        from saie_lite.gguf_export import write_gguf
+        from saie_lite.gguf_writer import write_gguf
 
         gguf = Path(tempfile.mkdtemp()) / "ref-f16.gguf"
         write_gguf(Path(resolve_model_path(s.model)), gguf, "f16")
@@ -295,10 +292,10 @@ def bench_generate(s: BenchSettings) -> dict:
 def bench_saie(s: BenchSettings, run_root: Path) -> dict:
     """SAIE (both stances) against plain SFT through the real loop: wall time per example,
     and the SAIE time split per discussion step."""
-    from saie_lite.runs import build_backends
     from saie_lite.store import Store
     from saie_lite.tasks import gsm8k
-    from saie_lite.train import train
+    from saie_lite.train.loop import train
+    from saie_lite.train.runs import build_backends
 
     examples = gsm8k.load("bundled")[0][: s.examples]
     out = {}
@@ -350,31 +347,3 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
             out[run]["seconds_per_example"] / out["sft"]["seconds_per_example"]
         )
     return out
-
-
-def _levers(s: BenchSettings) -> dict:
-    from saie_lite.bench_levers import bench_levers  # it builds on this module's helpers
-
-    return bench_levers(s)
-
-
-def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> dict:
-    report: dict = {
-        "machine": machine(),
-        "versions": versions(),
-        "settings": s.__dict__,
-        "results": {},
-    }
-    jobs = {
-        "saie": lambda: bench_saie(s, out_dir / "runs"),
-        "update": lambda: bench_update_part(s),
-        "trl": lambda: bench_trl(s),
-        "mlx": lambda: bench_mlx(s),
-        "generate": lambda: bench_generate(s),
-        "levers": lambda: _levers(s),
-    }
-    for part in parts:
-        log(f"bench: {part} ...")
-        report["results"][part] = jobs[part]()
-        write_report(report, out_dir)  # a part that fails later loses nothing measured before
-    return report

@@ -20,8 +20,8 @@ FORMATS = ("hf", "gguf", "mlx")
 
 def _run_config(run_dir: Path):
     from saie_lite import config as config_mod
-    from saie_lite.checkpoint import latest
-    from saie_lite.runs import saved_config
+    from saie_lite.train.checkpoint import latest
+    from saie_lite.train.runs import saved_config
 
     cfg = config_mod.build(base=saved_config(run_dir))
     ckpt = latest(run_dir)
@@ -132,7 +132,7 @@ def _export(run_dir: Path, cfg, ckpt: Path, to: str, quant: str, out: Path) -> l
             cfg_json.update(config_fixes(str(merged)))
             cfg_path.write_text(json.dumps(cfg_json, indent=2))
             return [out]
-        from saie_lite.gguf_export import write_gguf
+        from saie_lite.gguf_writer import write_gguf
 
         name = f"saie-{run_dir.name}-{quant}.gguf"
         path = write_gguf(

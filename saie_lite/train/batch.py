@@ -6,8 +6,16 @@ training sequences. Every turn is appended to the rows the loop stores after the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from saie_lite.discussion import (
+from saie_lite.config import Config
+from saie_lite.errors import PartnerError
+from saie_lite.protocols import Callbacks, Chat, Example, Learner, Partner, TrainSequence
+from saie_lite.store import Store, remark_key
+from saie_lite.tasks import get_task
+from saie_lite.train.prompts import (
     Branch,
     choose_target,
     clip_text,
@@ -15,10 +23,6 @@ from saie_lite.discussion import (
     partner_chat,
     rationale_chat,
 )
-from saie_lite.errors import PartnerError
-from saie_lite.protocols import Chat, Example, Learner, Partner, TrainSequence
-from saie_lite.store import Store, remark_key
-from saie_lite.tasks import get_task
 
 
 def get_remarks(
@@ -95,16 +99,16 @@ def fit_history(
     return hist, clipped
 
 
-def gold_targets(cfg, task, partner, store, exs, timer, rows, meta) -> dict[str, str]:
+def gold_targets(ctx: RunContext, task, exs, rows, meta) -> dict[str, str]:
     """Each example's training target: the reference, or (``target: rationalized``) the
     partner's rationale for the gold choice when it ends in that choice (cached)."""
     gold = {ex.id: ex.reference for ex in exs}
-    if cfg.method.target != "rationalized":
+    if ctx.cfg.method.target != "rationalized":
         return gold
     chats = [rationale_chat(ex) for ex in exs]
     t0 = time.perf_counter()
-    texts, cached = get_remarks(partner, store, chats, cfg.partner.max_tokens)
-    timer.add("remark", t0)
+    texts, cached = get_remarks(ctx.partner, ctx.store, chats, ctx.cfg.partner.max_tokens)
+    ctx.timer.add("remark", t0)
     for ex, chat, text, hit in zip(exs, chats, texts, cached):
         usable = task.is_correct(text, ex.answer)
         if usable:
@@ -130,13 +134,28 @@ def turn_row(meta: dict, ex: Example, **kw) -> dict:
     return {**meta, "example_id": ex.id, **kw}
 
 
+@dataclass
+class RunContext:
+    """What stays the same for every batch of a run; the loop builds it once."""
+
+    cfg: Config
+    learner: Learner
+    partner: Partner | None
+    store: Store
+    timer: Any  # the loop's Timer: ``add(key, since)`` returns the seconds spent
+    note: Callable[[str, str], None]  # (kind, message): store event + live view line
+    cb: Callbacks
+
+
 def discussion_batch(
-    cfg, learner, partner, store, exs, bases, timer, rows, meta, note, cb
+    ctx: RunContext, exs: list[Example], bases: list[Chat], rows: list[dict], meta: dict
 ) -> list[TrainSequence]:
     """One discussion batch: on-policy answers, remarks per stance, training sequences.
 
     Appends every turn to ``rows`` (written to the store once the update succeeds).
     """
+    cfg, learner, partner, store = ctx.cfg, ctx.learner, ctx.partner, ctx.store
+    timer, note, cb = ctx.timer, ctx.note, ctx.cb
     task = get_task(cfg.data.task)
     m, lc = cfg.method, cfg.learner
     limit = lc.max_seq_len
@@ -152,7 +171,7 @@ def discussion_batch(
                 meta, ex, turn=0, role="learner", prompt=base, text=a, correct=int(ok), seconds=per
             )
         )
-    gold = gold_targets(cfg, task, partner, store, exs, timer, rows, meta)
+    gold = gold_targets(ctx, task, exs, rows, meta)
     branches = [
         Branch(ex, stance, base, [a]) for ex, base, a in zip(exs, bases, a0) for stance in m.stances
     ]

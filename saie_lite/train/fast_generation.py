@@ -91,7 +91,7 @@ class SnapshotAnswers:
         self.refresh_seconds += time.perf_counter() - t0
 
     def _write(self, step: int) -> None:
-        from saie_lite.gguf_export import write_gguf
+        from saie_lite.gguf_writer import write_gguf
 
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")

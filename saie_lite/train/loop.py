@@ -14,14 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from saie_lite import checkpoint
 from saie_lite.config import Config
-from saie_lite.discussion import mix_plain_sequences, plain_sequence
 from saie_lite.errors import PartnerError
-from saie_lite.exchange import discussion_batch, turn_row
-from saie_lite.protocols import Example, Learner, Partner
+from saie_lite.protocols import Callbacks, Example, Learner, Partner
 from saie_lite.store import Store
 from saie_lite.tasks import get_task
+from saie_lite.train import checkpoint
+from saie_lite.train.batch import RunContext, discussion_batch, turn_row
+from saie_lite.train.prompts import mix_plain_sequences, plain_sequence
 
 
 @dataclass
@@ -46,16 +46,6 @@ def schedule(n: int, cfg: Config) -> list[Batch]:
     if cfg.train.max_steps:
         out = out[: cfg.train.max_steps]
     return out
-
-
-class Callbacks:
-    """Live-view hooks; the UI overrides what it shows. All no-ops here."""
-
-    def on_begin(self, info: dict) -> None: ...
-    def on_exchange(self, ex: dict) -> None: ...
-    def on_step(self, row: dict) -> None: ...
-    def on_event(self, message: str) -> None: ...
-    def on_end(self, summary: dict) -> None: ...
 
 
 class Timer:
@@ -108,6 +98,7 @@ def train(
         store.event(kind, message)
         cb.on_event(message)
 
+    ctx = RunContext(cfg, learner, partner, store, timer, note, cb)
     status = "finished"
     last_saved = state.step
     try:
@@ -138,9 +129,7 @@ def train(
                     )
                     cb.on_exchange({"phase": batch.phase, "example": ex, "target": seq.target})
             else:
-                sequences = discussion_batch(
-                    cfg, learner, partner, store, exs, exs_bases, timer, rows, meta, note, cb
-                )
+                sequences = discussion_batch(ctx, exs, exs_bases, rows, meta)
                 sequences += mix_plain_sequences(examples, bases, m.mix_plain, len(sequences), rng)
             if not sequences:
                 note(

@@ -17,9 +17,9 @@ from saie_lite.errors import UserError
 
 def load_learner(cfg: Config, run_dir: Path | None = None):
     """The configured learner; with ``run_dir``, that run's learner and latest adapter."""
-    from saie_lite.checkpoint import latest
     from saie_lite.registry import factory
-    from saie_lite.runs import saved_config
+    from saie_lite.train.checkpoint import latest
+    from saie_lite.train.runs import saved_config
 
     if cfg.learner.backend == "auto":
         from saie_lite.registry import choose_learner

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 
-from saie_lite.bench import BenchSettings, _cfg, _gen_rate, bench_update
+from saie_lite.bench.parts import BenchSettings, _cfg, _gen_rate, bench_update
 
 
 def bench_levers(s: BenchSettings) -> dict:
     """Each speed lever off, then on, on the same work."""
     from saie_lite.backends.torch_peft import TorchLearner
-    from saie_lite.discussion import partner_chat
     from saie_lite.tasks import gsm8k
+    from saie_lite.train.prompts import partner_chat
 
     out: dict = {}
     # 1. Update: full-vocabulary logits in fixed micro-batches -> target-only logits in

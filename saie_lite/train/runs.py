@@ -66,7 +66,7 @@ def build_backends(cfg: Config, dry_run: bool, run_dir: Path | None = None):
     if cfg.method.stances:  # plain SFT needs no partner: do not load one
         partner = factory("partners", cfg.partner.backend)(cfg, learner)
     if cfg.learner.snapshot_every and run_dir is not None:
-        from saie_lite.fast_generation import SnapshotAnswers
+        from saie_lite.train.fast_generation import SnapshotAnswers
 
         learner = SnapshotAnswers(learner, cfg, Path(run_dir) / "snapshot")
     return learner, partner
@@ -99,9 +99,9 @@ class StopFlag:
 
 
 def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view) -> dict:
-    from saie_lite.checkpoint import latest
     from saie_lite.store import Store
-    from saie_lite.train import train
+    from saie_lite.train.checkpoint import latest
+    from saie_lite.train.loop import train
 
     run_dir = Path(run_dir)
     if not resume and latest(run_dir) is not None:

@@ -14,13 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from saie_lite import debate as strategies
-from saie_lite.agents import tokens_generated
 from saie_lite.config import Config
 from saie_lite.errors import UserError
+from saie_lite.evaluate import strategies
+from saie_lite.evaluate.agents import tokens_generated
+from saie_lite.evaluate.stats import paired, wilson
 from saie_lite.fsutil import atomic_write_text
 from saie_lite.protocols import Example
-from saie_lite.stats import paired, wilson
 from saie_lite.store import Store
 
 LOGLIK_PREFIX = "The answer is ("

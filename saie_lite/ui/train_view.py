@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from saie_lite.train import Callbacks
+from saie_lite.protocols import Callbacks
 
 STANCE_STYLE = {"supportive": "green", "adversarial": "red"}
 
@@ -187,89 +187,3 @@ def make_view(kind: str) -> Callbacks:
     if kind == "rich" or (kind == "auto" and sys.stdout.isatty()):
         return RichView()
     return PlainView()
-
-
-# -- evaluation ----------------------------------------------------------------------
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def summary_lines(s: dict) -> list[str]:
-    """The figures of an evaluation, as plain lines (shared by both views)."""
-    st, fl = s["strict"], s["flexible"]
-    pf = s["parse_failure_rate"]
-    return [
-        f"{s['name']}: n={s['n']} ({s['status']})",
-        f"  strict   accuracy {_pct(st['accuracy'])}  95% CI [{_pct(st['ci95'][0])}, "
-        f"{_pct(st['ci95'][1])}]  parse failures {_pct(pf['strict'])}",
-        f"  flexible accuracy {_pct(fl['accuracy'])}  95% CI [{_pct(fl['ci95'][0])}, "
-        f"{_pct(fl['ci95'][1])}]  parse failures {_pct(pf['flexible'])}",
-        f"  tokens generated {s['tokens_generated']}  wall time {s['seconds']:.1f}s",
-    ]
-
-
-class EvalView:
-    """Progress lines (or a Rich bar on a terminal) and the final figures."""
-
-    def __init__(self, rich: bool):
-        self.rich = rich
-        self.bar = None
-        if rich:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(
-                "[bold]eval",
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                "eta",
-                TimeRemainingColumn(),
-                speed_estimate_period=3600,
-            )
-            self.task = None
-
-    def note(self, message: str) -> None:
-        print(f"note: {message}", flush=True)
-
-    def progress(self, done: int, total: int, rows: list[dict]) -> None:
-        right = sum(r["strict_correct"] for r in rows)
-        if self.bar is None:
-            if rows:
-                print(f"items {done}/{total} (+{len(rows)}, {right} right)", flush=True)
-            elif done:
-                print(f"resuming: {done}/{total} items already done", flush=True)
-            return
-        if self.task is None:
-            self.bar.start()
-            self.task = self.bar.add_task("eval", total=total, completed=done)
-        self.bar.update(self.task, completed=done)
-
-    def summary(self, s: dict, out_dir) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-        for line in summary_lines(s):
-            print(line)
-        print(f"  summary: {out_dir}/summary.json")
-
-
-def make_eval_view(kind: str = "auto") -> EvalView:
-    return EvalView(rich=kind == "rich" or (kind == "auto" and sys.stdout.isatty()))
-
-
-def print_compare(name_a: str, name_b: str, a: dict, b: dict, c: dict) -> None:
-    print(f"A = {name_a}\nB = {name_b}\npaired over n={c['n']} items")
-    for kind in ("strict", "flexible"):
-        p = c[kind]
-        lo, hi = p["diff_ci"]
-        print(
-            f"  {kind:8} A {_pct(p['a_correct'] / p['n'])}  B {_pct(p['b_correct'] / p['n'])}  "
-            f"B-A {100 * p['diff']:+.1f} pts [95% CI {100 * lo:+.1f}, {100 * hi:+.1f}]  "
-            f"only A right {p['only_a']}, only B right {p['only_b']}  McNemar p={p['p_value']:.3g}"
-            f"  -> {p['verdict']}"
-        )

@@ -33,16 +33,16 @@ def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
 
 
 def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -> dict:
-    from saie_lite.agents import build_agents
-    from saie_lite.evaluate import evaluate
-    from saie_lite.runs import StopFlag, prepare_examples
+    from saie_lite.evaluate.agents import build_agents
+    from saie_lite.evaluate.evaluation import evaluate
     from saie_lite.store import Store
     from saie_lite.tasks import get_task
-    from saie_lite.ui import make_eval_view
+    from saie_lite.train.runs import StopFlag, prepare_examples
+    from saie_lite.ui.eval_view import make_eval_view
 
     if run_dir is not None and not (Path(run_dir) / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a saie-lite run directory (no config.yaml)")
-    from saie_lite.runs import resolve_backend
+    from saie_lite.train.runs import resolve_backend
 
     view = view or make_eval_view()
     resolve_backend(cfg, view.note)
@@ -108,11 +108,11 @@ def parse_stances(stance: str | None, n: int) -> list[str | None]:
 
 def start_debate(question, file, agents, rounds, stance, task_name, temperature, max_new, live):
     from saie_lite import config as config_mod
-    from saie_lite.agents import build_agents
-    from saie_lite.debate import interactive_debate, majority
+    from saie_lite.evaluate.agents import build_agents
+    from saie_lite.evaluate.strategies import interactive_debate, majority
     from saie_lite.store import Store
     from saie_lite.tasks import get_task
-    from saie_lite.ui_debate import make_debate_view
+    from saie_lite.ui.debate_view import make_debate_view
 
     if rounds < 0 or rounds > 10:
         raise UserError("--rounds must be in [0, 10]")
@@ -122,7 +122,7 @@ def start_debate(question, file, agents, rounds, stance, task_name, temperature,
     stances = parse_stances(stance, len(specs))
     task = get_task(task_name)
     cfg = config_mod.build(overrides={"data.task": task_name})
-    from saie_lite.runs import resolve_backend
+    from saie_lite.train.runs import resolve_backend
 
     resolve_backend(cfg, lambda message: None)
     models = build_agents(cfg, specs)
