@@ -28,11 +28,12 @@ def ensure_embedded_learner() -> Path:
     import torch
 
     from saie_lite.fsutil import atomic_publish_dir
-    from saie_lite.paths import embedded_gguf, embedded_learner_dir
+    from saie_lite.paths import embedded_gguf, embedded_learner_dir, writable_dir
 
     target = embedded_learner_dir()
     if (target / "model.safetensors").is_file():
         return target
+    writable_dir(target.parent, "the model cache (SAIE_LITE_HOME)")
     quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -35,39 +35,51 @@ def resolve_device(requested: str) -> str:
 
 
 def resolve_quantize(requested: str, device: str) -> bool:
-    """QLoRA needs bitsandbytes kernels, which only CUDA has."""
+    """QLoRA needs bitsandbytes kernels, which only CUDA has; bitsandbytes comes with the
+    ``cuda`` extra. ``auto`` uses it when both are there, else plain LoRA."""
+    import importlib.util
+
     if requested == "none":
         return False
+    have_bnb = importlib.util.find_spec("bitsandbytes") is not None
     if requested == "4bit":
         if device != "cuda":
             raise UserError(
                 f"learner.quantize=4bit (QLoRA) needs a CUDA GPU, this run is on {device}: "
                 "use --set learner.quantize=none"
             )
+        if not have_bnb:
+            raise UserError(
+                "learner.quantize=4bit (QLoRA) needs bitsandbytes: pip install 'saie-lite[cuda]'"
+            )
         return True
-    return device == "cuda"
+    return device == "cuda" and have_bnb
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16 instructions. Without them bf16 weights are slower than fp32 on
-    a CPU (bench: 2.7x to 3.8x slower on this project's AVX-512 machine)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no cheap way to tell, keep fp32
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+def hide_bitsandbytes() -> None:
+    """A run without QLoRA never needs bitsandbytes, but peft imports it whenever it is
+    installed, and on a machine without CUDA it then warns about missing kernels at every
+    start. A ``None`` entry in ``sys.modules`` makes it look absent to peft and
+    transformers (``find_spec`` answers None) for this process."""
+    import sys
+
+    if "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
 
 
 def resolve_dtype(requested: str, device: str, cpu_bf16: bool | None = None) -> torch.dtype:
     """``auto``: the fastest precision the hardware has for the frozen base (adapters
-    stay float32 either way): bf16 on CUDA GPUs and CPUs with bf16 matmul units, else
-    float32."""
+    stay float32 either way): bf16 on CUDA GPUs; on a CPU, whichever a measured matmul
+    probe finds faster (``cpu_dtype``); float32 elsewhere."""
     if requested != "auto":
         return getattr(torch, requested)
     if device == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    if device == "cpu" and (cpu_has_fast_bf16() if cpu_bf16 is None else cpu_bf16):
-        return torch.bfloat16
+    if device == "cpu":
+        from saie_lite.backends.cpu_dtype import cpu_prefers_bf16
+
+        if cpu_prefers_bf16() if cpu_bf16 is None else cpu_bf16:
+            return torch.bfloat16
     return torch.float32
 
 
@@ -86,6 +98,12 @@ class TorchLearner(ChatTokenLearner):
     """LoRA learner. One optimizer step per ``train_step``; micro-batches accumulate."""
 
     def __init__(self, cfg):
+        lc = cfg.learner
+        self.cfg = cfg
+        self.device = resolve_device(lc.device)
+        self.quantized = resolve_quantize(lc.quantize, self.device)
+        if not self.quantized:
+            hide_bitsandbytes()
         from peft import LoraConfig, get_peft_model
         from transformers import (
             AutoConfig,
@@ -95,10 +113,6 @@ class TorchLearner(ChatTokenLearner):
         )
 
         quiet_transformers()
-        lc = cfg.learner
-        self.cfg = cfg
-        self.device = resolve_device(lc.device)
-        self.quantized = resolve_quantize(lc.quantize, self.device)
         self.dtype = resolve_dtype(lc.dtype, self.device)
         path = resolve_model_path(lc.model)
         self.name = f"torch:{lc.model}"

@@ -6,13 +6,42 @@ so that ``saie-lite --help`` answers at once.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
 
 from saie_lite.errors import UserError
 
-app = typer.Typer(
+
+class _App(typer.Typer):
+    """Every command ends a user's mistake in one line with exit code 2, never a traceback:
+    ``UserError`` carries its own line; an ``OSError`` no check foresaw (a full disk, a
+    vanished file) still gets one, naming the file."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorate(fn):
+            @functools.wraps(fn)
+            def guarded(*a, **k):
+                try:
+                    return fn(*a, **k)
+                except UserError as e:
+                    fail(str(e))
+                except OSError as e:
+                    where = f" ({e.filename})" if e.filename else ""
+                    fail(
+                        f"{e.strerror or type(e).__name__}{where}: check the path, its "
+                        "permissions and free space, then run the command again"
+                    )
+
+            return register(guarded)
+
+        return decorate
+
+
+app = _App(
     add_completion=False,
     no_args_is_help=True,
     help="saie-lite: fine-tune a small LM from supportive and adversarial discussions (SAIE).",
@@ -75,7 +104,17 @@ def train(
         if resume:
             if recipe:
                 raise UserError("--resume takes the run's saved config; drop --recipe")
-            cfg = config_mod.build(None, overrides, base=saved_config(resume))
+            saved = saved_config(resume)
+            cfg = config_mod.build(None, overrides, base=saved)
+            safe, unsafe = config_mod.resume_changes(config_mod.build(None, None, saved), cfg)
+            if unsafe:
+                raise UserError(
+                    f"--resume cannot change {', '.join(unsafe)}: the resumed run would no "
+                    "longer match its first part. Drop those flags, or start a new run. "
+                    f"Keys a resume may change: {', '.join(config_mod.SAFE_ON_RESUME[:-1])}"
+                )
+            for key in safe:
+                typer.echo(f"resume: {key} changed to {config_mod.flat(cfg)[key]!r}")
         else:
             cfg = config_mod.build(recipe, overrides)
         target = Path(resume) if resume else new_run_dir(cfg)
@@ -193,7 +232,7 @@ def debate_cmd(
         raise typer.Exit(130) from None
 
 
-logs_app = typer.Typer(help="Saved debates, evaluations and training runs.", no_args_is_help=True)
+logs_app = _App(help="Saved debates, evaluations and training runs.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
 
 

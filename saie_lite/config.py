@@ -317,7 +317,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"recipe not found: {p} (give a YAML file, e.g. recipes/quickstart.yaml)")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        raw = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read recipe {p}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"recipe {p} is not a text file (binary bytes at offset {e.start}): "
+            "give a YAML recipe, e.g. recipes/quickstart.yaml"
+        ) from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -352,6 +363,37 @@ def build(
     if overrides:
         apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
     return cfg.validate()
+
+
+# Keys a resumed run may change without changing what its finished part means: how far it
+# goes (more updates or rounds append batches; the schedule of earlier ones is unchanged),
+# where the partner server is and how patiently it is asked, and the view.
+SAFE_ON_RESUME = (
+    "train.max_steps",
+    "method.rounds",
+    "partner.url",
+    "partner.timeout",
+    "partner.retries",
+    "partner.backoff",
+    "partner.concurrency",
+    "partner.n_threads",
+    "run.live",
+    "run.dir",
+)
+
+
+def flat(cfg: Config) -> dict[str, Any]:
+    return {f"{sec}.{k}": v for sec, sub in cfg.to_dict().items() for k, v in sub.items()}
+
+
+def resume_changes(saved: Config, asked: Config) -> tuple[list[str], list[str]]:
+    """(safe, unsafe): the dotted keys whose values differ between a run's saved config
+    and the one a ``--resume`` command line asks for."""
+    a, b = flat(saved), flat(asked)
+    changed = [k for k in b if a.get(k) != b[k] and k != "run.dir"]
+    return [k for k in changed if k in SAFE_ON_RESUME], [
+        k for k in changed if k not in SAFE_ON_RESUME
+    ]
 
 
 def save(cfg: Config, path: Path) -> None:

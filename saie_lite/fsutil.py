@@ -45,3 +45,21 @@ def atomic_publish_dir(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(final_dir)
     os.replace(tmp_dir, final_dir)
     _fsync_dir(final_dir.parent)
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file under ``directory`` and the directories themselves to disk.
+    Libraries that write checkpoints (torch.save, safetensors) do not fsync."""
+    for path in sorted(Path(directory).rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    for path in sorted((p for p in Path(directory).rglob("*") if p.is_dir()), reverse=True):
+        _fsync_dir(path)
+    _fsync_dir(Path(directory))
+
+
+def tree_bytes(directory: Path | None) -> int:
+    if directory is None or not Path(directory).is_dir():
+        return 0
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())

@@ -18,6 +18,45 @@ SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
 QUANTS = ("f16", "q8_0")
 
 
+# safetensors dtype -> numpy dtype. bfloat16 has no numpy type: its 16 bits are the top
+# half of a float32, so it is read as uint16 and widened exactly (see ``read_safetensors``).
+_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a numpy array (bfloat16 widened to float32).
+
+    The format is an 8-byte header length, a JSON header (dtype, shape, byte offsets per
+    tensor) and the raw little-endian data. ``safetensors.numpy`` refuses bfloat16, which
+    is what a model merged on a GPU or on a CPU with bf16 units is saved in.
+    """
+    raw = Path(path).read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    base = 8 + n
+    out: dict[str, np.ndarray] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        kind = info["dtype"]
+        if kind not in _NUMPY:
+            raise UserError(
+                f"GGUF export: tensor {name} is {kind}; float32, float16 and bfloat16 "
+                "weights are supported"
+            )
+        start, end = info["data_offsets"]
+        data = np.frombuffer(
+            raw,
+            dtype=_NUMPY[kind],
+            count=(end - start) // np.dtype(_NUMPY[kind]).itemsize,
+            offset=base + start,
+        )
+        if kind == "BF16":
+            data = (data.astype(np.uint32) << 16).view(np.float32)
+        out[name] = data.reshape(info["shape"])
+    return out
+
+
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF stores rotary halves split (rotate_half); GGUF llama expects them interleaved
     per head. Reorders the rows of a q or k projection from one layout to the other."""
@@ -75,7 +114,6 @@ def write_gguf(
     config and tokenizer, without a merged copy on disk first.
     """
     import gguf
-    from safetensors.numpy import load_file
 
     if quant not in QUANTS:
         raise UserError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
@@ -143,7 +181,7 @@ def write_gguf(
     if weights is None:
         weights = {}
         for f in sorted(model_dir.glob("*.safetensors")):
-            weights.update(load_file(str(f)))
+            weights.update(read_safetensors(f))
     for hf_name, data in weights.items():
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from pathlib import Path
 
 from saie_lite.errors import UserError
@@ -18,6 +20,43 @@ def home() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "saie-lite"
+
+
+HOME_HINT = "set SAIE_LITE_HOME to a writable directory"
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` (or ``path`` itself) that is not a directory."""
+    for p in [*reversed(path.parents), path]:
+        if p.exists() and not p.is_dir():
+            return p
+    return None
+
+
+def writable_dir(path: Path, what: str, hint: str = HOME_HINT) -> Path:
+    """Create ``path`` if needed and prove a file can be written there; otherwise one line
+    saying why and what to do (read-only file system, no permission, a file in the way)."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        blocker = _blocking_file(path)
+        if blocker is not None:
+            raise UserError(
+                f"{what} {path} cannot be created: {blocker} is a file, not a directory; {hint}"
+            ) from None
+        if e.errno == errno.EROFS:
+            reason = "it is on a read-only file system"
+        elif e.errno in (errno.EACCES, errno.EPERM):
+            reason = "permission denied"
+        elif e.errno in (errno.ENOSPC, errno.EDQUOT):
+            reason = "the disk is full"
+        else:
+            reason = e.strerror or type(e).__name__
+        raise UserError(f"{what} {path} is not writable ({reason}); {hint}") from None
+    return path
 
 
 def embedded_gguf() -> Path:

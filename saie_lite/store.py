@@ -12,6 +12,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from saie_lite.errors import UserError
+
 MIGRATIONS = [
     """
     CREATE TABLE turns (
@@ -102,9 +104,17 @@ def remark_key(partner: str, chat: list[dict], max_tokens: int) -> str:
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self._migrate()
+        try:
+            self.db = sqlite3.connect(self.path)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
+        except sqlite3.Error as e:
+            # The directory was checked for writing before; what is left is a file that
+            # is not a database, or one on a file system sqlite cannot lock.
+            raise UserError(
+                f"cannot open the database {self.path} ({e}): move or delete that file, "
+                "or point SAIE_LITE_HOME / --run-dir at another directory"
+            ) from None
 
     def _migrate(self) -> None:
         done = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -159,6 +169,11 @@ class Store:
                 " :n_target_tokens, :t_generate, :t_remark, :t_update, :created)",
                 {**row, "created": time.time()},
             )
+
+    def recorded_steps(self) -> int:
+        """The highest update this run's database has a row for (0 for a new run)."""
+        row = self.db.execute("SELECT MAX(step) FROM steps").fetchone()
+        return int(row[0] or 0)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows of updates past the checkpoint being resumed (they will be redone)."""

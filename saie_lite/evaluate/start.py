@@ -14,7 +14,7 @@ from pathlib import Path
 
 from saie_lite.config import Config
 from saie_lite.errors import UserError
-from saie_lite.paths import home
+from saie_lite.paths import home, writable_dir
 
 
 def _slug(text: str) -> str:
@@ -54,7 +54,7 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     specs = cfg.eval.agents.split(",") if cfg.eval.strategy == "debate" else ["learner"]
     agents = build_agents(cfg, specs, run_dir)
     db = (Path(run_dir) / "saie.sqlite") if run_dir else out_dir / "saie.sqlite"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(out_dir, "evaluation directory", "choose another --out, or set SAIE_LITE_HOME")
     store = Store(db)
     try:
         with StopFlag(lambda: view.note("stopping after this batch (Ctrl-C again aborts)")) as flag:
@@ -144,8 +144,7 @@ def start_debate(question, file, agents, rounds, stance, task_name, temperature,
 
 
 def _logs_db() -> Path:
-    home().mkdir(parents=True, exist_ok=True)
-    return home() / "logs.sqlite"
+    return writable_dir(home(), "the logs database's directory (SAIE_LITE_HOME)") / "logs.sqlite"
 
 
 def get_debate(debate_id: int) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from saie_lite.config import Config
@@ -97,6 +97,70 @@ def fit_history(
             return None, clipped
         hist[i], clipped = shorter, True
     return hist, clipped
+
+
+def fit_example(
+    learner: Learner, task, ex: Example, budget: int, limit: int, policy: str
+) -> tuple[Example | None, str]:
+    """Make one example's question fit ``limit`` tokens before anything is generated.
+
+    A question far past the context would otherwise be fed whole to the learner's
+    generation (minutes of attention over thousands of tokens, for an answer that
+    cannot fit) and to the partner. Returns (example, note): the example as is, with its
+    question clipped (policy 'truncate'), or None (policy 'skip', or the reference
+    itself does not fit); the note is empty when nothing was changed.
+    """
+
+    def need(question: str) -> int:
+        chat = task.learner_chat(question)
+        return max(learner.count_tokens(chat) + budget, learner.count_tokens(chat, ex.reference))
+
+    have = need(ex.question)
+    if have <= limit:
+        return ex, ""
+    what = f"{ex.id}: question needs {have} tokens, over max_seq_len={limit}"
+    if policy == "skip":
+        return None, f"{what}, skipped"
+    question = ex.question
+    while need(question) > limit:
+        # Cut in proportion to the excess (a little more, for the marker), not a quarter
+        # at a time: a 50k-token question should not take dozens of tokenizer passes.
+        shorter = clip_text(question, min(0.75, 0.95 * limit / need(question)))
+        if shorter == question:
+            return None, f"{what}, and clipping cannot make it fit: skipped"
+        question = shorter
+    return replace(ex, question=question), f"{what}, clipped"
+
+
+class ContextFit:
+    """Each example checked against the context once, the first time a batch holds it;
+    a clipped example replaces the original (and its learner prompt) from then on."""
+
+    def __init__(self, ctx: RunContext, examples: list[Example], bases: list[Chat]):
+        self.ctx, self.examples, self.bases = ctx, examples, bases
+        self.fitted: dict[int, Example | None] = {}
+
+    def batch(self, indices: list[int]) -> tuple[list[Example], list[Chat]]:
+        cfg = self.ctx.cfg
+        task = get_task(cfg.data.task)
+        for i in indices:
+            if i in self.fitted:
+                continue
+            ex, message = fit_example(
+                self.ctx.learner,
+                task,
+                self.examples[i],
+                cfg.learner.max_new_tokens,
+                cfg.learner.max_seq_len,
+                cfg.method.context_policy,
+            )
+            if message:
+                self.ctx.note("context", message)
+            if ex is not None and ex is not self.examples[i]:
+                self.bases[i] = task.learner_chat(ex.question)
+            self.fitted[i] = ex
+        kept = [i for i in indices if self.fitted[i] is not None]
+        return [self.fitted[i] for i in kept], [self.bases[i] for i in kept]
 
 
 def gold_targets(ctx: RunContext, task, exs, rows, meta) -> dict[str, str]:

@@ -20,7 +20,8 @@ from saie_lite.protocols import Callbacks, Example, Learner, Partner
 from saie_lite.store import Store
 from saie_lite.tasks import get_task
 from saie_lite.train import checkpoint
-from saie_lite.train.batch import RunContext, discussion_batch, turn_row
+from saie_lite.train.batch import ContextFit, RunContext, discussion_batch, turn_row
+from saie_lite.train.next_steps import next_commands
 from saie_lite.train.prompts import mix_plain_sequences, plain_sequence
 
 
@@ -75,7 +76,8 @@ def train(
     cb = callbacks or Callbacks()
     task = get_task(cfg.data.task)
     m = cfg.method
-    state = checkpoint.load(run_dir, learner)
+    loaded_notes: list[str] = []  # shown once the view has started
+    state = checkpoint.load(run_dir, learner, loaded_notes.append, store.recorded_steps())
     store.truncate_after(state.step)  # rows past the checkpoint are redone below
     batches = schedule(len(examples), cfg)
     bases = [task.learner_chat(e.question) for e in examples]
@@ -91,6 +93,9 @@ def train(
             "run_dir": str(run_dir),
         }
     )
+    for message in loaded_notes:
+        store.event("checkpoint", message)
+        cb.on_event(message)
     if state.batches_done:
         cb.on_event(f"resumed at update {state.step} ({state.batches_done}/{len(batches)} batches)")
 
@@ -99,6 +104,7 @@ def train(
         cb.on_event(message)
 
     ctx = RunContext(cfg, learner, partner, store, timer, note, cb)
+    fit = ContextFit(ctx, examples, bases)
     status = "finished"
     last_saved = state.step
     try:
@@ -115,8 +121,7 @@ def train(
             step = state.step + 1
             t_before = dict(timer.t)
             rows: list[dict] = []
-            exs = [examples[i] for i in batch.indices]
-            exs_bases = [bases[i] for i in batch.indices]
+            exs, exs_bases = fit.batch(batch.indices)
 
             meta = {"step": step, "phase": batch.phase, "round": batch.round}
             if batch.phase == "warmup" or not m.stances:
@@ -128,9 +133,11 @@ def train(
                         )
                     )
                     cb.on_exchange({"phase": batch.phase, "example": ex, "target": seq.target})
-            else:
+            elif exs:
                 sequences = discussion_batch(ctx, exs, exs_bases, rows, meta)
                 sequences += mix_plain_sequences(examples, bases, m.mix_plain, len(sequences), rng)
+            else:
+                sequences = []
             if not sequences:
                 note(
                     "skip", f"batch {b_index + 1}: every example was skipped by the context policy"
@@ -180,6 +187,7 @@ def train(
         "total": len(batches),
         "seconds": dict(timer.t),
         "run_dir": str(run_dir),
+        "next": next_commands(cfg, run_dir) if status == "finished" else [],
     }
     cb.on_end(summary)
     return summary

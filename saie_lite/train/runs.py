@@ -14,8 +14,10 @@ from pathlib import Path
 from saie_lite import config as config_mod
 from saie_lite.config import Config
 from saie_lite.errors import UserError
-from saie_lite.paths import home
+from saie_lite.paths import home, writable_dir
 from saie_lite.protocols import Example
+
+RUN_HINT = "choose another --run-dir, or set SAIE_LITE_HOME to a writable directory"
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -114,7 +116,7 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
     if skipped:
         detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
         view.on_event(f"skipped {sum(skipped.values())} malformed data rows ({detail})")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writable_dir(run_dir, "run directory", RUN_HINT)
     config_mod.save(cfg, run_dir / "config.yaml")
     learner, partner = build_backends(cfg, dry_run, run_dir)
     store = Store(run_dir / "saie.sqlite")

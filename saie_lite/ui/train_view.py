@@ -20,6 +20,14 @@ def _split(row: dict) -> str:
     return f"gen {g:.1f}s | remark {r:.1f}s | update {u:.1f}s"
 
 
+def next_lines(summary: dict) -> list[str]:
+    steps = summary.get("next") or []
+    if not steps:
+        return []
+    width = max(len(what) for what, _ in steps) + 1
+    return ["next:"] + [f"  {what + ':':{width}} {cmd}" for what, cmd in steps]
+
+
 class PlainView(Callbacks):
     """One line per event: for logs, pipes and CI."""
 
@@ -77,6 +85,8 @@ class PlainView(Callbacks):
             else f"finished: {summary['step']} updates; time gen {s['generate']:.1f}s "
             f"remark {s['remark']:.1f}s update {s['update']:.1f}s; run: {summary['run_dir']}"
         )
+        for line in next_lines(summary):
+            self._p(line)
 
 
 class RichView(Callbacks):
@@ -174,6 +184,8 @@ class RichView(Callbacks):
         if summary["status"] == "finished":
             self.console.print(f"[bold green]finished[/]: {summary['step']} updates.  {split}")
             self.console.print(f"run directory: {summary['run_dir']}")
+            for line in next_lines(summary):
+                self.console.print(line, markup=False, highlight=False)
         else:
             self.console.print(
                 f"[bold yellow]stopped[/] after {summary['step']} updates (checkpoint saved).  {split}"

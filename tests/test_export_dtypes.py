@@ -1,0 +1,89 @@
+"""Export works whatever precision the learner was merged in: float32, bfloat16 (a GPU, or
+a CPU with bf16 units under `dtype: auto`) and float16. Each dtype is pinned here, so the
+verdict is the same on every CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+gguf = pytest.importorskip("gguf")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from saie_lite.cli import app  # noqa: E402
+from saie_lite.gguf_writer import read_safetensors  # noqa: E402
+
+runner = CliRunner()
+DTYPES = ["float32", "bfloat16", "float16"]
+SAFETENSORS_NAME = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+@pytest.fixture(scope="module", params=DTYPES)
+def run_in(request, tiny_model_dir, tmp_path_factory):
+    dtype = request.param
+    run = tmp_path_factory.mktemp(f"export-{dtype}") / "run"
+    r = runner.invoke(
+        app,
+        [
+            "train", "--backend", "torch", "--model", str(tiny_model_dir),
+            "--partner", "scripted", "--mode", "sft", "--max-steps", "1", "--limit", "4",
+            "--live", "quiet", "--run-dir", str(run),
+            "--set", f"learner.dtype={dtype}", "--set", "learner.max_new_tokens=8",
+            "--set", "train.batch_size=2", "--set", "train.lr=0.05",
+        ],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return dtype, run
+
+
+def _header_dtypes(path) -> set[str]:
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    return {v["dtype"] for k, v in header.items() if k != "__metadata__"}
+
+
+def test_hf_then_gguf_from_each_dtype(run_in, tmp_path):
+    dtype, run = run_in
+    hf = tmp_path / "hf"
+    r = runner.invoke(app, ["export", str(run), "--to", "hf", "--out", str(hf)])
+    assert r.exit_code == 0, r.output
+    (st,) = hf.glob("*.safetensors")
+    assert _header_dtypes(st) == {SAFETENSORS_NAME[dtype]}  # merged in the learner's dtype
+    merged = {k: v.astype(np.float32) for k, v in read_safetensors(st).items()}
+    for quant, tol in (("f16", 2e-3), ("q8_0", 2e-2)):
+        out = tmp_path / f"gguf-{quant}"
+        r = runner.invoke(
+            app, ["export", str(run), "--to", "gguf", "--quant", quant, "--out", str(out)]
+        )
+        assert r.exit_code == 0, r.output
+        (path,) = out.glob("*.gguf")
+        reader = gguf.GGUFReader(str(path))
+        tensors = {t.name: t for t in reader.tensors}
+        # a norm stays float32 in the file: it must equal the merged weight exactly
+        norm = np.asarray(tensors["output_norm.weight"].data, dtype=np.float32)
+        np.testing.assert_array_equal(norm, merged["model.norm.weight"])
+        # a projection (not rotary-permuted) matches within the file type's precision
+        w = tensors["blk.0.ffn_down.weight"]
+        want = merged["model.layers.0.mlp.down_proj.weight"]
+        if quant == "f16":
+            got = np.asarray(w.data, dtype=np.float32).reshape(want.shape)
+        else:
+            got = gguf.quants.dequantize(w.data, w.tensor_type).reshape(want.shape)
+        assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max())
+
+
+def test_mlx_from_each_dtype(run_in, tmp_path):
+    pytest.importorskip("mlx_lm")
+    dtype, run = run_in
+    out = tmp_path / "mlx"
+    r = runner.invoke(app, ["export", str(run), "--to", "mlx", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    from mlx_lm import load
+
+    model, tok = load(str(out))
+    assert model is not None and tok is not None
