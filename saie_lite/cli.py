@@ -148,15 +148,20 @@ def eval_(
 def compare(
     a: Path = typer.Argument(..., help="eval directory (or its summary.json) of system A"),
     b: Path = typer.Argument(..., help="eval directory (or its summary.json) of system B"),
+    shared_only: bool = typer.Option(
+        False,
+        "--shared-only",
+        help="pair only the items both evaluations hold (else different item sets are refused)",
+    ),
 ) -> None:
     """Paired comparison of two evaluations on the same items (exact McNemar test)."""
-    from saie_lite.evaluate.evaluation import compare as do_compare
-    from saie_lite.evaluate.evaluation import load_summary
+    from saie_lite.evaluate.pairing import compare as do_compare
+    from saie_lite.evaluate.pairing import load_summary
     from saie_lite.ui.eval_view import print_compare
 
     try:
         sa, sb = load_summary(a), load_summary(b)
-        print_compare(str(a), str(b), sa, sb, do_compare(sa, sb))
+        print_compare(str(a), str(b), sa, sb, do_compare(sa, sb, shared_only))
     except UserError as e:
         fail(str(e))
 

@@ -78,7 +78,14 @@ def make_eval_view(kind: str = "auto") -> EvalView:
 
 
 def print_compare(name_a: str, name_b: str, a: dict, b: dict, c: dict) -> None:
-    print(f"A = {name_a}\nB = {name_b}\npaired over n={c['n']} items")
+    left = c.get("left_out") or {}
+    if left.get("A") or left.get("B"):
+        print(
+            f"A = {name_a}\nB = {name_b}\npaired over the n={c['n']} shared items "
+            f"(left out: {left['A']} only in A, {left['B']} only in B)"
+        )
+    else:
+        print(f"A = {name_a}\nB = {name_b}\npaired over n={c['n']} items")
     for kind in ("strict", "flexible"):
         p = c[kind]
         lo, hi = p["diff_ci"]
