@@ -106,6 +106,13 @@ class PartnerConfig:
     retries: int = _f(3, "openai: retries on 429/5xx, timeouts, refused connections, bad JSON")
     backoff: float = _f(1.0, "openai: first retry delay in seconds (doubles each time)")
     concurrency: int = _f(4, "openai: remarks requested in parallel")
+    max_missing_share: float = _f(
+        0.5,
+        "openai: a remark still without text after every retry (null content, a refusal, no "
+        "choices) is recorded as missing and its discussion skipped; the run stops (checkpoint "
+        "kept) when more than this share of one batch's remarks is missing, and always when "
+        "all are",
+    )
 
     def validate(self) -> None:
         _check(self.n_ctx >= 256, "partner.n_ctx must be >= 256")
@@ -116,6 +123,9 @@ class PartnerConfig:
         _check(self.backoff >= 0, "partner.backoff must be >= 0")
         _check(1 <= self.concurrency <= 64, "partner.concurrency must be in [1, 64]")
         _check(1 <= self.parallel <= 64, "partner.parallel must be in [1, 64]")
+        _check(
+            0.0 <= self.max_missing_share <= 1.0, "partner.max_missing_share must be in [0, 1]"
+        )
 
 
 @dataclass

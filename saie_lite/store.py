@@ -248,6 +248,10 @@ class Store:
             out.append(d)
         return out
 
+    def count_missing_remarks(self) -> int:
+        q = "SELECT COUNT(*) FROM turns WHERE role = 'partner' AND missing IS NOT NULL"
+        return self.db.execute(q).fetchone()[0]
+
     def count(self, table: str) -> int:
         assert table in ("turns", "steps", "remark_cache", "events", "eval_items", "debates")
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]

@@ -1,13 +1,18 @@
 """The OpenAI-compatible partner against a scripted loopback server: retries, timeouts,
 malformed JSON, concurrency, the API key, and a server that dies mid-run."""
 
+import io
+import time
+
 import pytest
 from fault_server import FaultServer
+from typer.testing import CliRunner
 
 from saie_lite import config
 from saie_lite.backends.openai_http import OpenAIPartner
 from saie_lite.backends.scripted import ScriptedLearner
 from saie_lite.errors import PartnerError, UserError
+from saie_lite.protocols import MissingRemark
 from saie_lite.store import Store
 from saie_lite.tasks import gsm8k
 from saie_lite.train import checkpoint
@@ -125,8 +130,8 @@ def test_degenerate_remark_retried_then_skipped(server, tmp_path):
         },
     )
     exs = gsm8k.load("bundled")[0][:2]
-    # example 1: empty, then a real remark; example 2: empty twice
-    server.actions.extend(["ok:", "ok:Good, keep going.", "ok:   ", "ok:!!!"])
+    # example 1: no letters, then a real remark; example 2: no letters twice
+    server.actions.extend(["ok:...", "ok:Good, keep going.", "ok:???", "ok:!!!"])
     learner = ScriptedLearner()
     store = Store(tmp_path / "s.sqlite")
     train(cfg, learner, OpenAIPartner(cfg), exs, store, tmp_path)
@@ -182,3 +187,165 @@ def test_server_down_mid_run_checkpoints_then_resumes(tmp_path):
     finally:
         back.close()
         store.close()
+
+
+def test_text_parts_are_joined(server):
+    p, _ = partner_for(server.url)
+    server.actions.extend(["parts:Check step |two again."])
+    assert p.remark([CHAT], 8) == ["Check step two again."]
+    assert len(server.requests) == 1 and p.requests_ok == 1
+
+
+@pytest.mark.parametrize("odd", ["null", "empty", "refusal:No.", "nomessage", "nochoices"])
+def test_reply_without_text_is_retried(server, odd):
+    p, _ = partner_for(server.url)
+    server.actions.extend([odd, "ok:Now a remark."])
+    assert p.remark([CHAT], 8) == ["Now a remark."]
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "odd, returned",
+    [
+        ("null", "content: null"),
+        ("empty", "empty content"),
+        ("refusal:Not allowed.", "a refusal: 'Not allowed.'"),
+        ("nomessage", "message: null"),
+        ("nochoices", "no choices"),
+    ],
+)
+def test_reply_without_text_for_good_is_a_missing_remark(server, odd, returned):
+    p, _ = partner_for(server.url)  # 3 attempts
+    server.actions.extend([odd] * 3)
+    (got,) = p.remark([CHAT], 8)
+    assert isinstance(got, MissingRemark) and got == ""
+    assert got.reason == f"partner server {server.url} returned {returned}"
+    assert len(server.requests) == 3 and p.requests_ok == 0
+
+
+def test_malformed_reply_is_still_a_server_failure(server):
+    p, _ = partner_for(server.url)
+    server.actions.extend(["malformed"] * 3)
+    with pytest.raises(PartnerError) as e:
+        p.remark([CHAT], 8)
+    assert str(e.value) == (
+        f"partner server {server.url} failed after 3 attempts (malformed JSON reply)"
+    )
+
+
+def test_retry_after_is_not_waited_out_after_the_last_attempt(server):
+    p, _ = partner_for(server.url, **{"partner.retries": 1})
+    server.actions.extend(["429:1", "429:30"])
+    t0 = time.perf_counter()
+    with pytest.raises(PartnerError, match=r"failed after 2 attempts \(HTTP 429\)$"):
+        p.remark([CHAT], 8)
+    # waited the first Retry-After (1 s) before the second attempt, not the last one (30 s)
+    assert 0.9 < time.perf_counter() - t0 < 10
+
+
+runner = CliRunner()
+
+
+def _train_cli(url, run_dir, *extra):
+    from saie_lite.cli import app
+
+    args = [
+        "train", "--backend", "scripted", "--partner", "openai", "--partner-url", url,
+        "--limit", "8", "--run-dir", str(run_dir), "--live", "plain",
+        "--set", "partner.backoff=0.01", "--set", "partner.retries=1",
+        "--set", "train.batch_size=2", "--set", "method.warmup_fraction=0.25",
+        *extra,
+    ]  # fmt: skip
+    return runner.invoke(app, args)
+
+
+def test_partner_sending_text_parts_trains_to_the_end(tmp_path):
+    server = FaultServer(default="parts:Check the second |step once more.")
+    try:
+        r = _train_cli(server.url, tmp_path / "run")
+    finally:
+        server.close()
+    assert r.exit_code == 0, r.output
+    store = Store(tmp_path / "run" / "saie.sqlite")
+    assert store.count("steps") == 4  # 1 warm-up + 3 discussion batches, none skipped
+    remarks = {t for (t,) in store.db.execute("SELECT text FROM turns WHERE role='partner'")}
+    assert remarks == {"Check the second step once more."}
+    store.close()
+
+
+def test_partner_returning_null_stops_in_one_line_with_a_checkpoint(tmp_path):
+    server = FaultServer(default="null")
+    try:
+        r = _train_cli(server.url, tmp_path / "run")
+    finally:
+        server.close()
+    assert r.exit_code == 2
+    run = tmp_path / "run"
+    assert r.output.strip().splitlines()[-1] == (
+        f"error: partner server {server.url} returned content: null for 4 of 4 remarks of "
+        "this batch, more than partner.max_missing_share=0.5 (after 2 attempts each); "
+        f"checkpoint saved at update 1, once it is back: saie-lite train --resume {run}"
+    )
+    assert "Traceback" not in r.output
+    assert checkpoint.latest(run).name == "step-000001"
+
+
+def _one_refusal_run(tmp_path, share: float):
+    """Batch 2 (the first discussion batch, 4 remarks asked one at a time): the first
+    remark is refused on both attempts; every other remark arrives."""
+    server = FaultServer()
+    server.actions.extend(["refusal:I will not comment on that.", "refusal:I still will not."])
+    cfg = config.build(
+        overrides={
+            "learner.backend": "scripted",
+            "partner.backend": "openai",
+            "partner.url": server.url,
+            "partner.retries": 1,
+            "partner.backoff": 0.01,
+            "partner.concurrency": 1,
+            "partner.max_missing_share": share,
+            "train.batch_size": 2,
+            "method.warmup_fraction": 0.0,
+        }
+    )
+    from saie_lite.ui.train_view import PlainView
+
+    out = io.StringIO()
+    store = Store(tmp_path / "saie.sqlite")
+    learner = ScriptedLearner()
+    try:
+        summary = train(
+            cfg, learner, OpenAIPartner(cfg), gsm8k.load("bundled")[0][:4], store, tmp_path,
+            PlainView(out),
+        )  # fmt: skip
+        return summary, store, learner, out.getvalue(), server
+    finally:
+        server.close()
+
+
+def test_one_refused_remark_is_recorded_missing_and_training_goes_on(tmp_path):
+    summary, store, learner, out, server = _one_refusal_run(tmp_path, 0.5)
+    assert summary["status"] == "finished" and summary["step"] == 2
+    assert summary["missing_remarks"] == 1
+    reason = f"partner server {server.url} returned a refusal: 'I still will not.'"
+    rows = store.db.execute(
+        "SELECT example_id, stance, text, missing FROM turns WHERE missing IS NOT NULL"
+    ).fetchall()
+    assert len(rows) == 1 and rows[0][2] == "" and rows[0][3] == reason
+    # the other three discussions of that batch were trained on
+    first = [h for h in learner.history if h["call"] == "train_step"][0]
+    assert len(first["sequences"]) == 3
+    assert f"note: {rows[0][0]} turn 1 ({rows[0][1]}): no remark ({reason}), discussion skipped" in out
+    assert "| 1 missing remark eta" in out
+    assert "missing remarks: 1 (partner gave no text; those discussions were skipped)" in out
+    # the missing remark was not cached: a resumed run would ask for it again
+    assert store.count("remark_cache") == 7
+    store.close()
+
+
+def test_missing_share_over_the_limit_stops(tmp_path):
+    with pytest.raises(PartnerError) as e:
+        _one_refusal_run(tmp_path, 0.2)
+    assert "returned a refusal: 'I still will not.' for 1 of 4 remarks of this batch, more " in str(e.value)
+    assert "partner.max_missing_share=0.2 (after 2 attempts each); checkpoint saved at update 0" in str(e.value)
+    assert checkpoint.latest(tmp_path) is not None

@@ -99,6 +99,8 @@ def train(
         cb.on_event(message)
 
     ctx = RunContext(cfg, learner, partner, store, timer, note, cb)
+    # Missing remarks of updates already made (a resumed run) count too.
+    ctx.missing_remarks = store.count_missing_remarks()
     status = "finished"
     last_saved = state.step
     try:
@@ -158,7 +160,14 @@ def train(
                 "t_update": spent["update"],
             }
             store.add_step(step_row)
-            cb.on_step({**step_row, "batches_done": state.batches_done, "total": len(batches)})
+            cb.on_step(
+                {
+                    **step_row,
+                    "batches_done": state.batches_done,
+                    "total": len(batches),
+                    "missing_remarks": ctx.missing_remarks,
+                }
+            )
             if step % cfg.train.save_every == 0:
                 checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
                 last_saved = step
@@ -180,6 +189,7 @@ def train(
         "total": len(batches),
         "seconds": dict(timer.t),
         "run_dir": str(run_dir),
+        "missing_remarks": ctx.missing_remarks,
     }
     cb.on_end(summary)
     return summary
