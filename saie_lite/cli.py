@@ -71,7 +71,9 @@ def train(
         "run.live": live,
     }
     try:
-        overrides = {**config_mod.parse_sets(set_), **flags}
+        # A flag left out must not undo the same key given with --set.
+        given = {k: v for k, v in flags.items() if v is not None}
+        overrides = {**config_mod.parse_sets(set_), **given}
         if resume:
             if recipe:
                 raise UserError("--resume takes the run's saved config; drop --recipe")
@@ -133,7 +135,8 @@ def eval_(
             "eval.max_new_tokens": max_new_tokens,
             "eval.batch_size": batch_size,
         }
-        cfg = config_mod.build(None, {**config_mod.parse_sets(set_), **flags})
+        given = {k: v for k, v in flags.items() if v is not None}
+        cfg = config_mod.build(None, {**config_mod.parse_sets(set_), **given})
         summary = start_eval(cfg, run, out)
     except UserError as e:
         fail(str(e))

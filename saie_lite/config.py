@@ -8,6 +8,7 @@ defaults. Every field carries its help text in ``metadata`` and is range-checked
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,24 @@ from typing import Any
 import yaml
 
 from saie_lite.errors import UserError
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+KEY_PREFIXES = ("sk-", "sk_", "sk-proj", "hf_", "ghp_", "gsk_", "xai-", "pk_", "rk_")
+
+
+def looks_like_key(value: str) -> bool:
+    """A key pasted where a variable name belongs: a known key prefix, or a long run of
+    mixed-case letters and digits without the underscores variable names use."""
+    if value.startswith(KEY_PREFIXES):
+        return True
+    return (
+        len(value) >= 24
+        and "_" not in value
+        and any(c.isdigit() for c in value)
+        and any(c.islower() for c in value)
+        and any(c.isupper() for c in value)
+    )
+
 
 MODES = ("sft", "saie", "saie-support", "saie-adversarial")
 STANCES = ("supportive", "adversarial")
@@ -125,6 +144,14 @@ class PartnerConfig:
         _check(1 <= self.parallel <= 64, "partner.parallel must be in [1, 64]")
         _check(
             0.0 <= self.max_missing_share <= 1.0, "partner.max_missing_share must be in [0, 1]"
+        )
+        # Never echo the value: a user who pasted the key itself here must not see it
+        # printed, logged or written to config.yaml.
+        _check(
+            not self.api_key_env
+            or (ENV_NAME.fullmatch(self.api_key_env) and not looks_like_key(self.api_key_env)),
+            "partner.api_key_env must be the NAME of an environment variable holding the key "
+            "(e.g. OPENAI_API_KEY), not the key itself; the value given is not shown or saved",
         )
 
 

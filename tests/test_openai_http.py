@@ -349,3 +349,82 @@ def test_missing_share_over_the_limit_stops(tmp_path):
     assert "returned a refusal: 'I still will not.' for 1 of 4 remarks of this batch, more " in str(e.value)
     assert "partner.max_missing_share=0.2 (after 2 attempts each); checkpoint saved at update 0" in str(e.value)
     assert checkpoint.latest(tmp_path) is not None
+
+
+KEY_LINE = (
+    "error: config: partner.api_key_env must be the NAME of an environment variable holding "
+    "the key (e.g. OPENAI_API_KEY), not the key itself; the value given is not shown or saved"
+)
+
+
+@pytest.mark.parametrize(
+    "value", ["sk-proj-Ab12Cd34Ef56Gh78", "gsk_abcdefabcdef1234", "1BAD", "MY-KEY", "has space",
+              "AIzaSyA1b2C3d4E5f6G7h8I9j0KlMn"]
+)  # fmt: skip
+def test_key_pasted_as_variable_name_is_refused_without_echo(tmp_path, value):
+    from saie_lite.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"partner:\n  backend: openai\n  api_key_env: '{value}'\n")
+    for how in (["--set", f"partner.api_key_env={value}"], ["--recipe", str(recipe)]):
+        r = runner.invoke(
+            app,
+            ["train", "--backend", "scripted", "--partner", "openai", "--partner-url",
+             "http://127.0.0.1:9/v1", "--run-dir", str(tmp_path / "run"), *how],
+        )  # fmt: skip
+        assert r.exit_code == 2
+        assert r.output.strip() == KEY_LINE
+        assert value not in r.output
+        assert not (tmp_path / "run").exists()
+
+
+def test_ordinary_variable_names_are_accepted():
+    for name in ("OPENAI_API_KEY", "my_key", "_K2", "GROQ_API_KEY_2024"):
+        config.build(overrides={"partner.api_key_env": name})
+
+
+def test_key_value_reaches_no_output_and_no_file(tmp_path, monkeypatch):
+    """Train, evaluate with the server as a debate agent, list logs: the key is sent to the
+    server and appears nowhere else, neither on the terminal nor under SAIE_LITE_HOME."""
+    from saie_lite.cli import app
+
+    secret = "s3cr3t-Value-that-must-stay-in-memory-9137"
+    home = tmp_path / "home"
+    monkeypatch.setenv("SAIE_LITE_HOME", str(home))
+    monkeypatch.setenv("SAIE_TEST_KEY", secret)
+    server = FaultServer(default="ok:Check step two. The answer is 18.")
+    common = [
+        "--set", f"partner.url={server.url}", "--set", "partner.api_key_env=SAIE_TEST_KEY",
+        "--set", "partner.model=test-model", "--set", "partner.backoff=0.01",
+    ]  # fmt: skip
+    try:
+        outputs = []
+        r = runner.invoke(
+            app,
+            ["train", "--backend", "scripted", "--partner", "openai", "--limit", "6",
+             "--live", "plain", *common],
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        outputs.append(r.output)
+        r = runner.invoke(
+            app,
+            ["eval", "--backend", "scripted", "--limit", "2", "--strategy", "debate",
+             "--agents", "learner,openai:test-model", "--rounds", "1", *common],
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        outputs.append(r.output)
+        r = runner.invoke(app, ["logs", "list"])
+        assert r.exit_code == 0, r.output
+        outputs.append(r.output)
+    finally:
+        server.close()
+    assert all(q["headers"]["Authorization"] == f"Bearer {secret}" for q in server.requests)
+    assert len(server.requests) >= 8
+    for out in outputs:
+        assert secret not in out
+    files = [f for f in home.rglob("*") if f.is_file()]
+    assert any(f.name == "logs.sqlite" for f in files)
+    assert any(f.name == "saie.sqlite" and "runs" in f.parts for f in files)
+    assert any(f.name == "summary.json" for f in files)
+    for f in files:
+        assert secret.encode() not in f.read_bytes(), f
