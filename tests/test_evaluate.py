@@ -226,3 +226,56 @@ def test_compare_refuses_old_and_broken_summaries(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert json.loads((out / "summary.json").read_text())["items"] == good["items"]
+
+
+class FixedScores:
+    """An agent that scores choices with given numbers (log-likelihood path only)."""
+
+    name = "fixed"
+    tokens_generated = 0
+
+    def __init__(self, scores):
+        self.scores = list(scores)
+
+    def choice_logprobs(self, chats, prefix, options):
+        return [self.scores.pop(0) for _ in chats]
+
+
+def test_loglik_ties_go_to_the_first_choice_and_scores_are_kept(tmp_path):
+    from saie_lite.evaluate.evaluation import margin, pick_choice
+    from saie_lite.tasks import commonsense_qa
+
+    assert pick_choice(["A", "B", "C"], [-2.0, -0.5, -0.5]) == "B"
+    assert pick_choice(["A", "B", "C"], [-1.0, -1.0, -1.0]) == "A"
+    assert margin({"A": -2.0, "B": -0.5, "C": -0.75}) == 0.25
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"Which one is number {i}?",
+            "choices": {"label": ["A", "B", "C"], "text": ["one", "two", "three"]},
+            "answerKey": "B",
+        }
+        for i in range(3)
+    ]
+    data = tmp_path / "csqa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exs = commonsense_qa.load(str(data))[0]
+    agent = FixedScores([[-3.0, -1.25, -1.25], [-0.5, -0.5, -2.0], [-4.0, -1.0, -1.5]])
+    cfg = cfg_with(**{"data.task": "commonsense_qa", "eval.scoring": "loglik"})
+    store = Store(tmp_path / "saie.sqlite")
+    s = evaluate(cfg, commonsense_qa, exs, [agent], store, "e", tmp_path)
+    assert [r["strict"] for r in store.eval_items("e")] == ["B", "A", "B"]
+    assert store.eval_items("e")[0]["choice_scores"] == {"A": -3.0, "B": -1.25, "C": -1.25}
+    items = json.loads((tmp_path / "summary.json").read_text())["items"]
+    assert [i["dataset_id"] for i in items] == ["q0", "q1", "q2"]
+    assert [i["margin"] for i in items] == [0.0, 0.0, 0.5]
+    assert items[2]["choice_scores"] == {"A": -4.0, "B": -1.0, "C": -1.5}
+    assert s["strict"]["correct"] == 2
+    assert s["loglik"] == {"ties": 2, "within_0.1": 2, "median_margin": 0.0}
+    from saie_lite.ui.eval_view import summary_lines
+
+    assert summary_lines(s)[1] == (
+        "  log-likelihood: 2 exact ties (first choice taken), 2 calls within 0.1 nats, "
+        "median margin 0.000 nats"
+    )
+    store.close()

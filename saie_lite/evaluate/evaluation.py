@@ -140,8 +140,26 @@ def summarize(items: list[dict], meta: dict) -> dict:
         },
         "tokens_generated": sum(i["tokens"] for i in items),
         "seconds": sum(i["seconds"] for i in items),
+        **close_calls(items),
         "item_ids": ID_SCHEME,
         "items": [item_summary(cid, i) for cid, i in zip(ids, items)],
+    }
+
+
+def close_calls(items: list[dict]) -> dict:
+    """How close log-likelihood calls were: exact ties, calls within 0.1 nats, the
+    median margin (best minus runner-up). Empty for generated answers."""
+    margins = sorted(m for m in (margin(i.get("choice_scores")) for i in items) if m is not None)
+    if not margins:
+        return {}
+    mid = len(margins) // 2
+    median = margins[mid] if len(margins) % 2 else (margins[mid - 1] + margins[mid]) / 2
+    return {
+        "loglik": {
+            "ties": sum(m == 0.0 for m in margins),
+            "within_0.1": sum(m < 0.1 for m in margins),
+            "median_margin": median,
+        }
     }
 
 
