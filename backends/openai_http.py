@@ -4,6 +4,10 @@ Ollama, LM Studio, llama-server, vLLM, llama-cpp-python's own server.
 Standard library only (urllib + a thread pool), so it adds no dependency. The API key is
 read from the environment variable named in ``partner.api_key_env`` at request time and
 is never stored on the object's name, in logs, in the run directory or in SQLite.
+
+A reply without text (null or empty content, a refusal, ``message: null``, no choices) is
+retried like a failed request; if every attempt gives none, that remark comes back as a
+``MissingRemark`` (the training loop decides whether the run can go on without it).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPException
 
 from saie_lite.errors import PartnerError, UserError
-from saie_lite.protocols import Chat
+from saie_lite.protocols import Chat, MissingRemark
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -58,13 +62,19 @@ class OpenAIPartner:
             h["Authorization"] = f"Bearer {key}"
         return h
 
-    def _post(self, payload: dict) -> dict:
+    def _post(self, payload: dict) -> tuple[dict, str] | MissingRemark:
+        """(reply, text) of one completion, retrying failures; a ``MissingRemark`` when
+        every attempt answered without usable text; ``PartnerError`` when the server
+        itself kept failing (down, HTTP errors, malformed JSON)."""
         body = json.dumps(payload).encode("utf-8")
-        last = "no attempt"
+        last, no_text, retry_after = "no attempt", False, 0.0
         for attempt in range(self.retries + 1):
             if attempt:
                 # Exponential backoff with jitter; a server's Retry-After wins when longer.
-                time.sleep(self.backoff * 2 ** (attempt - 1) * (1 + random.random() / 4))
+                # Waiting happens only before another attempt, never after the last one.
+                delay = self.backoff * 2 ** (attempt - 1) * (1 + random.random() / 4)
+                time.sleep(max(delay, min(retry_after, 60.0)))
+            retry_after, no_text = 0.0, False
             req = urllib.request.Request(
                 f"{self.url}/chat/completions", data=body, headers=self._headers(), method="POST"
             )
@@ -84,8 +94,8 @@ class OpenAIPartner:
                         f"{e.read()[:200].decode('utf-8', 'replace')}"
                     ) from None
                 wait = e.headers.get("Retry-After") if e.headers else None
-                if wait and wait.isdigit():
-                    time.sleep(min(float(wait), 60.0))
+                if wait and wait.strip().isdigit():
+                    retry_after = float(wait)
                 continue
             except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as e:
                 reason = getattr(e, "reason", e)
@@ -93,11 +103,15 @@ class OpenAIPartner:
                 continue
             try:
                 data = json.loads(raw)
-                data["choices"][0]["message"]
-                return data
-            except (ValueError, KeyError, IndexError, TypeError):
+            except ValueError:
                 last = "malformed JSON reply"
                 continue
+            text, problem = read_reply(data)
+            if problem is None:
+                return data, text
+            last, no_text = problem, problem != MALFORMED
+        if no_text:
+            return MissingRemark(f"partner server {self.url} returned {last}")
         raise PartnerError(
             f"partner server {self.url} failed after {self.retries + 1} attempts ({last})"
         )
@@ -110,11 +124,15 @@ class OpenAIPartner:
             "temperature": self.temperature if temperature is None else temperature,
             "seed": seed,
         }
-        data = self._post(payload)
+        got = self._post(payload)
+        if isinstance(got, MissingRemark):
+            return got
+        data, text = got
         with self._lock:
             self.requests_ok += 1
-            self.tokens_generated += (data.get("usage") or {}).get("completion_tokens", 0)
-        return (data["choices"][0]["message"].get("content") or "").strip()
+            usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+            self.tokens_generated += usage.get("completion_tokens") or 0
+        return text
 
     # -- the partner / agent interface -------------------------------------------------
     def generate(
@@ -140,6 +158,49 @@ class OpenAIPartner:
 
     def remark(self, chats: list[Chat], max_tokens: int) -> list[str]:
         return self.generate(chats, max_tokens, None)
+
+
+MALFORMED = "a malformed reply (not a chat completion)"
+
+
+def read_reply(data) -> tuple[str, str | None]:
+    """(text, None) for a usable chat completion, else ("", what was wrong).
+
+    Content may be a string or a list of text parts (joined). Null or empty content,
+    ``message: null`` and an empty ``choices`` list are replies without text: they are
+    retried, and if they persist the remark is missing (with the server's ``refusal``).
+    """
+    if not isinstance(data, dict):
+        return "", MALFORMED
+    choices = data.get("choices")
+    if not choices:
+        if choices is None and "error" in data:
+            return "", f"an error: {str(data['error'])[:200]}"
+        return "", "no choices"
+    if not isinstance(choices, list) or not isinstance(choices[0], dict):
+        return "", MALFORMED
+    message = choices[0].get("message")
+    if message is None:
+        return "", "message: null"
+    if not isinstance(message, dict):
+        return "", MALFORMED
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(
+            p if isinstance(p, str) else str(p.get("text") or "")
+            for p in content
+            if isinstance(p, str) or (isinstance(p, dict) and p.get("type", "text") == "text")
+        )
+    elif content is not None and not isinstance(content, str):
+        return "", MALFORMED
+    refusal = message.get("refusal")
+    if refusal and not (content or "").strip():
+        return "", f"a refusal: {str(refusal).strip()[:200]!r}"
+    if content is None:
+        return "", "content: null"
+    if not content.strip():
+        return "", "empty content"
+    return content.strip(), None
 
 
 def create_partner(cfg, learner=None) -> OpenAIPartner:

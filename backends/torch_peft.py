@@ -245,14 +245,37 @@ class TorchLearner(ChatTokenLearner):
         self, chats: list[Chat], prefix: str, options: list[list[str]]
     ) -> list[list[float]]:
         """Log-probability of each option's first token right after ``prefix`` in the
-        assistant turn: multiple-choice scoring without generating (lm-eval-harness style)."""
+        assistant turn: multiple-choice scoring without generating (lm-eval-harness style).
+
+        Each prompt is scored on its own, unpadded, so a choice's score never depends on
+        which other items share the call (one forward pass per item; scoring needs no
+        decode loop, so batching would save little). The output head and the log-softmax
+        run in float32 even on a bf16/fp16 learner: logits rounded to bf16 (8 bits of
+        mantissa) make near choices tie.
+        """
+        if self.seq2seq:
+            raise UserError(
+                "log-likelihood scoring needs a decoder-only learner: use --scoring generate"
+            )
         self.model.eval()
-        ids, mask = self._left_padded(
-            [self.chat.ids(self.chat.render(c, True) + prefix) for c in chats]
-        )
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -1, :].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        return [[float(row[self.chat.ids(o)[0]]) for o in opts] for row, opts in zip(logp, options)]
+        head_w = head_b = None
+        if self.split_head is not None:
+            decoder, head = self.split_head
+            head_w = head.weight.float()
+            head_b = head.bias.float() if head.bias is not None else None
+        out = []
+        for chat, opts in zip(chats, options):
+            ids = torch.tensor(
+                [self.chat.ids(self.chat.render(chat, True) + prefix)], device=self.device
+            )
+            if head_w is not None:
+                hidden = decoder(input_ids=ids).last_hidden_state[0, -1]
+                logits = torch.nn.functional.linear(hidden.float(), head_w, head_b)
+            else:  # a head that scales or soft-caps its logits: the model's own forward
+                logits = self.model(input_ids=ids).logits[0, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            out.append([float(logp[self.chat.ids(o)[0]]) for o in opts])
+        return out
 
     # -- training -----------------------------------------------------------------
     def reseed(self, seed: int) -> None:

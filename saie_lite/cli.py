@@ -100,7 +100,9 @@ def train(
         "run.live": live,
     }
     try:
-        overrides = {**config_mod.parse_sets(set_), **flags}
+        # A flag left out must not undo the same key given with --set.
+        given = {k: v for k, v in flags.items() if v is not None}
+        overrides = {**config_mod.parse_sets(set_), **given}
         if resume:
             if recipe:
                 raise UserError("--resume takes the run's saved config; drop --recipe")
@@ -172,7 +174,8 @@ def eval_(
             "eval.max_new_tokens": max_new_tokens,
             "eval.batch_size": batch_size,
         }
-        cfg = config_mod.build(None, {**config_mod.parse_sets(set_), **flags})
+        given = {k: v for k, v in flags.items() if v is not None}
+        cfg = config_mod.build(None, {**config_mod.parse_sets(set_), **given})
         summary = start_eval(cfg, run, out)
     except UserError as e:
         fail(str(e))
@@ -187,15 +190,20 @@ def eval_(
 def compare(
     a: Path = typer.Argument(..., help="eval directory (or its summary.json) of system A"),
     b: Path = typer.Argument(..., help="eval directory (or its summary.json) of system B"),
+    shared_only: bool = typer.Option(
+        False,
+        "--shared-only",
+        help="pair only the items both evaluations hold (else different item sets are refused)",
+    ),
 ) -> None:
     """Paired comparison of two evaluations on the same items (exact McNemar test)."""
-    from saie_lite.evaluate.evaluation import compare as do_compare
-    from saie_lite.evaluate.evaluation import load_summary
+    from saie_lite.evaluate.pairing import compare as do_compare
+    from saie_lite.evaluate.pairing import load_summary
     from saie_lite.ui.eval_view import print_compare
 
     try:
         sa, sb = load_summary(a), load_summary(b)
-        print_compare(str(a), str(b), sa, sb, do_compare(sa, sb))
+        print_compare(str(a), str(b), sa, sb, do_compare(sa, sb, shared_only))
     except UserError as e:
         fail(str(e))
 

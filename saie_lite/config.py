@@ -8,6 +8,7 @@ defaults. Every field carries its help text in ``metadata`` and is range-checked
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,24 @@ from typing import Any
 import yaml
 
 from saie_lite.errors import UserError
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+KEY_PREFIXES = ("sk-", "sk_", "sk-proj", "hf_", "ghp_", "gsk_", "xai-", "pk_", "rk_")
+
+
+def looks_like_key(value: str) -> bool:
+    """A key pasted where a variable name belongs: a known key prefix, or a long run of
+    mixed-case letters and digits without the underscores variable names use."""
+    if value.startswith(KEY_PREFIXES):
+        return True
+    return (
+        len(value) >= 24
+        and "_" not in value
+        and any(c.isdigit() for c in value)
+        and any(c.islower() for c in value)
+        and any(c.isupper() for c in value)
+    )
+
 
 MODES = ("sft", "saie", "saie-support", "saie-adversarial")
 STANCES = ("supportive", "adversarial")
@@ -106,6 +125,13 @@ class PartnerConfig:
     retries: int = _f(3, "openai: retries on 429/5xx, timeouts, refused connections, bad JSON")
     backoff: float = _f(1.0, "openai: first retry delay in seconds (doubles each time)")
     concurrency: int = _f(4, "openai: remarks requested in parallel")
+    max_missing_share: float = _f(
+        0.5,
+        "openai: a remark still without text after every retry (null content, a refusal, no "
+        "choices) is recorded as missing and its discussion skipped; the run stops (checkpoint "
+        "kept) when more than this share of one batch's remarks is missing, and always when "
+        "all are",
+    )
 
     def validate(self) -> None:
         _check(self.n_ctx >= 256, "partner.n_ctx must be >= 256")
@@ -116,6 +142,17 @@ class PartnerConfig:
         _check(self.backoff >= 0, "partner.backoff must be >= 0")
         _check(1 <= self.concurrency <= 64, "partner.concurrency must be in [1, 64]")
         _check(1 <= self.parallel <= 64, "partner.parallel must be in [1, 64]")
+        _check(
+            0.0 <= self.max_missing_share <= 1.0, "partner.max_missing_share must be in [0, 1]"
+        )
+        # Never echo the value: a user who pasted the key itself here must not see it
+        # printed, logged or written to config.yaml.
+        _check(
+            not self.api_key_env
+            or (ENV_NAME.fullmatch(self.api_key_env) and not looks_like_key(self.api_key_env)),
+            "partner.api_key_env must be the NAME of an environment variable holding the key "
+            "(e.g. OPENAI_API_KEY), not the key itself; the value given is not shown or saved",
+        )
 
 
 @dataclass

@@ -83,8 +83,21 @@ class Partner(Protocol):
     name: str  # identifies model + settings; part of the remark-cache key
 
     def remark(self, chats: list[Chat], max_tokens: int) -> list[str]:
-        """One remark per chat."""
+        """One remark per chat; a ``MissingRemark`` where the partner gave none."""
         ...
+
+
+class MissingRemark(str):
+    """A remark the partner did not give after every retry (null or empty content, a
+    refusal, no choices). It reads as an empty string, so agents that only generate
+    still work; the training loop records ``reason`` and skips that discussion."""
+
+    reason: str
+
+    def __new__(cls, reason: str) -> MissingRemark:
+        obj = super().__new__(cls, "")
+        obj.reason = reason
+        return obj
 
 
 class Callbacks:

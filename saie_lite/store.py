@@ -93,6 +93,15 @@ MIGRATIONS = [
         created REAL NOT NULL
     );
     """,
+    """
+    -- Content ids pair evaluations (evaluate/pairing.py); rows written before this
+    -- migration have NULL and get theirs computed from question and gold when read.
+    ALTER TABLE eval_items ADD COLUMN item_id TEXT;
+    -- JSON {label: log-probability} for log-likelihood scoring, else NULL.
+    ALTER TABLE eval_items ADD COLUMN choice_scores TEXT;
+    -- Why a partner remark is missing (null content, refusal, no choices), else NULL.
+    ALTER TABLE turns ADD COLUMN missing TEXT;
+    """,
 ]
 
 
@@ -145,15 +154,16 @@ class Store:
         with self.db:
             self.db.executemany(
                 "INSERT INTO turns (step, phase, round, example_id, turn, role, stance, prompt,"
-                " text, correct, seconds, cached, created) VALUES"
+                " text, correct, seconds, cached, created, missing) VALUES"
                 " (:step, :phase, :round, :example_id, :turn, :role, :stance, :prompt,"
-                " :text, :correct, :seconds, :cached, :created)",
+                " :text, :correct, :seconds, :cached, :created, :missing)",
                 [
                     {
                         "stance": None,
                         "correct": None,
                         "seconds": None,
                         "cached": 0,
+                        "missing": None,
                         **r,
                         "prompt": json.dumps(r["prompt"], ensure_ascii=False),
                         "created": now,
@@ -204,11 +214,23 @@ class Store:
         now = time.time()
         with self.db:
             self.db.executemany(
-                "INSERT OR REPLACE INTO eval_items VALUES (:eval, :idx, :example_id, :question,"
-                " :reference, :gold, :final, :strict, :flexible, :strict_correct,"
-                " :flexible_correct, :turns, :tokens, :seconds, :created)",
+                "INSERT OR REPLACE INTO eval_items (eval, idx, example_id, question, reference,"
+                " gold, final, strict, flexible, strict_correct, flexible_correct, turns, tokens,"
+                " seconds, created, item_id, choice_scores) VALUES (:eval, :idx, :example_id,"
+                " :question, :reference, :gold, :final, :strict, :flexible, :strict_correct,"
+                " :flexible_correct, :turns, :tokens, :seconds, :created, :item_id,"
+                " :choice_scores)",
                 [
-                    {**r, "eval": name, "turns": json.dumps(r["turns"]), "created": now}
+                    {
+                        "item_id": None,
+                        **r,
+                        "eval": name,
+                        "turns": json.dumps(r["turns"]),
+                        "choice_scores": json.dumps(r["choice_scores"])
+                        if r.get("choice_scores")
+                        else None,
+                        "created": now,
+                    }
                     for r in rows
                 ],
             )
@@ -216,7 +238,10 @@ class Store:
     def eval_items(self, name: str) -> list[dict]:
         cur = self.db.execute("SELECT * FROM eval_items WHERE eval = ? ORDER BY idx", (name,))
         cols = [c[0] for c in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+        for r in rows:
+            r["choice_scores"] = json.loads(r["choice_scores"]) if r["choice_scores"] else None
+        return rows
 
     # -- debates ------------------------------------------------------------------
     def add_debate(self, question: str, agents: list[str], rounds: int, turns: list, final) -> int:
@@ -237,6 +262,10 @@ class Store:
             d["agents"], d["turns"] = json.loads(d["agents"]), json.loads(d["turns"])
             out.append(d)
         return out
+
+    def count_missing_remarks(self) -> int:
+        q = "SELECT COUNT(*) FROM turns WHERE role = 'partner' AND missing IS NOT NULL"
+        return self.db.execute(q).fetchone()[0]
 
     def count(self, table: str) -> int:
         assert table in ("turns", "steps", "remark_cache", "events", "eval_items", "debates")

@@ -1,5 +1,6 @@
 """A loopback OpenAI-style server whose replies a test scripts: ok, 500, 429, slow,
-malformed JSON, or closed. For fault tests; the real-server tests use llama_cpp.server."""
+malformed JSON, or closed; and legal but odd replies: content as text parts, null or
+empty content, a refusal, ``message: null``, no choices. For fault tests; the real-server tests use llama_cpp.server."""
 
 from __future__ import annotations
 
@@ -8,6 +9,27 @@ import threading
 import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def _choice(message) -> dict:
+    return {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+
+
+# Replies an OpenAI-compatible server may legally (or brokenly) send: action -> body.
+ODD = {
+    # "parts:a|b" -> content [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    "parts": lambda arg: _choice(
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": t} for t in arg.split("|")],
+        }
+    ),
+    "null": lambda arg: _choice({"role": "assistant", "content": None}),
+    "empty": lambda arg: _choice({"role": "assistant", "content": ""}),
+    "refusal": lambda arg: _choice({"role": "assistant", "content": None, "refusal": arg}),
+    "nomessage": lambda arg: _choice(None),
+    "nochoices": lambda arg: {"choices": [], "usage": {"completion_tokens": 0}},
+}
 
 
 class FaultServer:
@@ -57,12 +79,15 @@ class FaultServer:
             data, status = json.dumps(reply).encode(), 200
         elif kind == "malformed":
             data, status = b'{"choices": [ this is not json', 200
+        elif kind in ODD:
+            data, status = json.dumps(ODD[kind](arg)).encode(), 200
         else:  # an HTTP status code
             data, status = b'{"error": "scripted failure"}', int(kind)
         h.send_response(status)
         h.send_header("Content-Type", "application/json")
         if status == 429:
-            h.send_header("Retry-After", "0")
+            # "429:N" asks the client to wait N seconds before trying again.
+            h.send_header("Retry-After", arg or "0")
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)

@@ -9,7 +9,8 @@ from saie_lite import config
 from saie_lite.backends.scripted import ScriptedLearner
 from saie_lite.cli import app
 from saie_lite.errors import UserError
-from saie_lite.evaluate.evaluation import compare, evaluate
+from saie_lite.evaluate.evaluation import evaluate
+from saie_lite.evaluate.pairing import compare, content_id
 from saie_lite.store import Store
 from saie_lite.tasks import gsm8k
 
@@ -75,9 +76,11 @@ def test_compare_refuses_different_items():
     a = {"items": [{"id": "1", "strict_correct": True, "flexible_correct": True}]}
     b = {"items": [{"id": "2", "strict_correct": True, "flexible_correct": True}]}
     with pytest.raises(
-        UserError, match=r"different items \(n=1 vs n=1; 1 only in A, 1 only in B\)"
+        UserError, match=r"different items \(n=1 vs n=1; 0 shared, 1 only in A, 1 only in B\)"
     ):
         compare(a, b)
+    with pytest.raises(UserError, match=r"^the evaluations share no items \(n=1 vs n=1\)"):
+        compare(a, b, shared_only=True)
 
 
 def test_cli_eval_twice_then_compare(tmp_path):
@@ -108,7 +111,15 @@ def test_cli_eval_twice_then_compare(tmp_path):
         ],
     )
     r = runner.invoke(app, ["compare", str(out_a), str(tmp_path / "c")])
-    assert r.exit_code == 2 and "the evaluations cover different items (n=6 vs n=4" in r.output
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        "error: the evaluations cover different items (n=6 vs n=4; 4 shared, 2 only in A, "
+        "0 only in B): evaluate both with the same --data, --split and --limit, or pass "
+        "--shared-only to pair the shared items"
+    )
+    r = runner.invoke(app, ["compare", "--shared-only", str(out_a), str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert "paired over the n=4 shared items (left out: 2 only in A, 0 only in B)" in r.output
 
 
 def test_cli_loglik_needs_multiple_choice():
@@ -117,3 +128,154 @@ def test_cli_loglik_needs_multiple_choice():
     assert r.output.strip() == (
         "error: config: eval.scoring 'loglik' scores choice letters: use it with commonsense_qa or mmlu"
     )
+
+
+def _gsm8k_file(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _eval(data, out):
+    return runner.invoke(
+        app, ["eval", "--backend", "scripted", "--data", data, "--limit", "4", "--out", str(out)]
+    )
+
+
+def test_items_are_known_by_content_not_by_row(tmp_path, gsm8k_rows):
+    """Two evaluations of equal length over different rows share no item: refused."""
+    a = _gsm8k_file(tmp_path / "a.jsonl", gsm8k_rows[0:4])
+    b = _gsm8k_file(tmp_path / "b.jsonl", gsm8k_rows[4:8])
+    assert _eval(a, tmp_path / "ea").exit_code == 0
+    assert _eval(b, tmp_path / "eb").exit_code == 0
+    sa = json.loads((tmp_path / "ea" / "summary.json").read_text())
+    assert sa["item_ids"] == "sha256(question, answer)[:16]"
+    exs = gsm8k.load(a)[0]
+    assert [i["id"] for i in sa["items"]] == [content_id(e.question, e.answer) for e in exs]
+    assert [i["dataset_id"] for i in sa["items"]] == [r["id"] for r in gsm8k_rows[0:4]]
+    store = Store(tmp_path / "ea" / "saie.sqlite")
+    assert [r["item_id"] for r in store.eval_items("ea")] == [i["id"] for i in sa["items"]]
+    store.close()
+    r = runner.invoke(app, ["compare", str(tmp_path / "ea"), str(tmp_path / "eb")])
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        "error: the evaluations cover different items (n=4 vs n=4; 0 shared, 4 only in A, "
+        "4 only in B): evaluate both with the same --data, --split and --limit, or pass "
+        "--shared-only to pair the shared items"
+    )
+    r = runner.invoke(app, ["compare", "--shared-only", str(tmp_path / "ea"), str(tmp_path / "eb")])
+    assert r.exit_code == 2
+    assert r.output.strip() == "error: the evaluations share no items (n=4 vs n=4): nothing to pair"
+    # The same rows in another order (another file) pair fine: ids follow the content.
+    c = _gsm8k_file(tmp_path / "c.jsonl", gsm8k_rows[0:4][::-1])
+    assert _eval(c, tmp_path / "ec").exit_code == 0
+    r = runner.invoke(app, ["compare", str(tmp_path / "ea"), str(tmp_path / "ec")])
+    assert r.exit_code == 0 and "paired over n=4 items" in r.output
+
+
+def test_repeated_question_keeps_its_own_id(tmp_path, gsm8k_rows):
+    again = {**gsm8k_rows[0], "id": "copy-of-first"}  # the same question under another id
+    a = _gsm8k_file(tmp_path / "a.jsonl", [gsm8k_rows[0], gsm8k_rows[1], again])
+    assert _eval(a, tmp_path / "ea").exit_code == 0
+    ids = [i["id"] for i in json.loads((tmp_path / "ea" / "summary.json").read_text())["items"]]
+    assert ids[2] == ids[0] + "#2" and len(set(ids)) == 3
+
+
+def test_compare_refuses_old_and_broken_summaries(tmp_path):
+    out = tmp_path / "a"
+    r = runner.invoke(
+        app, ["eval", "--backend", "scripted", "--limit", "3", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    good = json.loads((out / "summary.json").read_text())
+    cases = {
+        "old": (
+            {k: v for k, v in good.items() if k != "item_ids"},
+            "was written before items had content ids, so it cannot be paired safely: run "
+            "the same 'saie-lite eval' again to rewrite it (finished items are not redone)",
+        ),
+        "fields": (
+            {"n": 3, "items": [{"id": "x"}]},
+            "is not a saie-lite evaluation summary (no items with id, strict_correct and "
+            "flexible_correct): give the summary.json that 'saie-lite eval' wrote",
+        ),
+        "list": (
+            [1, 2],
+            "is not a saie-lite evaluation summary (no items with id, strict_correct and "
+            "flexible_correct): give the summary.json that 'saie-lite eval' wrote",
+        ),
+    }
+    for name, (content, line) in cases.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps(content))
+        r = runner.invoke(app, ["compare", str(out), str(d)])
+        assert r.exit_code == 2, name
+        assert r.output.strip() == f"error: {d / 'summary.json'} {line}", name
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "summary.json").write_bytes(b"\xff\xfe{not json")
+    r = runner.invoke(app, ["compare", str(out), str(tmp_path / "bad")])
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"error: {tmp_path / 'bad' / 'summary.json'} is not valid JSON: re-run the "
+        "evaluation to rewrite it"
+    )
+    # Running the same eval again rewrites an old summary with content ids, redoing nothing.
+    (out / "summary.json").write_text(json.dumps(cases["old"][0]))
+    r = runner.invoke(
+        app, ["eval", "--backend", "scripted", "--limit", "3", "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "summary.json").read_text())["items"] == good["items"]
+
+
+class FixedScores:
+    """An agent that scores choices with given numbers (log-likelihood path only)."""
+
+    name = "fixed"
+    tokens_generated = 0
+
+    def __init__(self, scores):
+        self.scores = list(scores)
+
+    def choice_logprobs(self, chats, prefix, options):
+        return [self.scores.pop(0) for _ in chats]
+
+
+def test_loglik_ties_go_to_the_first_choice_and_scores_are_kept(tmp_path):
+    from saie_lite.evaluate.evaluation import margin, pick_choice
+    from saie_lite.tasks import commonsense_qa
+
+    assert pick_choice(["A", "B", "C"], [-2.0, -0.5, -0.5]) == "B"
+    assert pick_choice(["A", "B", "C"], [-1.0, -1.0, -1.0]) == "A"
+    assert margin({"A": -2.0, "B": -0.5, "C": -0.75}) == 0.25
+    rows = [
+        {
+            "id": f"q{i}",
+            "question": f"Which one is number {i}?",
+            "choices": {"label": ["A", "B", "C"], "text": ["one", "two", "three"]},
+            "answerKey": "B",
+        }
+        for i in range(3)
+    ]
+    data = tmp_path / "csqa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exs = commonsense_qa.load(str(data))[0]
+    agent = FixedScores([[-3.0, -1.25, -1.25], [-0.5, -0.5, -2.0], [-4.0, -1.0, -1.5]])
+    cfg = cfg_with(**{"data.task": "commonsense_qa", "eval.scoring": "loglik"})
+    store = Store(tmp_path / "saie.sqlite")
+    s = evaluate(cfg, commonsense_qa, exs, [agent], store, "e", tmp_path)
+    assert [r["strict"] for r in store.eval_items("e")] == ["B", "A", "B"]
+    assert store.eval_items("e")[0]["choice_scores"] == {"A": -3.0, "B": -1.25, "C": -1.25}
+    items = json.loads((tmp_path / "summary.json").read_text())["items"]
+    assert [i["dataset_id"] for i in items] == ["q0", "q1", "q2"]
+    assert [i["margin"] for i in items] == [0.0, 0.0, 0.5]
+    assert items[2]["choice_scores"] == {"A": -4.0, "B": -1.0, "C": -1.5}
+    assert s["strict"]["correct"] == 2
+    assert s["loglik"] == {"ties": 2, "within_0.1": 2, "median_margin": 0.0}
+    from saie_lite.ui.eval_view import summary_lines
+
+    assert summary_lines(s)[1] == (
+        "  log-likelihood: 2 exact ties (first choice taken), 2 calls within 0.1 nats, "
+        "median margin 0.000 nats"
+    )
+    store.close()

@@ -163,20 +163,34 @@ def test_quantize_and_device_choices(monkeypatch, have_bnb):
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
 
 
-def test_loglik_scores_every_choice(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loglik_scores_every_choice(tiny_model_dir, dtype):
+    """Scores are float32 and the same for a choice alone or among other items, whatever
+    dtype the learner runs in (pinned here, never left to ``dtype: auto``)."""
     from pathlib import Path
 
     from saie_lite.tasks import mmlu
 
     exs, _ = mmlu.load(str(Path(__file__).parent / "data" / "mmlu_sample.jsonl"))
-    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
+    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.dtype": dtype}))
+    assert learner.dtype == getattr(torch, dtype)
     chats = [mmlu.learner_chat(e.question) for e in exs[:3]]
     scores = learner.choice_logprobs(chats, "The answer is (", [e.choices for e in exs[:3]])
     assert [len(s) for s in scores] == [4, 4, 4]
     assert all(x < 0 for s in scores for x in s)
-    # batched scoring equals one-at-a-time scoring (left padding does not leak)
-    alone = learner.choice_logprobs(chats[1:2], "The answer is (", [exs[1].choices])
-    assert alone[0] == pytest.approx(scores[1], abs=1e-4)
+    # prompts of different lengths: scored with the others or alone, bit for bit the same
+    assert len({len(learner.chat.ids(learner.chat.render(c, True))) for c in chats}) == 3
+    for i in range(3):
+        alone = learner.choice_logprobs(chats[i : i + 1], "The answer is (", [exs[i].choices])
+        assert alone[0] == scores[i]
+    # float32 log-probabilities: not rounded to bf16's 8-bit mantissa, no forced ties
+    flat = [x for s in scores for x in s]
+    assert any(torch.tensor(x).bfloat16().float().item() != x for x in flat)
+    assert all(len(set(s)) == len(s) for s in scores)
+    if dtype == "bfloat16":
+        ref = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.dtype": "float32"}))
+        full = ref.choice_logprobs(chats, "The answer is (", [e.choices for e in exs[:3]])
+        assert flat == pytest.approx([x for s in full for x in s], abs=0.05)
 
 
 def test_cpu_learner_never_imports_bitsandbytes(tiny_model_dir):

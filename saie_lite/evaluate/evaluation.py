@@ -18,7 +18,8 @@ from saie_lite.config import Config
 from saie_lite.errors import UserError
 from saie_lite.evaluate import strategies
 from saie_lite.evaluate.agents import tokens_generated
-from saie_lite.evaluate.stats import paired, wilson
+from saie_lite.evaluate.pairing import ID_SCHEME, content_id, unique_ids
+from saie_lite.evaluate.stats import wilson
 from saie_lite.fsutil import atomic_write_text
 from saie_lite.protocols import Example
 from saie_lite.store import Store
@@ -61,11 +62,11 @@ def run_batch(cfg: Config, task, agents: list, exs: list[Example]) -> list[strat
         scores = first.choice_logprobs(chats, LOGLIK_PREFIX, [x.choices or [] for x in exs])
         out = []
         for x, sc in zip(exs, scores):
-            letter = x.choices[max(range(len(sc)), key=sc.__getitem__)]
+            letter = pick_choice(x.choices, sc)
             text = f"The answer is ({letter})"
-            out.append(
-                strategies.ItemResult(x, [strategies.Turn(0, 0, text, letter)], text, letter)
-            )
+            res = strategies.ItemResult(x, [strategies.Turn(0, 0, text, letter)], text, letter)
+            res.choice_scores = dict(zip(x.choices, sc))
+            out.append(res)
         return out
     if e.strategy == "single":
         return strategies.run_single(first, task, exs, e.max_new_tokens)
@@ -82,12 +83,28 @@ def run_batch(cfg: Config, task, agents: list, exs: list[Example]) -> list[strat
     return strategies.run_debate(len(agents), respond, task, exs, e.rounds)
 
 
+def pick_choice(labels: list[str], scores: list[float]) -> str:
+    """The highest-scoring choice; an exact tie goes to the choice listed first (A before
+    B), so the same scores always give the same letter."""
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return labels[best]
+
+
+def margin(choice_scores: dict[str, float] | None) -> float | None:
+    """How close the call was: best score minus the runner-up (0.0 is a tie)."""
+    if not choice_scores or len(choice_scores) < 2:
+        return None
+    top = sorted(choice_scores.values(), reverse=True)
+    return top[0] - top[1]
+
+
 def item_row(task, idx: int, res: strategies.ItemResult, tokens: int, seconds: float) -> dict:
     ex = res.example
     sc = task.score(res.final_text, ex.answer)
     return {
         "idx": idx,
         "example_id": ex.id,
+        "item_id": content_id(ex.question, ex.answer),
         "question": ex.question,
         "reference": ex.reference,
         "gold": ex.answer,
@@ -99,11 +116,13 @@ def item_row(task, idx: int, res: strategies.ItemResult, tokens: int, seconds: f
         "turns": [t.__dict__ for t in res.turns],
         "tokens": tokens,
         "seconds": seconds,
+        "choice_scores": res.choice_scores,
     }
 
 
 def summarize(items: list[dict], meta: dict) -> dict:
     n = len(items)
+    ids = unique_ids(items)
 
     def acc(key: str) -> dict:
         k = sum(i[key] for i in items)
@@ -121,15 +140,41 @@ def summarize(items: list[dict], meta: dict) -> dict:
         },
         "tokens_generated": sum(i["tokens"] for i in items),
         "seconds": sum(i["seconds"] for i in items),
-        "items": [
-            {
-                "id": i["example_id"],
-                "strict_correct": bool(i["strict_correct"]),
-                "flexible_correct": bool(i["flexible_correct"]),
-            }
-            for i in items
-        ],
+        **close_calls(items),
+        "item_ids": ID_SCHEME,
+        "items": [item_summary(cid, i) for cid, i in zip(ids, items)],
     }
+
+
+def close_calls(items: list[dict]) -> dict:
+    """How close log-likelihood calls were: exact ties, calls within 0.1 nats, the
+    median margin (best minus runner-up). Empty for generated answers."""
+    margins = sorted(m for m in (margin(i.get("choice_scores")) for i in items) if m is not None)
+    if not margins:
+        return {}
+    mid = len(margins) // 2
+    median = margins[mid] if len(margins) % 2 else (margins[mid - 1] + margins[mid]) / 2
+    return {
+        "loglik": {
+            "ties": sum(m == 0.0 for m in margins),
+            "within_0.1": sum(m < 0.1 for m in margins),
+            "median_margin": median,
+        }
+    }
+
+
+def item_summary(cid: str, row: dict) -> dict:
+    out = {
+        "id": cid,
+        "dataset_id": row["example_id"],
+        "strict_correct": bool(row["strict_correct"]),
+        "flexible_correct": bool(row["flexible_correct"]),
+    }
+    scores = row.get("choice_scores")
+    if scores:
+        out["choice_scores"] = scores
+        out["margin"] = margin(scores)
+    return out
 
 
 def evaluate(
@@ -181,33 +226,3 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
-
-
-def load_summary(path: Path) -> dict:
-    p = Path(path)
-    p = p / "summary.json" if p.is_dir() else p
-    if not p.is_file():
-        raise UserError(f"no evaluation summary at {p}: give an eval directory or its summary.json")
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        raise UserError(f"{p} is not valid JSON: re-run the evaluation to rewrite it") from None
-
-
-def compare(a: dict, b: dict) -> dict:
-    """Paired comparison of two evaluations; refuses different item sets."""
-    ia = {i["id"]: i for i in a["items"]}
-    ib = {i["id"]: i for i in b["items"]}
-    if set(ia) != set(ib):
-        only_a, only_b = len(set(ia) - set(ib)), len(set(ib) - set(ia))
-        raise UserError(
-            f"the evaluations cover different items (n={len(ia)} vs n={len(ib)}; {only_a} only "
-            f"in A, {only_b} only in B): evaluate both with the same --data, --split and --limit"
-        )
-    ids = sorted(ia)
-    out = {"n": len(ids)}
-    for kind in ("strict", "flexible"):
-        key = f"{kind}_correct"
-        p = paired([ia[i][key] for i in ids], [ib[i][key] for i in ids])
-        out[kind] = {**p.__dict__, "verdict": p.verdict()}
-    return out

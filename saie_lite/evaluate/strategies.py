@@ -56,6 +56,8 @@ class ItemResult:
     turns: list[Turn] = field(default_factory=list)
     final_text: str = ""
     final_key: str | None = None
+    # Log-likelihood scoring: every choice's score (label -> log-probability).
+    choice_scores: dict[str, float] | None = None
 
 
 def majority(keys: list[str | None]) -> tuple[str | None, int]:

@@ -12,7 +12,15 @@ from typing import Any
 
 from saie_lite.config import Config
 from saie_lite.errors import PartnerError
-from saie_lite.protocols import Callbacks, Chat, Example, Learner, Partner, TrainSequence
+from saie_lite.protocols import (
+    Callbacks,
+    Chat,
+    Example,
+    Learner,
+    MissingRemark,
+    Partner,
+    TrainSequence,
+)
 from saie_lite.store import Store, remark_key
 from saie_lite.tasks import get_task
 from saie_lite.train.prompts import (
@@ -28,7 +36,10 @@ from saie_lite.train.prompts import (
 def get_remarks(
     partner: Partner, store: Store, chats: list[Chat], max_tokens: int
 ) -> tuple[list[str], list[bool]]:
-    """Remarks through the cache: a (partner, prompt) pair is never asked twice."""
+    """Remarks through the cache: a (partner, prompt) pair is never asked twice.
+
+    A remark the partner did not give comes back as its ``MissingRemark`` and is not
+    cached, so a resumed run asks for it again."""
     keys = [remark_key(partner.name, c, max_tokens) for c in chats]
     found = [store.cached_remark(k) for k in keys]
     missing = [i for i, f in enumerate(found) if f is None]
@@ -41,19 +52,41 @@ def get_remarks(
                 store.cache_remark(keys[missing[j]], partner.name, chats[missing[j]], text)
             raise
         for i, text in zip(missing, fresh):
-            store.cache_remark(keys[i], partner.name, chats[i], text)
             found[i] = text
+            if not isinstance(text, MissingRemark):
+                store.cache_remark(keys[i], partner.name, chats[i], text)
     fetched = set(missing)
     # Degenerate remarks (empty, no words, one word repeated) are asked for once more;
     # a second degenerate one is kept in the cache as is, and the caller skips it.
-    again = [i for i in missing if is_degenerate(found[i] or "")]
+    again = [
+        i
+        for i in missing
+        if not isinstance(found[i], MissingRemark) and is_degenerate(found[i] or "")
+    ]
     if again:
         retried = partner.remark([chats[i] for i in again], max_tokens)
         for i, text in zip(again, retried):
-            if not is_degenerate(text):
+            if not isinstance(text, MissingRemark) and not is_degenerate(text):
                 store.cache_remark(keys[i], partner.name, chats[i], text)
                 found[i] = text
-    return [f or "" for f in found], [i not in fetched for i in range(len(chats))]
+    return [f if f is not None else "" for f in found], [i not in fetched for i in range(len(chats))]
+
+
+def account_missing(ctx: RunContext, remarks: list[str]) -> None:
+    """Count this call's missing remarks; stop the run (``PartnerError``: the loop keeps
+    a checkpoint) when more than ``partner.max_missing_share`` of them is missing, and
+    always when every one is."""
+    lost = [r for r in remarks if isinstance(r, MissingRemark)]
+    if not lost:
+        return
+    ctx.missing_remarks += len(lost)
+    share = ctx.cfg.partner.max_missing_share
+    if len(lost) == len(remarks) or len(lost) > share * len(remarks):
+        raise PartnerError(
+            f"{lost[0].reason} for {len(lost)} of {len(remarks)} remarks of this batch, "
+            f"more than partner.max_missing_share={share:g} (after "
+            f"{ctx.cfg.partner.retries + 1} attempts each)"
+        )
 
 
 def is_degenerate(text: str) -> bool:
@@ -173,10 +206,13 @@ def gold_targets(ctx: RunContext, task, exs, rows, meta) -> dict[str, str]:
     t0 = time.perf_counter()
     texts, cached = get_remarks(ctx.partner, ctx.store, chats, ctx.cfg.partner.max_tokens)
     ctx.timer.add("remark", t0)
+    account_missing(ctx, texts)
     for ex, chat, text, hit in zip(exs, chats, texts, cached):
         usable = task.is_correct(text, ex.answer)
         if usable:
             gold[ex.id] = text
+        if isinstance(text, MissingRemark):
+            ctx.note("missing", f"{ex.id} rationale: no remark ({text.reason}), reference kept")
         rows.append(
             turn_row(
                 meta,
@@ -188,6 +224,7 @@ def gold_targets(ctx: RunContext, task, exs, rows, meta) -> dict[str, str]:
                 text=text,
                 correct=int(usable),
                 cached=int(hit),
+                missing=getattr(text, "reason", None),
             )
         )
     return gold
@@ -209,6 +246,7 @@ class RunContext:
     timer: Any  # the loop's Timer: ``add(key, since)`` returns the seconds spent
     note: Callable[[str, str], None]  # (kind, message): store event + live view line
     cb: Callbacks
+    missing_remarks: int = 0  # remarks the partner never gave, this run (live view, summary)
 
 
 def discussion_batch(
@@ -248,6 +286,7 @@ def discussion_batch(
         t0 = time.perf_counter()
         remarks, cached = get_remarks(partner, store, chats, cfg.partner.max_tokens)
         per = timer.add("remark", t0) / max(1, len(chats))
+        account_missing(ctx, remarks)
         for b, chat, text, hit in zip(branches, chats, remarks, cached):
             b.history.append(text)
             rows.append(
@@ -261,11 +300,19 @@ def discussion_batch(
                     text=text,
                     cached=int(hit),
                     seconds=0.0 if hit else per,
+                    missing=getattr(text, "reason", None),
                 )
             )
         # 3. Context check before any generation or update: clip or skip, and say so.
         kept = []
         for b in branches:
+            if isinstance(b.history[-1], MissingRemark):
+                note(
+                    "missing",
+                    f"{b.example.id} turn {turn} ({b.stance}): no remark "
+                    f"({b.history[-1].reason}), discussion skipped",
+                )
+                continue
             if is_degenerate(b.history[-1]):
                 note(
                     "remark",

@@ -105,6 +105,8 @@ def train(
 
     ctx = RunContext(cfg, learner, partner, store, timer, note, cb)
     fit = ContextFit(ctx, examples, bases)
+    # Missing remarks of updates already made (a resumed run) count too.
+    ctx.missing_remarks = store.count_missing_remarks()
     status = "finished"
     last_saved = state.step
     try:
@@ -165,7 +167,14 @@ def train(
                 "t_update": spent["update"],
             }
             store.add_step(step_row)
-            cb.on_step({**step_row, "batches_done": state.batches_done, "total": len(batches)})
+            cb.on_step(
+                {
+                    **step_row,
+                    "batches_done": state.batches_done,
+                    "total": len(batches),
+                    "missing_remarks": ctx.missing_remarks,
+                }
+            )
             if step % cfg.train.save_every == 0:
                 checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
                 last_saved = step
@@ -188,6 +197,7 @@ def train(
         "seconds": dict(timer.t),
         "run_dir": str(run_dir),
         "next": next_commands(cfg, run_dir) if status == "finished" else [],
+        "missing_remarks": ctx.missing_remarks,
     }
     cb.on_end(summary)
     return summary

@@ -13,8 +13,19 @@ def summary_lines(s: dict) -> list[str]:
     """The figures of an evaluation, as plain lines (shared by both views)."""
     st, fl = s["strict"], s["flexible"]
     pf = s["parse_failure_rate"]
+    close = s.get("loglik")
+    extra = (
+        [
+            f"  log-likelihood: {close['ties']} exact ties (first choice taken), "
+            f"{close['within_0.1']} calls within 0.1 nats, median margin "
+            f"{close['median_margin']:.3f} nats"
+        ]
+        if close
+        else []
+    )
     return [
         f"{s['name']}: n={s['n']} ({s['status']})",
+        *extra,
         f"  strict   accuracy {_pct(st['accuracy'])}  95% CI [{_pct(st['ci95'][0])}, "
         f"{_pct(st['ci95'][1])}]  parse failures {_pct(pf['strict'])}",
         f"  flexible accuracy {_pct(fl['accuracy'])}  95% CI [{_pct(fl['ci95'][0])}, "
@@ -78,7 +89,14 @@ def make_eval_view(kind: str = "auto") -> EvalView:
 
 
 def print_compare(name_a: str, name_b: str, a: dict, b: dict, c: dict) -> None:
-    print(f"A = {name_a}\nB = {name_b}\npaired over n={c['n']} items")
+    left = c.get("left_out") or {}
+    if left.get("A") or left.get("B"):
+        print(
+            f"A = {name_a}\nB = {name_b}\npaired over the n={c['n']} shared items "
+            f"(left out: {left['A']} only in A, {left['B']} only in B)"
+        )
+    else:
+        print(f"A = {name_a}\nB = {name_b}\npaired over n={c['n']} items")
     for kind in ("strict", "flexible"):
         p = c[kind]
         lo, hi = p["diff_ci"]

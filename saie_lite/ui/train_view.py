@@ -28,6 +28,12 @@ def next_lines(summary: dict) -> list[str]:
     return ["next:"] + [f"  {what + ':':{width}} {cmd}" for what, cmd in steps]
 
 
+def _missing(info: dict) -> str:
+    """' | N missing remarks' once the partner has failed to give any, else ''."""
+    n = info.get("missing_remarks") or 0
+    return f" | {n} missing remark{'s' if n != 1 else ''}" if n else ""
+
+
 class PlainView(Callbacks):
     """One line per event: for logs, pipes and CI."""
 
@@ -69,7 +75,7 @@ class PlainView(Callbacks):
         eta = rate * (total - done)
         self._p(
             f"step {row['step']} [{done}/{total}] {row['phase']} loss={row['loss']:.4f} "
-            f"{_split(row)} eta {eta:.0f}s"
+            f"{_split(row)}{_missing(row)} eta {eta:.0f}s"
         )
 
     def on_event(self, message: str) -> None:
@@ -77,6 +83,11 @@ class PlainView(Callbacks):
 
     def on_end(self, summary: dict) -> None:
         s = summary["seconds"]
+        if summary.get("missing_remarks"):
+            self._p(
+                f"missing remarks: {summary['missing_remarks']} (partner gave no text; "
+                "those discussions were skipped)"
+            )
         self._p(
             f"{summary['status']}: {summary['step']} updates, {summary['batches_done']}/"
             f"{summary['total']} batches; time gen {s['generate']:.1f}s remark {s['remark']:.1f}s "
@@ -163,7 +174,7 @@ class RichView(Callbacks):
     def on_step(self, row: dict) -> None:
         loss = row["loss"]
         self.loss_avg = loss if self.loss_avg is None else 0.8 * self.loss_avg + 0.2 * loss
-        stats = f"loss {loss:.3f} (avg {self.loss_avg:.3f})  {_split(row)}"
+        stats = f"loss {loss:.3f} (avg {self.loss_avg:.3f})  {_split(row)}{_missing(row)}"
         self.progress.update(
             self.task,
             completed=row["batches_done"],
@@ -181,6 +192,11 @@ class RichView(Callbacks):
         s = summary["seconds"]
         total = sum(s.values()) or 1.0
         split = "  ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in s.items())
+        if summary.get("missing_remarks"):
+            self.console.print(
+                f"[yellow]missing remarks:[/] {summary['missing_remarks']} (partner gave no "
+                "text; those discussions were skipped)"
+            )
         if summary["status"] == "finished":
             self.console.print(f"[bold green]finished[/]: {summary['step']} updates.  {split}")
             self.console.print(f"run directory: {summary['run_dir']}")
