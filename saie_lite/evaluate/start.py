@@ -46,8 +46,8 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
 
     view = view or make_eval_view()
     resolve_backend(cfg, view.note)
-    task = get_task(cfg.data.task)
-    examples, skipped = prepare_examples(cfg)
+    examples, skipped = prepare_examples(cfg)  # settles an 'auto' check into cfg.data
+    task = get_task(cfg.data)
     if skipped:
         view.note(f"skipped {sum(skipped.values())} malformed data rows")
     out_dir = Path(out) if out else default_eval_dir(cfg, run_dir)

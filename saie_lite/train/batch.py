@@ -122,11 +122,16 @@ def gold_targets(ctx: RunContext, task, exs, rows, meta) -> dict[str, str]:
                 stance="rationale",
                 prompt=chat,
                 text=text,
-                correct=int(usable),
+                correct=mark(usable),
                 cached=int(hit),
             )
         )
     return gold
+
+
+def mark(ok: bool | None) -> int | None:
+    """A turn's stored mark: 1/0, or NULL where the data has no check (``check: none``)."""
+    return None if ok is None else int(ok)
 
 
 def turn_row(meta: dict, ex: Example, **kw) -> dict:
@@ -156,7 +161,7 @@ def discussion_batch(
     """
     cfg, learner, partner, store = ctx.cfg, ctx.learner, ctx.partner, ctx.store
     timer, note, cb = ctx.timer, ctx.note, ctx.cb
-    task = get_task(cfg.data.task)
+    task = get_task(cfg.data)
     m, lc = cfg.method, cfg.learner
     limit = lc.max_seq_len
 
@@ -168,7 +173,7 @@ def discussion_batch(
     for ex, base, a, ok in zip(exs, bases, a0, ok0):
         rows.append(
             turn_row(
-                meta, ex, turn=0, role="learner", prompt=base, text=a, correct=int(ok), seconds=per
+                meta, ex, turn=0, role="learner", prompt=base, text=a, correct=mark(ok), seconds=per
             )
         )
     gold = gold_targets(ctx, task, exs, rows, meta)
@@ -254,7 +259,7 @@ def discussion_batch(
                         stance=b.stance,
                         prompt=ctx,
                         text=rev,
-                        correct=int(ok),
+                        correct=mark(ok),
                         seconds=per,
                     )
                 )

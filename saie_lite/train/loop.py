@@ -18,7 +18,7 @@ from saie_lite.config import Config
 from saie_lite.errors import PartnerError
 from saie_lite.protocols import Callbacks, Example, Learner, Partner
 from saie_lite.store import Store
-from saie_lite.tasks import get_task
+from saie_lite.tasks import example_chat, get_task
 from saie_lite.train import checkpoint
 from saie_lite.train.batch import RunContext, discussion_batch, turn_row
 from saie_lite.train.prompts import mix_plain_sequences, plain_sequence
@@ -73,12 +73,12 @@ def train(
     Stops cleanly (checkpoint first) when ``stop()`` turns true between batches.
     """
     cb = callbacks or Callbacks()
-    task = get_task(cfg.data.task)
+    task = get_task(cfg.data)
     m = cfg.method
     state = checkpoint.load(run_dir, learner)
     store.truncate_after(state.step)  # rows past the checkpoint are redone below
     batches = schedule(len(examples), cfg)
-    bases = [task.learner_chat(e.question) for e in examples]
+    bases = [example_chat(task, e) for e in examples]
     timer = Timer()
     cb.on_begin(
         {

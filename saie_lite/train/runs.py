@@ -37,7 +37,7 @@ def saved_config(run_dir: Path) -> dict:
 def prepare_examples(cfg: Config) -> tuple[list[Example], dict[str, int]]:
     from saie_lite.tasks import get_task
 
-    examples, skipped = get_task(cfg.data.task).load(cfg.data.path, cfg.data.split)
+    examples, skipped = get_task(cfg.data).load(cfg.data.path, cfg.data.split)
     if cfg.data.limit:
         order = list(range(len(examples)))
         random.Random(cfg.data.seed).shuffle(order)
