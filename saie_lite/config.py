@@ -199,7 +199,7 @@ class DataConfig:
             )
         elif self.check.startswith("regex:"):
             check_pattern(self.check[len("regex:") :])
-        else:
+        elif self.check != "auto":
             _check(
                 self.check in CHECKS,
                 f"data.check {self.check!r} unknown; known: auto, {', '.join(CHECKS)}, "

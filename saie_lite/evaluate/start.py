@@ -37,7 +37,7 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     from saie_lite.evaluate.evaluation import evaluate
     from saie_lite.store import Store
     from saie_lite.tasks import get_task
-    from saie_lite.train.runs import StopFlag, prepare_examples
+    from saie_lite.train.runs import StopFlag, prepare_examples, skipped_line
     from saie_lite.ui.eval_view import make_eval_view
 
     if run_dir is not None and not (Path(run_dir) / "config.yaml").is_file():
@@ -49,7 +49,11 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     examples, skipped = prepare_examples(cfg)  # settles an 'auto' check into cfg.data
     task = get_task(cfg.data)
     if skipped:
-        view.note(f"skipped {sum(skipped.values())} malformed data rows")
+        view.note(skipped_line(skipped))
+    if cfg.data.task == "custom":
+        from saie_lite.tasks.custom import describe
+
+        view.note(describe(cfg.data))
     out_dir = Path(out) if out else default_eval_dir(cfg, run_dir)
     specs = cfg.eval.agents.split(",") if cfg.eval.strategy == "debate" else ["learner"]
     agents = build_agents(cfg, specs, run_dir)

@@ -41,6 +41,16 @@ def _text(value) -> str | None:
     return None
 
 
+def describe(data: DataConfig) -> str:
+    """One line saying how the data was read (what 'auto' chose), for the views."""
+    if data.format == "chat":
+        how = "chat messages (last assistant turn = reference)"
+    else:
+        how = f"fields {data.question_field}/{data.answer_field}"
+    final = f", final answer from {data.final_field}" if data.final_field else ""
+    return f"data: {how}{final}, check {data.check}"
+
+
 class CustomTask:
     """The task interface (see ``saie_lite.tasks``) for a user's own data."""
 

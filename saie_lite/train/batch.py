@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from saie_lite.config import Config
-from saie_lite.errors import PartnerError
+from saie_lite.errors import PartnerError, UserError
 from saie_lite.protocols import Callbacks, Chat, Example, Learner, Partner, TrainSequence
 from saie_lite.store import Store, remark_key
 from saie_lite.tasks import get_task
@@ -97,6 +97,48 @@ def fit_history(
             return None, clipped
         hist[i], clipped = shorter, True
     return hist, clipped
+
+
+def too_long(learner: Learner, chat: Chat, target: str, budget: int, limit: int) -> bool:
+    """Does the chat leave no room for an answer of ``budget`` tokens, or for the target?"""
+    return learner.count_tokens(chat) + budget > limit or learner.count_tokens(chat, target) > limit
+
+
+def fit_chat_bases(
+    learner: Learner, examples: list[Example], bases: list[Chat], cfg: Config
+) -> tuple[list[Example], list[Chat], list[str]]:
+    """Chat-format rows bring their own earlier turns, which may not fit
+    ``learner.max_seq_len`` with an answer and the reference: the context policy clips
+    their longest turn (``truncate``) or drops the example (``skip``), and says so.
+    Returns the kept examples, their opening chats and the notes."""
+    lc, policy = cfg.learner, cfg.method.context_policy
+    kept_ex, kept_bases, notes = [], [], []
+    for ex, base in zip(examples, bases):
+        if not ex.context:
+            kept_ex.append(ex)
+            kept_bases.append(base)
+            continue
+        chat, clipped = list(base), False
+        while too_long(learner, chat, ex.reference, lc.max_new_tokens, lc.max_seq_len):
+            i = max(range(len(chat)), key=lambda j: len(chat[j]["content"]))
+            shorter = clip_text(chat[i]["content"], 0.75)
+            if policy == "skip" or shorter == chat[i]["content"]:
+                chat = None
+                break
+            chat[i], clipped = {**chat[i], "content": shorter}, True
+        if chat is None:
+            notes.append(f"{ex.id}: chat turns over max_seq_len={lc.max_seq_len}, skipped")
+            continue
+        if clipped:
+            notes.append(f"{ex.id}: chat turns clipped to fit max_seq_len={lc.max_seq_len}")
+        kept_ex.append(ex)
+        kept_bases.append(chat)
+    if not kept_ex:
+        raise UserError(
+            f"every example is longer than learner.max_seq_len={lc.max_seq_len} "
+            f"(context_policy {policy}): raise learner.max_seq_len"
+        )
+    return kept_ex, kept_bases, notes
 
 
 def gold_targets(ctx: RunContext, task, exs, rows, meta) -> dict[str, str]:

@@ -20,7 +20,7 @@ from saie_lite.protocols import Callbacks, Example, Learner, Partner
 from saie_lite.store import Store
 from saie_lite.tasks import example_chat, get_task
 from saie_lite.train import checkpoint
-from saie_lite.train.batch import RunContext, discussion_batch, turn_row
+from saie_lite.train.batch import RunContext, discussion_batch, fit_chat_bases, turn_row
 from saie_lite.train.prompts import mix_plain_sequences, plain_sequence
 
 
@@ -77,8 +77,9 @@ def train(
     m = cfg.method
     state = checkpoint.load(run_dir, learner)
     store.truncate_after(state.step)  # rows past the checkpoint are redone below
-    batches = schedule(len(examples), cfg)
     bases = [example_chat(task, e) for e in examples]
+    examples, bases, fit_notes = fit_chat_bases(learner, examples, bases, cfg)
+    batches = schedule(len(examples), cfg)
     timer = Timer()
     cb.on_begin(
         {
@@ -98,6 +99,9 @@ def train(
         store.event(kind, message)
         cb.on_event(message)
 
+    if not state.batches_done:  # said once, not again on every resume
+        for message in fit_notes:
+            note("context", message)
     ctx = RunContext(cfg, learner, partner, store, timer, note, cb)
     status = "finished"
     last_saved = state.step

@@ -45,6 +45,12 @@ def prepare_examples(cfg: Config) -> tuple[list[Example], dict[str, int]]:
     return examples, skipped
 
 
+def skipped_line(skipped: dict[str, int]) -> str:
+    """'skipped 3 malformed data rows (2 empty answer, 1 missing question)'."""
+    detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+    return f"skipped {sum(skipped.values())} malformed data rows ({detail})"
+
+
 def resolve_backend(cfg: Config, note) -> None:
     """Turn ``learner.backend: auto`` into a concrete backend, and say why."""
     from saie_lite.registry import choose_learner
@@ -112,8 +118,11 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         resolve_backend(cfg, view.on_event)
     examples, skipped = prepare_examples(cfg)
     if skipped:
-        detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
-        view.on_event(f"skipped {sum(skipped.values())} malformed data rows ({detail})")
+        view.on_event(skipped_line(skipped))
+    if cfg.data.task == "custom":
+        from saie_lite.tasks.custom import describe
+
+        view.on_event(describe(cfg.data))
     run_dir.mkdir(parents=True, exist_ok=True)
     config_mod.save(cfg, run_dir / "config.yaml")
     learner, partner = build_backends(cfg, dry_run, run_dir)
