@@ -62,3 +62,11 @@ def cut_at_answer(text: str, answer_end) -> str:
     """Drop what follows a finished final answer (a model that keeps going after it)."""
     end = answer_end(text) if answer_end else None
     return text[:end] if end else text
+
+
+def key_correct(task, key: str | None, gold: str) -> bool:
+    """Is a vote's answer key (already read from a reply) the gold answer?"""
+    check = getattr(task, "check", None)
+    if check is not None:
+        return check.same(key, gold)
+    return key is not None and key == gold
