@@ -336,10 +336,10 @@ def check_pattern(pattern: str):
     try:
         compiled = re.compile(pattern)
     except re.error as e:
-        raise UserError(f"data.check regex {pattern!r} does not compile: {e}") from None
+        raise UserError(f"config: data.check regex {pattern!r} does not compile: {e}") from None
     if compiled.groups < 1:
         raise UserError(
-            f"data.check regex {pattern!r} has no group: put the answer in parentheses, "
+            f"config: data.check regex {pattern!r} has no group: put the answer in parentheses, "
             "e.g. 'regex:Answer: (\\w+)'"
         )
     return compiled
