@@ -427,3 +427,18 @@ def test_debate_file_of_data(tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert r.output.count("reference answer: ") == 6
+
+
+def test_recipe_lists_every_data_key_and_runs(tmp_path, monkeypatch):
+    import dataclasses
+
+    root = EXAMPLES.parents[1]
+    recipe = root / "recipes" / "own-data.yaml"
+    keys = set(config.load_yaml(recipe)["data"])
+    assert keys == {f.name for f in dataclasses.fields(config.DataConfig)}
+    monkeypatch.chdir(root)  # the recipe names its example file relative to the checkout
+    r = cli(
+        "train", "--recipe", recipe, "--dry-run", "--live", "plain", "--run-dir", tmp_path / "run"
+    )
+    assert r.exit_code == 0, r.output
+    assert "data: fields question/answer, final answer from final, check number" in r.output
