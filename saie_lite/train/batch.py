@@ -171,6 +171,16 @@ def gold_targets(ctx: RunContext, task, exs, rows, meta) -> dict[str, str]:
     return gold
 
 
+def partner_final(task, ex: Example) -> str | None:
+    """The final answer the partner is told, for own data whose check reads one that the
+    reference does not end with (a long solution plus a 'final' field); presets and
+    ``check: none`` add nothing, so their prompts (and cached remarks) stay as they were."""
+    check = getattr(task, "check", None)
+    if check is None or not check.checked or ex.reference.rstrip(" .").endswith(ex.answer):
+        return None
+    return ex.answer
+
+
 def mark(ok: bool | None) -> int | None:
     """A turn's stored mark: 1/0, or NULL where the data has no check (``check: none``)."""
     return None if ok is None else int(ok)
@@ -226,7 +236,14 @@ def discussion_batch(
     for turn in range(1, m.turns + 1):
         # 2. The partner remarks on each branch's latest learner answer (cached).
         chats = [
-            partner_chat(b.example, b.history, b.stance, m.partner_sees_reference) for b in branches
+            partner_chat(
+                b.example,
+                b.history,
+                b.stance,
+                m.partner_sees_reference,
+                partner_final(task, b.example),
+            )
+            for b in branches
         ]
         t0 = time.perf_counter()
         remarks, cached = get_remarks(partner, store, chats, cfg.partner.max_tokens)
