@@ -66,7 +66,15 @@ def train(
     partner_url: str | None = typer.Option(
         None, help="--partner openai: server base URL, e.g. http://127.0.0.1:8080/v1"
     ),
-    data: str | None = typer.Option(None, help="hub name, .jsonl/.parquet path, or 'bundled'"),
+    data: str | None = typer.Option(
+        None, help="hub name, .jsonl/.json/.csv/.parquet path, or 'bundled'"
+    ),
+    task: str | None = typer.Option(
+        None, help="gsm8k | commonsense_qa | mmlu | custom (your own data, see data.* keys)"
+    ),
+    check: str | None = typer.Option(
+        None, help="--task custom: number | choice | exact | contains | regex:PATTERN | none"
+    ),
     limit: int | None = typer.Option(None, help="use N examples (0 = all)"),
     rounds: int | None = typer.Option(None, help="discussion rounds"),
     max_steps: int | None = typer.Option(None, help="stop after N updates"),
@@ -93,6 +101,8 @@ def train(
         "partner.model": partner_model,
         "partner.url": partner_url,
         "data.path": data,
+        "data.task": task,
+        "data.check": check,
         "data.limit": limit,
         "method.rounds": rounds,
         "train.max_steps": max_steps,
@@ -133,8 +143,13 @@ def train(
 
 @app.command("eval")
 def eval_(
-    task: str = typer.Option("gsm8k", help="gsm8k | commonsense_qa | mmlu"),
-    data: str | None = typer.Option(None, help="hub name, .jsonl/.parquet path, or 'bundled'"),
+    task: str = typer.Option("gsm8k", help="gsm8k | commonsense_qa | mmlu | custom (own data)"),
+    check: str | None = typer.Option(
+        None, help="--task custom: number | choice | exact | contains | regex:PATTERN | none"
+    ),
+    data: str | None = typer.Option(
+        None, help="hub name, .jsonl/.json/.csv/.parquet path, or 'bundled'"
+    ),
     split: str | None = typer.Option(None, help="hub split; local files: dev | nodev | all"),
     limit: int | None = typer.Option(None, help="evaluate N items (0 = all)"),
     model: str | None = typer.Option(None, help="learner: hub id, local dir, or 'embedded'"),
@@ -160,6 +175,7 @@ def eval_(
     try:
         flags = {
             "data.task": task,
+            "data.check": check,
             "data.path": data,
             "data.split": split,
             "data.limit": limit,
@@ -211,7 +227,9 @@ def compare(
 @app.command("debate")
 def debate_cmd(
     question: str | None = typer.Option(None, "--question", "-q", help="ask this and exit"),
-    file: Path | None = typer.Option(None, help="one question per line"),
+    file: Path | None = typer.Option(
+        None, help="one question per line, or a .jsonl/.json/.csv/.parquet data file"
+    ),
     agents: str = typer.Option(
         "llama_cpp:embedded,llama_cpp:embedded",
         help="comma list: llama_cpp:embedded | llama_cpp:PATH.gguf | torch:MODEL | run:RUN_DIR",
@@ -221,7 +239,13 @@ def debate_cmd(
         None, help="'adversarial' makes the last agent the critic; or N:adversarial"
     ),
     task: str = typer.Option(
-        "gsm8k", help="answer format and extraction: gsm8k | commonsense_qa | mmlu"
+        "gsm8k", help="answer format and extraction: gsm8k | commonsense_qa | mmlu | custom"
+    ),
+    check: str | None = typer.Option(
+        None, help="--task custom: number | choice | exact | contains | regex:PATTERN | none"
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="data keys for --file data, e.g. data.question_field=q"
     ),
     temperature: float = typer.Option(0.7, help="sampling temperature of every agent"),
     max_new_tokens: int = typer.Option(192, help="longest turn"),
@@ -231,8 +255,9 @@ def debate_cmd(
     from saie_lite.evaluate.start import start_debate
 
     try:
+        sets = [*set_, *([f"data.check={check}"] if check else [])]
         start_debate(
-            question, file, agents, rounds, stance, task, temperature, max_new_tokens, live
+            question, file, agents, rounds, stance, task, temperature, max_new_tokens, live, sets
         )
     except UserError as e:
         fail(str(e))

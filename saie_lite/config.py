@@ -38,6 +38,7 @@ def looks_like_key(value: str) -> bool:
 MODES = ("sft", "saie", "saie-support", "saie-adversarial")
 STANCES = ("supportive", "adversarial")
 TARGETS = ("reference", "reference_or_revision", "rationalized")
+CHECKS = ("number", "choice", "exact", "contains", "none")  # and regex:PATTERN
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -157,18 +158,90 @@ class PartnerConfig:
 
 @dataclass
 class DataConfig:
-    task: str = _f("gsm8k", "task: gsm8k | commonsense_qa | mmlu")
-    path: str = _f("bundled", "hub name (openai/gsm8k), local .jsonl/.parquet, or 'bundled'")
+    task: str = _f(
+        "gsm8k",
+        "task: gsm8k | commonsense_qa | mmlu (presets) | custom (your own data, read with "
+        "the data.* keys below)",
+    )
+    path: str = _f(
+        "bundled",
+        "hub name (openai/gsm8k), local .jsonl/.json/.csv/.parquet file, or 'bundled'",
+    )
     split: str = _f(
         "train", "hub split; for local files: dev (500 held-out rows, seed 2024) | nodev | all"
     )
     limit: int = _f(0, "use only the first N examples after shuffling; 0 = all")
     seed: int = _f(0, "shuffle seed for the example order")
+    # The keys below read your own data (task: custom); presets set their own.
+    format: str = _f(
+        "auto",
+        "custom: auto (chat when rows have 'messages', else fields) | fields | chat "
+        "({'messages': [...]}: the last assistant turn is the reference)",
+    )
+    question_field: str = _f(
+        "",
+        "custom: the question column; empty = the first found of question, prompt, "
+        "instruction (+ input), input, query, problem",
+    )
+    answer_field: str = _f(
+        "",
+        "custom: the reference answer column; empty = the first found of answer, "
+        "completion, output, response, solution, target",
+    )
+    final_field: str = _f(
+        "",
+        "custom: column with the short final answer when the reference is a long "
+        "solution; empty = final, label or final_answer if present, else read from the answer",
+    )
+    choices_field: str = _f(
+        "choices", "custom, check choice: the options column (list, or {label, text})"
+    )
+    id_field: str = _f("id", "custom: the row id column, if any (else row-N)")
+    check: str = _f(
+        "auto",
+        "custom: how answers are checked: auto | number | choice | exact | contains | "
+        "regex:PATTERN (group 1 is the answer) | none (free-form: no right/wrong mark)",
+    )
+    answer_format: str = _f(
+        "",
+        "custom: how the learner is asked to end its answer; empty = the check's "
+        "('#### <number>', 'The answer is <answer>', ...)",
+    )
+    system: str = _f(
+        "", "custom: learner system prompt; empty = the check's (a chat file's own wins)"
+    )
+    hub_config: str = _f("", "custom, hub names: the dataset's configuration (subset)")
 
     def validate(self) -> None:
-        known = ("gsm8k", "commonsense_qa", "mmlu")
+        known = ("gsm8k", "commonsense_qa", "mmlu", "custom")
         _check(self.task in known, f"data.task {self.task!r} unknown; known: {', '.join(known)}")
         _check(self.limit >= 0, "data.limit must be >= 0")
+        _check(self.format in ("auto", "fields", "chat"), "data.format: auto | fields | chat")
+        if self.task != "custom":
+            own = [
+                k
+                for k in (
+                    "question_field",
+                    "answer_field",
+                    "final_field",
+                    "answer_format",
+                    "system",
+                )
+                if getattr(self, k)
+            ] + (["check"] if self.check != "auto" else [])
+            _check(
+                not own,
+                f"data.{', data.'.join(own)} read your own data: add --set data.task=custom "
+                f"(the {self.task} preset has its own fields and check)",
+            )
+        elif self.check.startswith("regex:"):
+            check_pattern(self.check[len("regex:") :])
+        elif self.check != "auto":
+            _check(
+                self.check in CHECKS,
+                f"data.check {self.check!r} unknown; known: auto, {', '.join(CHECKS)}, "
+                "regex:PATTERN",
+            )
 
 
 @dataclass
@@ -291,6 +364,22 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_pattern(pattern: str):
+    """A ``regex:PATTERN`` check's compiled pattern, or one line saying what is wrong."""
+    import re
+
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise UserError(f"config: data.check regex {pattern!r} does not compile: {e}") from None
+    if compiled.groups < 1:
+        raise UserError(
+            f"config: data.check regex {pattern!r} has no group: put the answer in parentheses, "
+            "e.g. 'regex:Answer: (\\w+)'"
+        )
+    return compiled
 
 
 def _check(ok: bool, message: str) -> None:

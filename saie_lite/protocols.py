@@ -20,6 +20,9 @@ class Example:
     reference: str  # full reference solution, used as the training target
     answer: str  # gold final answer (normalised number for GSM8K, a letter for choices)
     choices: list[str] | None = None  # choice labels for multiple-choice tasks
+    # Chat-format data: the turns before the reference answer (system turn first); the
+    # learner sees these instead of a system prompt plus ``question``.
+    context: list[dict[str, str]] | None = None
 
 
 @dataclass

@@ -23,6 +23,7 @@ from saie_lite.evaluate.stats import wilson
 from saie_lite.fsutil import atomic_write_text
 from saie_lite.protocols import Example
 from saie_lite.store import Store
+from saie_lite.tasks import example_chat
 
 LOGLIK_PREFIX = "The answer is ("
 
@@ -41,6 +42,10 @@ def settings(cfg: Config, agent_names: list[str]) -> dict:
         "max_new_tokens": e.max_new_tokens,
         "agents": agent_names,
     }
+    if cfg.data.task == "custom":  # how your own data was read decides the marks
+        d = cfg.data
+        s.update(check=d.check, format=d.format, fields=[d.question_field, d.answer_field])
+        s["final_field"] = d.final_field
     if e.strategy == "self-consistency":
         s.update(k=e.k, temperature=e.temperature)
     if e.strategy in ("self-discussion", "debate"):
@@ -58,7 +63,7 @@ def run_batch(cfg: Config, task, agents: list, exs: list[Example]) -> list[strat
             raise UserError(
                 f"agent {first.name} cannot score log-likelihoods: use --scoring generate"
             )
-        chats = [task.learner_chat(x.question) for x in exs]
+        chats = [example_chat(task, x) for x in exs]
         scores = first.choice_logprobs(chats, LOGLIK_PREFIX, [x.choices or [] for x in exs])
         out = []
         for x, sc in zip(exs, scores):

@@ -37,7 +37,7 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     from saie_lite.evaluate.evaluation import evaluate
     from saie_lite.store import Store
     from saie_lite.tasks import get_task
-    from saie_lite.train.runs import StopFlag, prepare_examples
+    from saie_lite.train.runs import StopFlag, prepare_examples, skipped_line
     from saie_lite.ui.eval_view import make_eval_view
 
     if run_dir is not None and not (Path(run_dir) / "config.yaml").is_file():
@@ -46,10 +46,14 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
 
     view = view or make_eval_view()
     resolve_backend(cfg, view.note)
-    task = get_task(cfg.data.task)
-    examples, skipped = prepare_examples(cfg)
+    examples, skipped = prepare_examples(cfg)  # settles an 'auto' check into cfg.data
+    task = get_task(cfg.data)
     if skipped:
-        view.note(f"skipped {sum(skipped.values())} malformed data rows")
+        view.note(skipped_line(skipped))
+    if cfg.data.task == "custom":
+        from saie_lite.tasks.custom import describe
+
+        view.note(describe(cfg.data))
     out_dir = Path(out) if out else default_eval_dir(cfg, run_dir)
     specs = cfg.eval.agents.split(",") if cfg.eval.strategy == "debate" else ["learner"]
     agents = build_agents(cfg, specs, run_dir)
@@ -106,12 +110,14 @@ def parse_stances(stance: str | None, n: int) -> list[str | None]:
     return stances
 
 
-def start_debate(question, file, agents, rounds, stance, task_name, temperature, max_new, live):
+def start_debate(
+    question, file, agents, rounds, stance, task_name, temperature, max_new, live, sets=()
+):
     from saie_lite import config as config_mod
     from saie_lite.evaluate.agents import build_agents
     from saie_lite.evaluate.strategies import interactive_debate, majority
     from saie_lite.store import Store
-    from saie_lite.tasks import get_task
+    from saie_lite.tasks import get_task, is_checked, key_correct
     from saie_lite.ui.debate_view import make_debate_view
 
     if rounds < 0 or rounds > 10:
@@ -120,8 +126,9 @@ def start_debate(question, file, agents, rounds, stance, task_name, temperature,
     if not specs:
         raise UserError("--agents must name at least one agent")
     stances = parse_stances(stance, len(specs))
-    task = get_task(task_name)
-    cfg = config_mod.build(overrides={"data.task": task_name})
+    cfg = config_mod.build(overrides={**config_mod.parse_sets(list(sets)), "data.task": task_name})
+    items = data_questions(cfg, file)  # a data file: its questions, and gold answers to mark
+    task = get_task(cfg.data)
     from saie_lite.train.runs import resolve_backend
 
     resolve_backend(cfg, lambda message: None)
@@ -131,7 +138,7 @@ def start_debate(question, file, agents, rounds, stance, task_name, temperature,
     view = make_debate_view(live)
     store = Store(_logs_db())
     try:
-        for q in _questions(question, file):
+        for q, gold in items or ((q, None) for q in _questions(question, file)):
             res = interactive_debate(
                 q, models, names, task, rounds, temperature, max_new, stances, view
             )
@@ -139,8 +146,25 @@ def start_debate(question, file, agents, rounds, stance, task_name, temperature,
             final, _ = majority([t.key for t in last])
             did = store.add_debate(q, names, rounds, [t.__dict__ for t in res.turns], final)
             view.verdict([t.key for t in last], final, did)
+            if gold is not None and is_checked(task):
+                ok = key_correct(task, final, gold)
+                print(f"reference answer: {gold} ({'RIGHT' if ok else 'WRONG'})", flush=True)
     finally:
         store.close()
+
+
+def data_questions(cfg: Config, file: Path | None) -> list[tuple[str, str]] | None:
+    """``debate --file`` on a data file (.jsonl/.json/.csv/.parquet): each row's question
+    with its gold answer, read like ``train`` and ``eval`` read it. A plain text file
+    (one question per line) gives None."""
+    from saie_lite.tasks.common import LOCAL_SUFFIXES
+    from saie_lite.train.runs import prepare_examples
+
+    if file is None or Path(file).suffix not in LOCAL_SUFFIXES:
+        return None
+    cfg.data.path, cfg.data.split = str(file), "all"
+    examples, _ = prepare_examples(cfg)
+    return [(e.question, e.answer) for e in examples]
 
 
 def _logs_db() -> Path:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from saie_lite.protocols import Chat, Example
+from saie_lite.tasks import example_chat
 
 STRATEGIES = ("single", "self-consistency", "self-discussion", "debate")
 
@@ -108,7 +109,7 @@ def self_chat(task, question: str, previous: str) -> Chat:
 
 # -- strategies, batched over examples ------------------------------------------------
 def run_single(agent: Agent, task, exs: list[Example], max_new: int) -> list[ItemResult]:
-    outs = agent.generate([task.learner_chat(e.question) for e in exs], max_new, 0.0)
+    outs = agent.generate([example_chat(task, e) for e in exs], max_new, 0.0)
     return [
         ItemResult(e, [Turn(0, 0, o, task.answer_key(o))], o, task.answer_key(o))
         for e, o in zip(exs, outs)
@@ -118,7 +119,7 @@ def run_single(agent: Agent, task, exs: list[Example], max_new: int) -> list[Ite
 def run_self_consistency(
     agent: Agent, task, exs: list[Example], max_new: int, k: int, temperature: float
 ) -> list[ItemResult]:
-    chats = [task.learner_chat(e.question) for e in exs for _ in range(k)]
+    chats = [example_chat(task, e) for e in exs for _ in range(k)]
     outs = agent.generate(chats, max_new, temperature)
     results = []
     for i, e in enumerate(exs):
@@ -132,7 +133,7 @@ def run_self_consistency(
 def run_self_discussion(
     agent: Agent, task, exs: list[Example], max_new: int, rounds: int
 ) -> list[ItemResult]:
-    outs = agent.generate([task.learner_chat(e.question) for e in exs], max_new, 0.0)
+    outs = agent.generate([example_chat(task, e) for e in exs], max_new, 0.0)
     results = [ItemResult(e, [Turn(0, 0, o, task.answer_key(o))]) for e, o in zip(exs, outs)]
     for r in range(1, rounds + 1):
         outs = agent.generate(

@@ -4,16 +4,38 @@ from __future__ import annotations
 
 from saie_lite.errors import UserError
 
-TASKS = ("gsm8k", "commonsense_qa", "mmlu")
+TASKS = ("gsm8k", "commonsense_qa", "mmlu", "custom")
 
 
-def get_task(name: str):
-    """The task module: load, parse_row, learner_chat, score, is_correct, answer_key."""
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+def get_task(spec):
+    """The task for a name or a ``DataConfig``: an object with load, parse_row,
+    learner_chat, score, is_correct, answer_key, answer_end and ANSWER_FORMAT.
+
+    The presets are modules; ``custom`` (your own data) is a ``CustomTask`` built from
+    the data.* keys, so give it the config's ``data`` section, not only the name.
+    """
+    from saie_lite.config import DataConfig
+
+    data = spec if isinstance(spec, DataConfig) else DataConfig(task=spec)
+    if data.task not in TASKS:
+        raise UserError(f"unknown task {data.task!r}; known tasks: {', '.join(TASKS)}")
     from importlib import import_module
 
-    return import_module(f"saie_lite.tasks.{name}")
+    module = import_module(f"saie_lite.tasks.{data.task}")
+    return module.CustomTask(data) if data.task == "custom" else module
+
+
+def example_chat(task, example) -> list[dict[str, str]]:
+    """The learner's opening chat for an example: a chat row's own turns, else the
+    task's system prompt and the question."""
+    if example.context:
+        return [dict(t) for t in example.context]
+    return task.learner_chat(example.question)
+
+
+def is_checked(task) -> bool:
+    """False for free-form data (``data.check: none``): no right/wrong mark."""
+    return getattr(task, "checked", True)
 
 
 # Early stop checks the answer after every new token, so a final answer that has just
@@ -33,10 +55,18 @@ def reply_finished(tok, reply: list[int], answer_end) -> bool:
 def answer_stop(cfg):
     """The early-stop rule for learner generation: the task's ``answer_end`` when
     ``learner.stop_at_answer`` is on, else None."""
-    return get_task(cfg.data.task).answer_end if cfg.learner.stop_at_answer else None
+    return get_task(cfg.data).answer_end if cfg.learner.stop_at_answer else None
 
 
 def cut_at_answer(text: str, answer_end) -> str:
     """Drop what follows a finished final answer (a model that keeps going after it)."""
     end = answer_end(text) if answer_end else None
     return text[:end] if end else text
+
+
+def key_correct(task, key: str | None, gold: str) -> bool:
+    """Is a vote's answer key (already read from a reply) the gold answer?"""
+    check = getattr(task, "check", None)
+    if check is not None:
+        return check.same(key, gold)
+    return key is not None and key == gold

@@ -27,13 +27,14 @@ class Score:
     flexible_correct: bool
 
 
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 DEV_SEED = 2024
 DEV_SIZE = 500
 
 
 def is_local(path: str) -> bool:
     p = Path(path).expanduser()
-    return p.suffix in (".jsonl", ".json", ".parquet") or path.startswith((".", "/", "~"))
+    return p.suffix in LOCAL_SUFFIXES or path.startswith((".", "/", "~"))
 
 
 def carve(rows: list, split: str) -> list:
@@ -61,8 +62,23 @@ def load_rows(path: str, split: str, hub_config: str | None, bundled: str | None
                 raise UserError(
                     f"data file not found: {p} (give a .jsonl/.parquet file or a hub name)"
                 )
-            kind = "parquet" if p.suffix == ".parquet" else "json"
-            rows = list(datasets.load_dataset(kind, data_files=str(p), split="train"))
+            if p.suffix != ".parquet" and not p.read_bytes().strip():
+                raise UserError(f"no rows in {path!r}: the file is empty")
+            if p.suffix == ".csv":
+                rows = list(
+                    datasets.load_dataset(
+                        "csv",
+                        data_files=str(p),
+                        split="train",
+                        features=csv_features(p),
+                        keep_default_na=False,
+                    )
+                )
+            else:
+                kind = "parquet" if p.suffix == ".parquet" else "json"
+                rows = list(datasets.load_dataset(kind, data_files=str(p), split="train"))
+            if not rows:
+                raise UserError(f"no rows in {path!r}")
             return carve(rows, split)
         return list(datasets.load_dataset(path, hub_config, split=split))
     except UserError:
@@ -70,6 +86,29 @@ def load_rows(path: str, split: str, hub_config: str | None, bundled: str | None
     except Exception as e:  # datasets raises many types; all mean "could not read"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load data {path!r}: {first[:200]}") from None
+
+
+def csv_features(p: Path):
+    """Every CSV column read as text ('007' stays '007', an empty cell stays ''), after
+    checking the file with the csv module, which names the line of a broken quote
+    (``datasets`` only says that generation failed)."""
+    import csv
+
+    import datasets
+
+    with p.open(newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            header = next(reader, None)
+            for _ in reader:
+                pass
+        except csv.Error as e:
+            raise UserError(
+                f"CSV {p.name} is broken near line {reader.line_num}: {e} (is a quote left open?)"
+            ) from None
+    if not header:
+        raise UserError(f"no rows in {str(p)!r}: the file is empty")
+    return datasets.Features({name: datasets.Value("string") for name in header})
 
 
 def parse_all(

@@ -44,7 +44,8 @@ def _letters(labels: str) -> str:
 
 def extract_strict(output: str, labels: str = "ABCDEFGHIJ") -> str | None:
     cls = f"[{_letters(labels)}]"
-    found = re.findall(rf"answer is\s*:?\s*\**\(?({cls})\b\)?", output, re.IGNORECASE)
+    # One class between "answer is" and the letter (': ', '**'): nothing to backtrack over.
+    found = re.findall(rf"answer is[\s:*]*\(?({cls})\b\)?", output, re.IGNORECASE)
     if found:
         return found[-1].upper()
     found = re.findall(rf"\(({cls})\)", output)
@@ -72,7 +73,7 @@ def learner_chat(question: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 
-_END = re.compile(r"answer is\s*:?\s*\**\(([A-J])\)", re.IGNORECASE)
+_END = re.compile(r"answer is[\s:*]*\(([A-J])\)", re.IGNORECASE)
 
 
 def answer_end(text: str) -> int | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from saie_lite.config import Config
-from saie_lite.errors import PartnerError
+from saie_lite.errors import PartnerError, UserError
 from saie_lite.protocols import (
     Callbacks,
     Chat,
@@ -22,7 +22,7 @@ from saie_lite.protocols import (
     TrainSequence,
 )
 from saie_lite.store import Store, remark_key
-from saie_lite.tasks import get_task
+from saie_lite.tasks import example_chat, get_task
 from saie_lite.train.prompts import (
     Branch,
     choose_target,
@@ -132,6 +132,48 @@ def fit_history(
     return hist, clipped
 
 
+def too_long(learner: Learner, chat: Chat, target: str, budget: int, limit: int) -> bool:
+    """Does the chat leave no room for an answer of ``budget`` tokens, or for the target?"""
+    return learner.count_tokens(chat) + budget > limit or learner.count_tokens(chat, target) > limit
+
+
+def fit_chat_bases(
+    learner: Learner, examples: list[Example], bases: list[Chat], cfg: Config
+) -> tuple[list[Example], list[Chat], list[str]]:
+    """Chat-format rows bring their own earlier turns, which may not fit
+    ``learner.max_seq_len`` with an answer and the reference: the context policy clips
+    their longest turn (``truncate``) or drops the example (``skip``), and says so.
+    Returns the kept examples, their opening chats and the notes."""
+    lc, policy = cfg.learner, cfg.method.context_policy
+    kept_ex, kept_bases, notes = [], [], []
+    for ex, base in zip(examples, bases):
+        if not ex.context:
+            kept_ex.append(ex)
+            kept_bases.append(base)
+            continue
+        chat, clipped = list(base), False
+        while too_long(learner, chat, ex.reference, lc.max_new_tokens, lc.max_seq_len):
+            i = max(range(len(chat)), key=lambda j: len(chat[j]["content"]))
+            shorter = clip_text(chat[i]["content"], 0.75)
+            if policy == "skip" or shorter == chat[i]["content"]:
+                chat = None
+                break
+            chat[i], clipped = {**chat[i], "content": shorter}, True
+        if chat is None:
+            notes.append(f"{ex.id}: chat turns over max_seq_len={lc.max_seq_len}, skipped")
+            continue
+        if clipped:
+            notes.append(f"{ex.id}: chat turns clipped to fit max_seq_len={lc.max_seq_len}")
+        kept_ex.append(ex)
+        kept_bases.append(chat)
+    if not kept_ex:
+        raise UserError(
+            f"every example is longer than learner.max_seq_len={lc.max_seq_len} "
+            f"(context_policy {policy}): raise learner.max_seq_len"
+        )
+    return kept_ex, kept_bases, notes
+
+
 def fit_example(
     learner: Learner, task, ex: Example, budget: int, limit: int, policy: str
 ) -> tuple[Example | None, str]:
@@ -145,7 +187,7 @@ def fit_example(
     """
 
     def need(question: str) -> int:
-        chat = task.learner_chat(question)
+        chat = example_chat(task, replace(ex, question=question))
         return max(learner.count_tokens(chat) + budget, learner.count_tokens(chat, ex.reference))
 
     have = need(ex.question)
@@ -175,9 +217,12 @@ class ContextFit:
 
     def batch(self, indices: list[int]) -> tuple[list[Example], list[Chat]]:
         cfg = self.ctx.cfg
-        task = get_task(cfg.data.task)
+        task = get_task(cfg.data)
         for i in indices:
             if i in self.fitted:
+                continue
+            if self.examples[i].context:  # chat rows: fitted turn by turn by fit_chat_bases
+                self.fitted[i] = self.examples[i]
                 continue
             ex, message = fit_example(
                 self.ctx.learner,
@@ -190,7 +235,7 @@ class ContextFit:
             if message:
                 self.ctx.note("context", message)
             if ex is not None and ex is not self.examples[i]:
-                self.bases[i] = task.learner_chat(ex.question)
+                self.bases[i] = example_chat(task, ex)
             self.fitted[i] = ex
         kept = [i for i in indices if self.fitted[i] is not None]
         return [self.fitted[i] for i in kept], [self.bases[i] for i in kept]
@@ -222,12 +267,27 @@ def gold_targets(ctx: RunContext, task, exs, rows, meta) -> dict[str, str]:
                 stance="rationale",
                 prompt=chat,
                 text=text,
-                correct=int(usable),
+                correct=mark(usable),
                 cached=int(hit),
                 missing=getattr(text, "reason", None),
             )
         )
     return gold
+
+
+def partner_final(task, ex: Example) -> str | None:
+    """The final answer the partner is told, for own data whose check reads one that the
+    reference does not end with (a long solution plus a 'final' field); presets and
+    ``check: none`` add nothing, so their prompts (and cached remarks) stay as they were."""
+    check = getattr(task, "check", None)
+    if check is None or not check.checked or ex.reference.rstrip(" .").endswith(ex.answer):
+        return None
+    return ex.answer
+
+
+def mark(ok: bool | None) -> int | None:
+    """A turn's stored mark: 1/0, or NULL where the data has no check (``check: none``)."""
+    return None if ok is None else int(ok)
 
 
 def turn_row(meta: dict, ex: Example, **kw) -> dict:
@@ -258,7 +318,7 @@ def discussion_batch(
     """
     cfg, learner, partner, store = ctx.cfg, ctx.learner, ctx.partner, ctx.store
     timer, note, cb = ctx.timer, ctx.note, ctx.cb
-    task = get_task(cfg.data.task)
+    task = get_task(cfg.data)
     m, lc = cfg.method, cfg.learner
     limit = lc.max_seq_len
 
@@ -270,7 +330,7 @@ def discussion_batch(
     for ex, base, a, ok in zip(exs, bases, a0, ok0):
         rows.append(
             turn_row(
-                meta, ex, turn=0, role="learner", prompt=base, text=a, correct=int(ok), seconds=per
+                meta, ex, turn=0, role="learner", prompt=base, text=a, correct=mark(ok), seconds=per
             )
         )
     gold = gold_targets(ctx, task, exs, rows, meta)
@@ -281,7 +341,14 @@ def discussion_batch(
     for turn in range(1, m.turns + 1):
         # 2. The partner remarks on each branch's latest learner answer (cached).
         chats = [
-            partner_chat(b.example, b.history, b.stance, m.partner_sees_reference) for b in branches
+            partner_chat(
+                b.example,
+                b.history,
+                b.stance,
+                m.partner_sees_reference,
+                partner_final(task, b.example),
+            )
+            for b in branches
         ]
         t0 = time.perf_counter()
         remarks, cached = get_remarks(partner, store, chats, cfg.partner.max_tokens)
@@ -365,7 +432,7 @@ def discussion_batch(
                         stance=b.stance,
                         prompt=ctx,
                         text=rev,
-                        correct=int(ok),
+                        correct=mark(ok),
                         seconds=per,
                     )
                 )

@@ -18,9 +18,15 @@ from saie_lite.config import Config
 from saie_lite.errors import PartnerError
 from saie_lite.protocols import Callbacks, Example, Learner, Partner
 from saie_lite.store import Store
-from saie_lite.tasks import get_task
+from saie_lite.tasks import example_chat, get_task
 from saie_lite.train import checkpoint
-from saie_lite.train.batch import ContextFit, RunContext, discussion_batch, turn_row
+from saie_lite.train.batch import (
+    ContextFit,
+    RunContext,
+    discussion_batch,
+    fit_chat_bases,
+    turn_row,
+)
 from saie_lite.train.next_steps import next_commands
 from saie_lite.train.prompts import mix_plain_sequences, plain_sequence
 
@@ -74,13 +80,14 @@ def train(
     Stops cleanly (checkpoint first) when ``stop()`` turns true between batches.
     """
     cb = callbacks or Callbacks()
-    task = get_task(cfg.data.task)
+    task = get_task(cfg.data)
     m = cfg.method
     loaded_notes: list[str] = []  # shown once the view has started
     state = checkpoint.load(run_dir, learner, loaded_notes.append, store.recorded_steps())
     store.truncate_after(state.step)  # rows past the checkpoint are redone below
+    bases = [example_chat(task, e) for e in examples]
+    examples, bases, fit_notes = fit_chat_bases(learner, examples, bases, cfg)
     batches = schedule(len(examples), cfg)
-    bases = [task.learner_chat(e.question) for e in examples]
     timer = Timer()
     cb.on_begin(
         {
@@ -103,6 +110,9 @@ def train(
         store.event(kind, message)
         cb.on_event(message)
 
+    if not state.batches_done:  # said once, not again on every resume
+        for message in fit_notes:
+            note("context", message)
     ctx = RunContext(cfg, learner, partner, store, timer, note, cb)
     fit = ContextFit(ctx, examples, bases)
     # Missing remarks of updates already made (a resumed run) count too.

@@ -44,17 +44,26 @@ RATIONALE_SYSTEM = (
 )
 
 
-def partner_chat(example: Example, history: list[str], stance: str, sees_reference: bool) -> Chat:
+def partner_chat(
+    example: Example,
+    history: list[str],
+    stance: str,
+    sees_reference: bool,
+    final: str | None = None,
+) -> Chat:
     """The partner's prompt: the question, the learner's latest answer, and its stance.
 
     ``history`` alternates learner answers and earlier remarks (a0, m1, a1, ...); the
-    partner remarks on the last learner answer.
+    partner remarks on the last learner answer. ``final`` is the checked final answer
+    when it is not already the reference's last words (own data with a final field).
     """
     lines = [f"Problem:\n{example.question}"]
     if sees_reference:
         # A small partner cannot check arithmetic reliably; grounding it in the reference
         # keeps its remarks about the real error (SAIE.md: partner_sees_reference).
         lines.append(f"Reference solution (do not quote it verbatim):\n{example.reference}")
+        if final:
+            lines.append(f"Correct final answer: {final}")
     for i, text in enumerate(history[:-1]):
         who = "Student" if i % 2 == 0 else "You"
         lines.append(f"{who} earlier:\n{text}")

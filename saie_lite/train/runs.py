@@ -39,12 +39,18 @@ def saved_config(run_dir: Path) -> dict:
 def prepare_examples(cfg: Config) -> tuple[list[Example], dict[str, int]]:
     from saie_lite.tasks import get_task
 
-    examples, skipped = get_task(cfg.data.task).load(cfg.data.path, cfg.data.split)
+    examples, skipped = get_task(cfg.data).load(cfg.data.path, cfg.data.split)
     if cfg.data.limit:
         order = list(range(len(examples)))
         random.Random(cfg.data.seed).shuffle(order)
         examples = [examples[i] for i in sorted(order[: cfg.data.limit])]
     return examples, skipped
+
+
+def skipped_line(skipped: dict[str, int]) -> str:
+    """'skipped 3 malformed data rows (2 empty answer, 1 missing question)'."""
+    detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+    return f"skipped {sum(skipped.values())} malformed data rows ({detail})"
 
 
 def resolve_backend(cfg: Config, note) -> None:
@@ -114,8 +120,11 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         resolve_backend(cfg, view.on_event)
     examples, skipped = prepare_examples(cfg)
     if skipped:
-        detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
-        view.on_event(f"skipped {sum(skipped.values())} malformed data rows ({detail})")
+        view.on_event(skipped_line(skipped))
+    if cfg.data.task == "custom":
+        from saie_lite.tasks.custom import describe
+
+        view.on_event(describe(cfg.data))
     writable_dir(run_dir, "run directory", RUN_HINT)
     config_mod.save(cfg, run_dir / "config.yaml")
     learner, partner = build_backends(cfg, dry_run, run_dir)

@@ -13,6 +13,12 @@ def summary_lines(s: dict) -> list[str]:
     """The figures of an evaluation, as plain lines (shared by both views)."""
     st, fl = s["strict"], s["flexible"]
     pf = s["parse_failure_rate"]
+    if s.get("settings", {}).get("check") == "none":
+        return [
+            f"{s['name']}: n={s['n']} ({s['status']})",
+            "  no answer check (data.check: none): accuracy not measured; replies are in the store",
+            f"  tokens generated {s['tokens_generated']}  wall time {s['seconds']:.1f}s",
+        ]
     close = s.get("loglik")
     extra = (
         [

@@ -59,8 +59,8 @@ class PlainView(Callbacks):
             return
         e = ex["example"]
         if "answer" in ex:
-            mark = "RIGHT" if ex["correct"] else "WRONG"
-            self._p(f"[{e.id}] learner ({mark}): {_short(ex['answer'], 160)!r}")
+            mark = {None: "", True: " (RIGHT)", False: " (WRONG)"}[ex["correct"]]
+            self._p(f"[{e.id}] learner{mark}: {_short(ex['answer'], 160)!r}")
             for stance, text, cached in ex["remarks"]:
                 self._p(
                     f"[{e.id}] partner {stance}{' (cached)' if cached else ''}: {_short(text, 160)!r}"
@@ -158,7 +158,8 @@ class RichView(Callbacks):
         if "answer" in ex:
             ok = ex["correct"]
             body.append("learner  ", style="bold")
-            body.append("RIGHT " if ok else "WRONG ", style="bold green" if ok else "bold red")
+            if ok is not None:  # free-form data (check: none) has no mark
+                body.append("RIGHT " if ok else "WRONG ", style="bold green" if ok else "bold red")
             body.append(_short(ex["answer"]) + "\n")
             for stance, text, cached in ex["remarks"]:
                 style = STANCE_STYLE.get(stance, "yellow")

@@ -1,0 +1,286 @@
+"""Your own data (``data.task: custom``): question/answer fields or chat ``messages``,
+read through ``datasets``, checked by the ``data.check`` the user picks.
+
+A row becomes an ``Example``: the question, the reference (the training target), the
+gold final answer in the check's comparable form, and for chat rows the turns before
+the answer (``Example.context``, system turn kept). What a row lacks is counted by
+reason and the row skipped; what a whole file lacks (no question field at all) is one
+line naming the fields the file has and the key to set.
+"""
+
+from __future__ import annotations
+
+import math
+
+from saie_lite.config import DataConfig
+from saie_lite.errors import UserError
+from saie_lite.protocols import Example
+from saie_lite.tasks import multiple_choice as mc
+from saie_lite.tasks import numbers
+from saie_lite.tasks.checks import Check, make_check
+from saie_lite.tasks.common import load_rows, parse_all
+
+QUESTION_FIELDS = ("question", "prompt", "instruction", "input", "query", "problem")
+ANSWER_FIELDS = ("answer", "completion", "output", "response", "solution", "target")
+FINAL_FIELDS = ("final", "label", "final_answer")
+# 'auto' picks ``exact`` when every final answer is at most this many words, else none.
+SHORT_ANSWER_WORDS = 5
+SNIFF_ROWS = 200  # rows looked at to find fields and choose a check
+
+
+def _text(value) -> str | None:
+    """A cell as text: numbers from CSV/parquet become their digits, NaN and None nothing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return None
+
+
+def describe(data: DataConfig) -> str:
+    """One line saying how the data was read (what 'auto' chose), for the views."""
+    if data.format == "chat":
+        how = "chat messages (last assistant turn = reference)"
+    else:
+        how = f"fields {data.question_field}/{data.answer_field}"
+    final = f", final answer from {data.final_field}" if data.final_field else ""
+    return f"data: {how}{final}, check {data.check}"
+
+
+class CustomTask:
+    """The task interface (see ``saie_lite.tasks``) for a user's own data."""
+
+    HUB_CONFIG = None
+    BUNDLED = None
+
+    def __init__(self, data: DataConfig):
+        self.data = data
+        # 'auto' is settled by ``load`` (and written back into the config, so every
+        # later get_task sees the concrete check); before that, read text answers.
+        self.check: Check = make_check(data.check if data.check != "auto" else "exact")
+
+    # -- the answer check ---------------------------------------------------------
+    @property
+    def ANSWER_FORMAT(self) -> str:  # noqa: N802  (the task interface's name)
+        return self.data.answer_format or self.check.answer_format
+
+    @property
+    def checked(self) -> bool:
+        return self.check.checked
+
+    def learner_chat(self, question: str) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system()}, {"role": "user", "content": question}]
+
+    def system(self) -> str:
+        if self.data.system:
+            return self.data.system
+        if self.data.answer_format and self.check.checked:
+            fmt = self.data.answer_format
+            return f"You are a careful assistant. Think briefly, then end with {fmt}."
+        return self.check.system
+
+    def score(self, output, gold):
+        return self.check.score(output, gold)
+
+    def is_correct(self, output, gold):
+        return self.check.is_correct(output, gold)
+
+    def answer_key(self, output):
+        return self.check.answer_key(output)
+
+    def answer_end(self, text):
+        return self.check.answer_end(text)
+
+    def extract_strict(self, output):
+        return self.check.extract_strict(output)
+
+    def extract_flexible(self, output):
+        return self.check.extract_flexible(output)
+
+    # -- rows -----------------------------------------------------------------------
+    def load(self, path: str, split: str = "train") -> tuple[list[Example], dict[str, int]]:
+        rows = load_rows(path, split, self.data.hub_config or None, None)
+        dicts = [r for r in rows[:SNIFF_ROWS] if isinstance(r, dict)]
+        if not dicts:
+            raise UserError(f"no rows in {path!r}")
+        self.resolve(dicts, path)
+        what = "chat" if self.data.format == "chat" else "question/answer"
+        return parse_all(rows, self.parse_row, what, path)
+
+    def resolve(self, rows: list[dict], path: str) -> None:
+        """Settle format, fields and an 'auto' check from the first rows; written back
+        into ``self.data`` so the saved config.yaml says what was used."""
+        d = self.data
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        has = ", ".join(keys) or "none"
+        if d.format == "auto":
+            d.format = "chat" if "messages" in keys and not d.question_field else "fields"
+        if d.format == "chat":
+            if "messages" not in keys:
+                raise UserError(
+                    f"no 'messages' field in {path!r} (fields: {has}): use --set data.format=fields"
+                )
+        else:
+            d.question_field = self._field(
+                d.question_field, QUESTION_FIELDS, keys, "question", path
+            )
+            d.answer_field = self._field(d.answer_field, ANSWER_FIELDS, keys, "answer", path)
+        if d.final_field and d.final_field not in keys:
+            raise UserError(
+                f"data.final_field {d.final_field!r} is not a field of {path!r} (fields: {has})"
+            )
+        if not d.final_field:
+            d.final_field = next((k for k in FINAL_FIELDS if k in keys), "")
+        if d.check == "auto":
+            d.check = self._choose_check(rows, keys)
+            self.check = make_check(d.check)
+
+    def _field(self, given: str, candidates, keys: list[str], what: str, path: str) -> str:
+        if given:
+            if given not in keys:
+                raise UserError(
+                    f"data.{what}_field {given!r} is not a field of {path!r} "
+                    f"(fields: {', '.join(keys)}): set --set data.{what}_field=NAME"
+                )
+            return given
+        found = next((k for k in candidates if k in keys and k != self.data.question_field), None)
+        if found is None:
+            raise UserError(
+                f"no {what} field in {path!r} (fields: {', '.join(keys) or 'none'}): "
+                f"set --set data.{what}_field=NAME"
+            )
+        return found
+
+    def _choose_check(self, rows: list[dict], keys: list[str]) -> str:
+        if self.data.choices_field in keys:
+            return "choice"
+        finals = [f for f in (self._final(r) for r in rows) if f]
+        if not finals:
+            return "none"
+        if all(numbers.normalize(f.strip()) or numbers.extract_strict(f) for f in finals):
+            return "number"
+        if all(len(f.split()) <= SHORT_ANSWER_WORDS for f in finals):
+            return "exact"
+        return "none"
+
+    def _final(self, row: dict) -> str | None:
+        """The text the gold answer is read from: the final field, else the reference."""
+        if self.data.final_field:
+            f = _text(row.get(self.data.final_field))
+            if f is not None and f.strip():
+                return f
+        if self.data.format == "chat":
+            turns = row.get("messages")
+            if isinstance(turns, list):
+                for t in reversed(turns):
+                    if isinstance(t, dict) and t.get("role") == "assistant":
+                        return _text(t.get("content"))
+            return None
+        return _text(row.get(self.data.answer_field))
+
+    def parse_row(self, row: dict, index: int) -> Example | str:
+        """An Example, or the reason the row is unusable (counted by ``parse_all``)."""
+        rid = _text(row.get(self.data.id_field)) if self.data.id_field else None
+        rid = rid or f"row-{index}"
+        if self.data.format == "chat":
+            parsed = self._chat_row(row)
+        else:
+            parsed = self._fields_row(row)
+        if isinstance(parsed, str):
+            return parsed
+        question, reference, context = parsed
+        final = reference
+        if self.data.final_field:
+            f = _text(row.get(self.data.final_field))
+            if f is not None and f.strip():
+                final = f
+        choices = None
+        if self.check.name == "choice":
+            got = self._choice(row, question, final, reference)
+            if isinstance(got, str):
+                return got
+            question, reference, gold, choices = got
+        else:
+            gold = self.check.gold(final)
+            if gold is None:
+                return "answer has no number" if self.check.name == "number" else "empty answer"
+        return Example(
+            id=rid,
+            question=question,
+            reference=reference,
+            answer=gold,
+            choices=choices,
+            context=context,
+        )
+
+    def _fields_row(self, row: dict):
+        d = self.data
+        q, a = _text(row.get(d.question_field)), _text(row.get(d.answer_field))
+        if q is None:
+            return f"missing {d.question_field}"
+        if d.question_field == "instruction":
+            extra = _text(row.get("input"))
+            if extra and extra.strip():
+                q = f"{q.strip()}\n\n{extra.strip()}"
+        if not q.strip():
+            return "empty question"
+        if a is None:
+            return f"missing {d.answer_field}"
+        if not a.strip():
+            return "empty answer"
+        return q.strip(), a.strip(), None
+
+    def _chat_row(self, row: dict):
+        turns = row.get("messages")
+        if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("role"), str) for t in turns
+        ):
+            return "messages is not a list of {role, content}"
+        last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=None)
+        if last is None:
+            return "messages without an assistant turn"
+        reference = _text(turns[last].get("content"))
+        if reference is None or not reference.strip():
+            return "empty answer"
+        context = [
+            {"role": t["role"], "content": _text(t.get("content")) or ""} for t in turns[:last]
+        ]
+        users = [t["content"] for t in context if t["role"] == "user"]
+        if not users or not users[-1].strip():
+            return "messages without a user turn before the answer"
+        if not any(t["role"] == "system" for t in context):
+            context.insert(0, {"role": "system", "content": self.system()})
+        return users[-1].strip(), reference.strip(), context
+
+    def _choice(self, row: dict, question: str, final: str, reference: str):
+        """Options from the choices field; the gold is a label, an index or an option's text."""
+        raw = row.get(self.data.choices_field)
+        if isinstance(raw, dict):
+            labels = [str(x) for x in raw.get("label") or []]
+            texts = [str(x) for x in raw.get("text") or []]
+        elif isinstance(raw, list):
+            texts = [str(x) for x in raw]
+            labels = list("ABCDEFGHIJ"[: len(texts)])
+        else:
+            return "missing choices"
+        if not 2 <= len(texts) <= 10 or len(labels) != len(texts):
+            return "choices must be a list of 2-10 options"
+        f = final.strip()
+        if f.upper() in labels:
+            gold = f.upper()
+        elif f.isdigit() and int(f) < len(texts):
+            gold = labels[int(f)]
+        elif f in texts:
+            gold = labels[texts.index(f)]
+        else:
+            return "answer is not one of the choices (label, index or text)"
+        ex = mc.make_example("", question, labels, texts, gold)
+        # A long reference (an explanation) stays the target; a bare label becomes a sentence.
+        target = reference if reference.strip() not in (f, final) else ex.reference
+        return ex.question, target, gold, labels

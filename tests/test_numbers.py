@@ -1,0 +1,101 @@
+"""The number check's reading rules (README "Reading answers"), one table row per rule."""
+
+import time
+
+import pytest
+
+from saie_lite.tasks import gsm8k, numbers
+
+FORTY = "1234567890" * 4  # a 40-digit answer
+
+# (rule, model output, strict reading, flexible reading)
+READING = [
+    ("strict: '#### N'", "3 + 4 = 7\n#### 7", "7", "7"),
+    ("strict: the last '#### N' wins", "#### 10 wait, #### 12", "12", "12"),
+    ("strict: 'The answer is N'", "So the answer is 18.", "18", "18"),
+    ("strict: 'answer is: **N**'", "The answer is: **72**", "72", "72"),
+    ("strict: '####' before 'answer is'", "#### 5. The answer is 6", "5", "6"),
+    ("flexible: the last number anywhere", "Add 12 and 30, giving 42 apples.", None, "42"),
+    ("no number: nothing read", "I don't know.", None, None),
+    ("commas are thousands separators", "#### 1,234,567", "1234567", "1234567"),
+    ("dollar sign dropped", "#### $1,234.50", "1234.5", "1234.5"),
+    ("dollar sign then a space", "It costs $ 5", None, "5"),
+    ("trailing zeros of decimals dropped", "The answer is 18.00", "18", "18"),
+    ("leading zeros dropped", "#### 007", "7", "7"),
+    ("a bare decimal point number", "#### .5", "0.5", "0.5"),
+    ("a full stop after the number is not a decimal", "#### 42.", "42", "42"),
+    ("minus attached to digits: negative", "It drops by 5, so -5.\n#### -5", "-5", "-5"),
+    ("minus after '=': negative", "x=-3", None, "-3"),
+    ("minus in brackets: negative", "(-3)", None, "-3"),
+    ("unicode minus sign", "#### \u22124", "-4", "-4"),
+    ("minus then a dollar sign", "#### -$4", "-4", "-4"),
+    ("a markdown bullet is not a sign", "Steps:\n- 5 apples", None, "5"),
+    ("a bullet after '####' is not a sign", "#### - 5", None, "5"),
+    ("subtraction with spaces is not a sign", "12 - 5", None, "5"),
+    ("subtraction without spaces is not a sign", "12-5", None, "5"),
+    ("a hyphenated word is not a sign", "a 3-5 ratio", None, "5"),
+    ("-0 is 0", "#### -0", "0", "0"),
+    ("-0.0 is 0", "#### -0.00", "0", "0"),
+    ("exact at any length: 40 digits", f"#### {FORTY}", FORTY, FORTY),
+    (
+        "exact at any length: 40 digits with commas",
+        "#### 1,000" + ",000" * 12,
+        "1" + "0" * 39,
+        "1" + "0" * 39,
+    ),
+    ("no rounding", "#### 0.99999999999999999999999999999999", "0." + "9" * 32, "0." + "9" * 32),
+]
+
+
+@pytest.mark.parametrize("rule,text,strict,flexible", READING, ids=[r[0] for r in READING])
+def test_reading_rules(rule, text, strict, flexible):
+    assert numbers.extract_strict(text) == strict
+    assert numbers.extract_flexible(text) == flexible
+
+
+# (rule, gold, output, strict correct)
+COMPARING = [
+    ("0.999... (32 nines) is not 1", "1", "#### 0.99999999999999999999999999999999", False),
+    ("-0 equals 0", "0", "#### -0", True),
+    ("18.00 equals 18", "18", "#### 18.00", True),
+    ("1,024 equals 1024", "1024", "#### 1,024", True),
+    ("40 digits equal", FORTY, f"#### {FORTY}", True),
+    ("40 digits differing in the last digit", FORTY, f"#### {FORTY[:-1]}1", False),
+    ("a 29-digit answer is simply wrong, not a crash", "5", "#### " + "9" * 29, False),
+    ("a 100,000-digit answer", "1" * 100_000, "#### " + "1" * 100_000, True),
+]
+
+
+@pytest.mark.parametrize("rule,gold,output,ok", COMPARING, ids=[r[0] for r in COMPARING])
+def test_exact_comparison(rule, gold, output, ok):
+    assert gsm8k.score(output, numbers.normalize(gold)).strict_correct is ok
+
+
+def test_gsm8k_gold_of_any_length():
+    ex = gsm8k.parse_row({"question": "Q?", "answer": f"long\n#### {FORTY}"}, 0)
+    assert ex.answer == FORTY and ex.reference.endswith(f"#### {FORTY}")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "answer is" + " " * 100_000 + "x",
+        "answer is " + "*" * 100_000,
+        "#### " + " " * 100_000,
+        "-" * 100_000 + "x",
+        "1," * 50_000,
+        "9" * 100_000 + "." * 3,
+        "answer is: " * 10_000,
+        "$ " * 50_000,
+    ],
+    ids=["spaces", "stars", "hashes", "minuses", "commas", "digits", "repeats", "dollars"],
+)
+def test_no_slow_input(text):
+    t0 = time.perf_counter()
+    numbers.extract_strict(text), numbers.extract_flexible(text), numbers.answer_end(text)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_answer_end_for_early_stop():
+    assert numbers.answer_end("so 3.\n#### 18\nmore") == len("so 3.\n#### 18")
+    assert numbers.answer_end("#### 18") is None  # not finished: more digits may follow
