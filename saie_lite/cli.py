@@ -291,21 +291,32 @@ def logs_show(debate_id: int = typer.Argument(..., help="debate number from 'log
 
 @logs_app.command("export")
 def logs_export(
-    debate_id: int = typer.Argument(..., help="debate number from 'logs list'"),
-    format: str = typer.Option("md", help="md | json"),
-    out: Path | None = typer.Option(None, help="write here instead of stdout"),
+    what: str = typer.Argument(
+        ..., help="debate number from 'logs list', or a run directory with --format dataset"
+    ),
+    format: str = typer.Option("md", help="md | json (a debate) | dataset (a training run)"),
+    out: Path | None = typer.Option(
+        None, help="write here instead of stdout (dataset: a directory)"
+    ),
 ) -> None:
-    """Export one debate transcript as Markdown or JSON."""
+    """Export a debate transcript (Markdown, JSON), or a run's discussions as a dataset."""
+    if format == "dataset":
+        from saie_lite.export.dataset import export_dataset
+
+        typer.echo(f"wrote {export_dataset(Path(what), out)}")
+        return
     from saie_lite.evaluate.start import get_debate
     from saie_lite.evaluate.transcripts import to_json, to_markdown
 
-    try:
-        if format not in ("md", "json"):
-            raise UserError(f"--format must be md or json, got {format!r}")
-        d = get_debate(debate_id)
-        text = to_json(d) if format == "json" else to_markdown(d)
-    except UserError as e:
-        fail(str(e))
+    if format not in ("md", "json"):
+        raise UserError(f"--format must be md, json or dataset, got {format!r}")
+    if not what.isdigit():
+        raise UserError(
+            f"{what!r} is not a debate number: see 'saie-lite logs list' "
+            "(a run directory needs --format dataset)"
+        )
+    d = get_debate(int(what))
+    text = to_json(d) if format == "json" else to_markdown(d)
     if out:
         out.write_text(text)
         typer.echo(f"wrote {out}")

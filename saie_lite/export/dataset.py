@@ -1,0 +1,138 @@
+"""``saie-lite logs export RUN --format dataset``: a run's discussions as a Hugging Face
+dataset (parquet plus a dataset card), for trainers that run on a cluster.
+
+One row per training target the run made. The columns follow the layout TRL's
+self-distillation trainers read, where text feedback is privileged context that the
+teacher sees and the student does not: ``prompt`` (the question as a chat), ``completion``
+(the target the learner was trained on), ``privileged_context`` (the partner's remark
+for that stance; empty for plain warm-up targets), ``stance``, ``learner_answer``,
+``correct``; and, to trace a row back into the run, ``step``, ``phase``, ``round``,
+``example_id``, ``turn`` and ``discussion`` (the whole chat the target followed).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from saie_lite.errors import UserError
+
+CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train-*.parquet
+---
+
+# saie-lite discussions: {name}
+
+{n} training targets from the saie-lite run `{name}` ({steps} updates, mode `{mode}`,
+learner `{learner}`, partner `{partner}`).
+
+| column | what |
+|---|---|
+| `prompt` | the question, as the chat the learner first saw |
+| `completion` | the target the learner was trained on |
+| `privileged_context` | the partner's remark on the learner's answer for this stance (empty for warm-up targets) |
+| `stance` | `supportive`, `adversarial`, or `plain` (warm-up / no discussion) |
+| `learner_answer` | the learner's own first answer (empty for warm-up targets) |
+| `correct` | whether that answer was right by the run's answer check (null when not checked) |
+| `discussion` | the whole chat the target followed (question, answer, remark, ...) |
+| `step`, `phase`, `round`, `example_id`, `turn` | where the row sits in the run |
+
+Written by `saie-lite logs export {name} --format dataset`. The questions and reference
+answers keep the licence of the data the run was trained on.
+"""
+
+
+def discussion_rows(run_dir: Path) -> list[dict]:
+    """Every target row of the run, joined with its answer and remark."""
+    db_path = Path(run_dir) / "saie.sqlite"
+    if not db_path.is_file():
+        raise UserError(f"{run_dir} has no saie.sqlite: give a training run directory")
+    try:
+        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        db.row_factory = sqlite3.Row
+        turns = db.execute(
+            "SELECT step, phase, round, example_id, turn, role, stance, prompt, text, correct "
+            "FROM turns ORDER BY id"
+        ).fetchall()
+        db.close()
+    except sqlite3.Error as e:
+        raise UserError(f"cannot read {db_path} ({e}): is it a saie-lite run?") from None
+    answers: dict[tuple, sqlite3.Row] = {}
+    remarks: dict[tuple, str] = {}
+    targets: list[sqlite3.Row] = []
+    for t in turns:
+        key = (t["step"], t["example_id"])
+        if t["role"] == "learner" and t["turn"] == 0:
+            answers[key] = t
+        elif t["role"] == "partner" and t["stance"] in ("supportive", "adversarial"):
+            remarks[(*key, t["turn"], t["stance"])] = t["text"]
+        elif t["role"] == "target":
+            targets.append(t)
+    rows = []
+    for t in targets:
+        key = (t["step"], t["example_id"])
+        answer = answers.get(key)
+        discussion = json.loads(t["prompt"])
+        prompt = json.loads(answer["prompt"]) if answer is not None else discussion
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": t["text"],
+                "privileged_context": remarks.get((*key, t["turn"], t["stance"]), ""),
+                "stance": t["stance"] or "plain",
+                "learner_answer": answer["text"] if answer is not None else "",
+                "correct": None
+                if answer is None or answer["correct"] is None
+                else bool(answer["correct"]),
+                "discussion": discussion,
+                "step": t["step"],
+                "phase": t["phase"],
+                "round": t["round"],
+                "example_id": t["example_id"],
+                "turn": t["turn"],
+            }
+        )
+    return rows
+
+
+def export_dataset(run_dir: Path, out: Path | None = None) -> Path:
+    """Write ``out/data/train-00000-of-00001.parquet`` and ``out/README.md``."""
+    from datasets import Dataset
+
+    from saie_lite.paths import writable_dir
+
+    run_dir = Path(run_dir)
+    rows = discussion_rows(run_dir)
+    if not rows:
+        raise UserError(f"{run_dir} has no training targets yet: train it first")
+    out = Path(out) if out else run_dir / "export" / "dataset"
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty: pick another --out or remove it")
+    writable_dir(out / "data", "dataset directory", "choose another --out")
+    Dataset.from_list(rows).to_parquet(str(out / "data" / "train-00000-of-00001.parquet"))
+    cfg = _saved(run_dir)
+    (out / "README.md").write_text(
+        CARD.format(
+            name=run_dir.name,
+            n=len(rows),
+            steps=max(r["step"] for r in rows),
+            mode=cfg.get("method", {}).get("mode", "?"),
+            learner=cfg.get("learner", {}).get("model", "?"),
+            partner=cfg.get("partner", {}).get("model", "?"),
+        )
+    )
+    return out
+
+
+def _saved(run_dir: Path) -> dict:
+    import yaml
+
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
