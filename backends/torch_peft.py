@@ -364,6 +364,11 @@ class TorchLearner(ChatTokenLearner):
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
     # -- persistence --------------------------------------------------------------
+    def save_adapter(self, directory: Path) -> None:
+        """The adapter alone in PEFT's layout (adapter_config.json + safetensors), which
+        servers such as vLLM load as a LoRA module (``learner.generate_on: vllm``)."""
+        self.model.save_pretrained(str(directory), safe_serialization=True)
+
     def save(self, directory: Path) -> None:
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file

@@ -76,6 +76,19 @@ class LearnerConfig:
         "re-exported every N updates (faster; up to N-1 updates stale)",
     )
     snapshot_quant: str = _f("q8_0", "snapshot GGUF type: q8_0 | f16")
+    generate_on: str = _f(
+        "auto",
+        "where learner answers come from: local (the learner itself) | snapshot (llama.cpp "
+        "snapshot) | vllm (a vLLM server with the live adapter) | auto (snapshot when "
+        "snapshot_every > 0, else local); snapshot and vllm refresh every snapshot_every updates",
+    )
+    vllm_url: str = _f("", "generate_on=vllm: the server's base URL, e.g. http://127.0.0.1:8000/v1")
+    vllm_adapter_dir: str = _f(
+        "",
+        "generate_on=vllm: where adapters are saved for the server to load; it must read the "
+        "same path (empty = RUN/vllm-adapters)",
+    )
+    vllm_concurrency: int = _f(8, "generate_on=vllm: answers requested in parallel")
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _f(0.0, "LoRA dropout")
@@ -90,6 +103,20 @@ class LearnerConfig:
         _check(self.lora_r >= 1, "learner.lora_r must be >= 1")
         _check(self.snapshot_every >= 0, "learner.snapshot_every must be >= 0 (0 = off)")
         _check(self.snapshot_quant in ("q8_0", "f16"), "learner.snapshot_quant: q8_0 | f16")
+        _check(
+            self.generate_on in ("auto", "local", "snapshot", "vllm"),
+            "learner.generate_on: auto | local | snapshot | vllm",
+        )
+        _check(
+            self.generate_on not in ("snapshot", "vllm") or self.snapshot_every >= 1,
+            f"learner.generate_on={self.generate_on} refreshes every learner.snapshot_every "
+            "updates: set it to 1 or more",
+        )
+        _check(
+            self.generate_on != "vllm" or bool(self.vllm_url),
+            "learner.generate_on=vllm needs learner.vllm_url (the server's /v1 URL)",
+        )
+        _check(self.vllm_concurrency >= 1, "learner.vllm_concurrency must be >= 1")
         _check(self.lora_layers >= 0, "learner.lora_layers must be >= 0")
         _check(0 <= self.lora_dropout < 1, "learner.lora_dropout must be in [0, 1)")
         _check(self.quantize in ("auto", "4bit", "none"), "learner.quantize: auto | 4bit | none")
@@ -503,6 +530,8 @@ SAFE_ON_RESUME = (
     "partner.backoff",
     "partner.concurrency",
     "partner.n_threads",
+    "learner.vllm_url",
+    "learner.vllm_concurrency",
     "run.live",
     "run.dir",
 )

@@ -73,10 +73,17 @@ def build_backends(cfg: Config, dry_run: bool, run_dir: Path | None = None):
     partner = None
     if cfg.method.stances:  # plain SFT needs no partner: do not load one
         partner = factory("partners", cfg.partner.backend)(cfg, learner)
-    if cfg.learner.snapshot_every and run_dir is not None:
+    on = cfg.learner.generate_on
+    if on == "auto":
+        on = "snapshot" if cfg.learner.snapshot_every else "local"
+    if on == "snapshot" and run_dir is not None:
         from saie_lite.train.fast_generation import SnapshotAnswers
 
         learner = SnapshotAnswers(learner, cfg, Path(run_dir) / "snapshot")
+    elif on == "vllm" and run_dir is not None:
+        from saie_lite.train.vllm_answers import VllmAnswers
+
+        learner = VllmAnswers(learner, cfg, Path(run_dir))
     return learner, partner
 
 
