@@ -3,6 +3,8 @@ embedded model's one-time conversion from its GGUF to float safetensors."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -46,10 +48,13 @@ def ensure_embedded_learner() -> Path:
         ) from None
     # The GGUF reader draws its own tqdm bar, which the live view does not want.
     os.environ.setdefault("TQDM_DISABLE", "1")
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    # tqdm reads TQDM_DISABLE when it is first imported, which datasets has done by now:
+    # the converter's bar is silenced by giving it nowhere to draw.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
     config = loaded.config
     if getattr(config, "quantization_config", None) is not None:
         # The float weights are plain; keeping the GGUF marker would make transformers
