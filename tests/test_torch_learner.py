@@ -173,3 +173,49 @@ def test_loglik_scores_every_choice(tiny_model_dir, dtype):
         ref = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.dtype": "float32"}))
         full = ref.choice_logprobs(chats, "The answer is (", [e.choices for e in exs[:3]])
         assert flat == pytest.approx([x for s in full for x in s], abs=0.05)
+
+
+def test_cli_loglik_eval_keeps_every_choice_score(tiny_model_dir, tmp_path):
+    """The real torch backend through `eval --scoring loglik`: per-choice float32 scores
+    and the margin land in the store and in summary.json."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from saie_lite.cli import app
+    from saie_lite.store import Store
+
+    rows = [
+        {
+            "id": f"csqa-{i}",
+            "question": f"Where would you keep item {i}?",
+            "choices": {"label": list("ABCDE"), "text": ["box", "shelf", "bag", "car", "desk"]},
+            "answerKey": "ABCDE"[i % 5],
+        }
+        for i in range(3)
+    ]
+    data = tmp_path / "csqa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(
+        app,
+        ["eval", "--task", "commonsense_qa", "--data", str(data), "--scoring", "loglik",
+         "--backend", "torch", "--model", str(tiny_model_dir), "--out", str(out),
+         "--set", "learner.dtype=bfloat16", "--set", "learner.device=cpu"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "log-likelihood: " in r.output
+    items = json.loads((out / "summary.json").read_text())["items"]
+    assert [i["dataset_id"] for i in items] == ["csqa-0", "csqa-1", "csqa-2"]
+    for i in items:
+        scores = i["choice_scores"]
+        assert list(scores) == list("ABCDE") and all(v < 0 for v in scores.values())
+        top = sorted(scores.values(), reverse=True)
+        assert i["margin"] == pytest.approx(top[0] - top[1])
+    store = Store(out / "saie.sqlite")
+    rows_db = store.eval_items("eval")
+    assert [r["choice_scores"] for r in rows_db] == [i["choice_scores"] for i in items]
+    assert [r["strict"] for r in rows_db] == [
+        max(i["choice_scores"], key=i["choice_scores"].get) for i in items
+    ]
+    store.close()
