@@ -145,8 +145,11 @@ def test_quantize_and_device_choices():
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_loglik_scores_every_choice(tiny_model_dir, dtype):
+@pytest.mark.parametrize(
+    "dtype, loglik_dtype",
+    [("float32", "float32"), ("bfloat16", "float32"), ("bfloat16", "learner")],
+)
+def test_loglik_scores_every_choice(tiny_model_dir, dtype, loglik_dtype):
     """Scores are float32 and the same for a choice alone or among other items, whatever
     dtype the learner runs in (pinned here, never left to ``dtype: auto``)."""
     from pathlib import Path
@@ -154,25 +157,35 @@ def test_loglik_scores_every_choice(tiny_model_dir, dtype):
     from saie_lite.tasks import mmlu
 
     exs, _ = mmlu.load(str(Path(__file__).parent / "data" / "mmlu_sample.jsonl"))
-    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.dtype": dtype}))
+    over = {"learner.dtype": dtype, "learner.device": "cpu", "eval.loglik_dtype": loglik_dtype}
+    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **over))
     assert learner.dtype == getattr(torch, dtype)
     chats = [mmlu.learner_chat(e.question) for e in exs[:3]]
-    scores = learner.choice_logprobs(chats, "The answer is (", [e.choices for e in exs[:3]])
+    opts = [e.choices for e in exs[:3]]
+    scores = learner.choice_logprobs(chats, "The answer is (", opts)
     assert [len(s) for s in scores] == [4, 4, 4]
     assert all(x < 0 for s in scores for x in s)
     # prompts of different lengths: scored with the others or alone, bit for bit the same
     assert len({len(learner.chat.ids(learner.chat.render(c, True))) for c in chats}) == 3
     for i in range(3):
-        alone = learner.choice_logprobs(chats[i : i + 1], "The answer is (", [exs[i].choices])
+        alone = learner.choice_logprobs(chats[i : i + 1], "The answer is (", [opts[i]])
         assert alone[0] == scores[i]
-    # float32 log-probabilities: not rounded to bf16's 8-bit mantissa, no forced ties
-    flat = [x for s in scores for x in s]
-    assert any(torch.tensor(x).bfloat16().float().item() != x for x in flat)
-    assert all(len(set(s)) == len(s) for s in scores)
+    assert all(len(set(s)) == len(s) for s in scores)  # no forced ties
+    # the learner keeps its own dtype after scoring
+    base = learner.model.get_base_model()
+    assert base.get_output_embeddings().weight.dtype == getattr(torch, dtype)
     if dtype == "bfloat16":
-        ref = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.dtype": "float32"}))
-        full = ref.choice_logprobs(chats, "The answer is (", [e.choices for e in exs[:3]])
-        assert flat == pytest.approx([x for s in full for x in s], abs=0.05)
+        # float32 scoring of a bf16 learner = a float32 model with the same (bf16) weights
+        ref = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.device": "cpu"}))
+        for p in ref.model.get_base_model().parameters():
+            p.data = p.data.bfloat16().float()
+        want = ref.choice_logprobs(chats, "The answer is (", opts)
+        if loglik_dtype == "float32":
+            assert scores == want
+        else:
+            assert scores != want
+            flat, ref_flat = [x for s in scores for x in s], [x for s in want for x in s]
+            assert flat == pytest.approx(ref_flat, abs=0.05)
 
 
 def test_cli_loglik_eval_keeps_every_choice_score(tiny_model_dir, tmp_path):

@@ -41,6 +41,8 @@ def settings(cfg: Config, agent_names: list[str]) -> dict:
         "max_new_tokens": e.max_new_tokens,
         "agents": agent_names,
     }
+    if e.scoring == "loglik":
+        s["loglik_dtype"] = e.loglik_dtype
     if e.strategy == "self-consistency":
         s.update(k=e.k, temperature=e.temperature)
     if e.strategy in ("self-discussion", "debate"):
