@@ -249,33 +249,49 @@ class TorchLearner(ChatTokenLearner):
 
         Each prompt is scored on its own, unpadded, so a choice's score never depends on
         which other items share the call (one forward pass per item; scoring needs no
-        decode loop, so batching would save little). The output head and the log-softmax
-        run in float32 even on a bf16/fp16 learner: logits rounded to bf16 (8 bits of
-        mantissa) make near choices tie.
+        decode loop, so batching would save little). With ``eval.loglik_dtype: float32``
+        (the default) a bf16/fp16 learner is upcast for the call and put back after
+        (bf16 -> fp32 -> bf16 is exact); otherwise the body runs in the learner's dtype and
+        only the output head and log-softmax in float32 (bf16 logits make near choices
+        tie).
         """
         if self.seq2seq:
             raise UserError(
                 "log-likelihood scoring needs a decoder-only learner: use --scoring generate"
             )
         self.model.eval()
-        head_w = head_b = None
-        if self.split_head is not None:
-            decoder, head = self.split_head
-            head_w = head.weight.float()
-            head_b = head.bias.float() if head.bias is not None else None
-        out = []
-        for chat, opts in zip(chats, options):
-            ids = torch.tensor(
-                [self.chat.ids(self.chat.render(chat, True) + prefix)], device=self.device
-            )
-            if head_w is not None:
-                hidden = decoder(input_ids=ids).last_hidden_state[0, -1]
-                logits = torch.nn.functional.linear(hidden.float(), head_w, head_b)
-            else:  # a head that scales or soft-caps its logits: the model's own forward
-                logits = self.model(input_ids=ids).logits[0, -1].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            out.append([float(logp[self.chat.ids(o)[0]]) for o in opts])
-        return out
+        narrow: dict[str, torch.dtype] = {}
+        if self.cfg.eval.loglik_dtype == "float32" and not self.quantized:
+            tensors = list(self.model.named_parameters()) + list(self.model.named_buffers())
+            narrow = {n: t.dtype for n, t in tensors if t.is_floating_point()}
+            narrow = {n: d for n, d in narrow.items() if d != torch.float32}
+            if narrow:
+                self.model.float()
+        try:
+            head_w = head_b = None
+            if self.split_head is not None:
+                decoder, head = self.split_head
+                head_w = head.weight.float()
+                head_b = head.bias.float() if head.bias is not None else None
+            out = []
+            for chat, opts in zip(chats, options):
+                ids = torch.tensor(
+                    [self.chat.ids(self.chat.render(chat, True) + prefix)], device=self.device
+                )
+                if head_w is not None:
+                    hidden = decoder(input_ids=ids).last_hidden_state[0, -1]
+                    logits = torch.nn.functional.linear(hidden.float(), head_w, head_b)
+                else:  # a head that scales or soft-caps its logits: the model's own forward
+                    logits = self.model(input_ids=ids).logits[0, -1].float()
+                logp = torch.log_softmax(logits, dim=-1)
+                out.append([float(logp[self.chat.ids(o)[0]]) for o in opts])
+            return out
+        finally:
+            if narrow:
+                named = list(self.model.named_parameters()) + list(self.model.named_buffers())
+                for n, t in named:
+                    if n in narrow:
+                        t.data = t.data.to(narrow[n])
 
     # -- training -----------------------------------------------------------------
     def reseed(self, seed: int) -> None:

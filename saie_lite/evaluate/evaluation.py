@@ -46,6 +46,8 @@ def settings(cfg: Config, agent_names: list[str]) -> dict:
         d = cfg.data
         s.update(check=d.check, format=d.format, fields=[d.question_field, d.answer_field])
         s["final_field"] = d.final_field
+    if e.scoring == "loglik":
+        s["loglik_dtype"] = e.loglik_dtype
     if e.strategy == "self-consistency":
         s.update(k=e.k, temperature=e.temperature)
     if e.strategy in ("self-discussion", "debate"):

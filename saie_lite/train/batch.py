@@ -81,11 +81,15 @@ def account_missing(ctx: RunContext, remarks: list[str]) -> None:
         return
     ctx.missing_remarks += len(lost)
     share = ctx.cfg.partner.max_missing_share
-    if len(lost) == len(remarks) or len(lost) > share * len(remarks):
+    attempts = f"after {ctx.cfg.partner.retries + 1} attempts each"
+    if len(lost) == len(remarks):
+        raise PartnerError(
+            f"{lost[0].reason} for all {len(remarks)} remarks of this batch ({attempts})"
+        )
+    if len(lost) > share * len(remarks):
         raise PartnerError(
             f"{lost[0].reason} for {len(lost)} of {len(remarks)} remarks of this batch, "
-            f"more than partner.max_missing_share={share:g} (after "
-            f"{ctx.cfg.partner.retries + 1} attempts each)"
+            f"more than partner.max_missing_share={share:g} ({attempts})"
         )
 
 
