@@ -119,7 +119,7 @@ class TorchLearner(ChatTokenLearner):
         kwargs: dict = {"dtype": self.dtype, "trust_remote_code": lc.trust_remote_code}
         if self.quantized:
             kwargs["quantization_config"] = quantization_config()
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
         try:
             self.tok = AutoTokenizer.from_pretrained(path, trust_remote_code=lc.trust_remote_code)
             arch = AutoConfig.from_pretrained(path, trust_remote_code=lc.trust_remote_code)
@@ -160,6 +160,7 @@ class TorchLearner(ChatTokenLearner):
             self.params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
         self.step = 0
+        self.grad_sync = None  # set by DataParallelLearner under a multi-process launch
         self.tokens_generated = 0
         self.model_dir = Path(path)
         from saie_lite.tasks import answer_stop
@@ -334,6 +335,9 @@ class TorchLearner(ChatTokenLearner):
     def train_step(self, sequences: list[TrainSequence]) -> StepStats:
         self.model.train()
         encoded, n_target = self.chat.encode_batch(sequences, self.cfg.learner.max_seq_len)
+        sync = self.grad_sync  # data-parallel: this rank holds one shard of the batch
+        if sync is not None:
+            n_target = int(sync.sum_number(n_target))  # scale by the whole batch's count
         if n_target == 0:
             raise UserError("a training batch has no target tokens: raise learner.max_seq_len")
         mb = self.cfg.train.micro_batch_size
@@ -351,6 +355,9 @@ class TorchLearner(ChatTokenLearner):
             # accumulated gradient equals the one full-batch gradient.
             (loss_sum / n_target).backward()
             total += loss_sum.item()
+        if sync is not None:  # the gradient of the whole batch, on every rank
+            sync.sum_grads(self.params)
+            total = sync.sum_number(total)
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.opt.step()

@@ -253,7 +253,7 @@ def gold_targets(ctx: RunContext, task, exs, rows, meta) -> dict[str, str]:
         return gold
     chats = [rationale_chat(ex) for ex in exs]
     t0 = time.perf_counter()
-    texts, cached = get_remarks(ctx.partner, ctx.store, chats, ctx.cfg.partner.max_tokens)
+    texts, cached = ctx.remarks(ctx.partner, ctx.store, chats, ctx.cfg.partner.max_tokens)
     ctx.timer.add("remark", t0)
     account_missing(ctx, texts)
     for ex, chat, text, hit in zip(exs, chats, texts, cached):
@@ -311,6 +311,9 @@ class RunContext:
     note: Callable[[str, str], None]  # (kind, message): store event + live view line
     cb: Callbacks
     missing_remarks: int = 0  # remarks the partner never gave, this run (live view, summary)
+    # How remarks are fetched: through the cache here; under data parallelism, on the
+    # main process only, then handed to the others (``distributed.remarks_from_main``).
+    remarks: Callable = get_remarks
 
 
 def discussion_batch(
@@ -355,7 +358,7 @@ def discussion_batch(
             for b in branches
         ]
         t0 = time.perf_counter()
-        remarks, cached = get_remarks(partner, store, chats, cfg.partner.max_tokens)
+        remarks, cached = ctx.remarks(partner, store, chats, cfg.partner.max_tokens)
         per = timer.add("remark", t0) / max(1, len(chats))
         account_missing(ctx, remarks)
         for b, chat, text, hit in zip(branches, chats, remarks, cached):

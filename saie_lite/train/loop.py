@@ -74,10 +74,12 @@ def train(
     run_dir: Path,
     callbacks: Callbacks | None = None,
     stop: Callable[[], bool] = lambda: False,
+    group=None,
 ) -> dict:
     """Run (or resume) training in ``run_dir``. Returns a summary dict.
 
     Stops cleanly (checkpoint first) when ``stop()`` turns true between batches.
+    ``group`` (``distributed.Group``) runs it data-parallel: checkpoints from rank 0 only.
     """
     cb = callbacks or Callbacks()
     task = get_task(cfg.data)
@@ -114,6 +116,14 @@ def train(
         for message in fit_notes:
             note("context", message)
     ctx = RunContext(cfg, learner, partner, store, timer, note, cb)
+    if group is not None:
+        from saie_lite.train.distributed import remarks_from_main
+
+        ctx.remarks = remarks_from_main(group, ctx.remarks)
+
+    def save() -> None:
+        if group is None or group.is_main:
+            checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
     fit = ContextFit(ctx, examples, bases)
     # Missing remarks of updates already made (a resumed run) count too.
     ctx.missing_remarks = store.count_missing_remarks()
@@ -186,19 +196,19 @@ def train(
                 }
             )
             if step % cfg.train.save_every == 0:
-                checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
+                save()
                 last_saved = step
     except PartnerError as e:
         # Nothing of the failed batch was applied: the state is the last finished update.
         if state.step != last_saved or checkpoint.latest(run_dir) is None:
-            checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
+            save()
         store.event("partner", str(e))
         raise PartnerError(
             f"{e}; checkpoint saved at update {state.step}, once it is back: "
             f"saie-lite train --resume {run_dir}"
         ) from None
     if state.step != last_saved or checkpoint.latest(run_dir) is None:
-        checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
+        save()
     summary = {
         "status": status,
         "step": state.step,

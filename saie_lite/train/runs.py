@@ -62,7 +62,9 @@ def resolve_backend(cfg: Config, note) -> None:
         note(f"learner backend: {cfg.learner.backend} ({why})")
 
 
-def build_backends(cfg: Config, dry_run: bool, run_dir: Path | None = None):
+def build_backends(
+    cfg: Config, dry_run: bool, run_dir: Path | None = None, with_partner: bool = True
+):
     from saie_lite.registry import factory
 
     if dry_run:
@@ -71,7 +73,7 @@ def build_backends(cfg: Config, dry_run: bool, run_dir: Path | None = None):
         return ScriptedLearner(), ScriptedPartner()
     learner = factory("learners", cfg.learner.backend)(cfg)
     partner = None
-    if cfg.method.stances:  # plain SFT needs no partner: do not load one
+    if cfg.method.stances and with_partner:  # plain SFT needs no partner: do not load one
         partner = factory("partners", cfg.partner.backend)(cfg, learner)
     on = cfg.learner.generate_on
     if on == "auto":
@@ -133,13 +135,45 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
 
         view.on_event(describe(cfg.data))
     writable_dir(run_dir, "run directory", RUN_HINT)
-    config_mod.save(cfg, run_dir / "config.yaml")
-    learner, partner = build_backends(cfg, dry_run, run_dir)
-    store = Store(run_dir / "saie.sqlite")
+    group = join_group(cfg, dry_run)
+    main = group is None or group.is_main
+    if main:
+        config_mod.save(cfg, run_dir / "config.yaml")
+    learner, partner = build_backends(cfg, dry_run, run_dir, with_partner=main)
+    if group is not None:
+        from saie_lite.train.distributed import DataParallelLearner
+
+        learner = DataParallelLearner(learner, group)
+    # Only the main process writes the run's database and draws the view; the others
+    # keep their rows in memory, where they are thrown away.
+    store = Store(run_dir / "saie.sqlite" if main else Path(":memory:"))
     try:
         with StopFlag(
             lambda: view.on_event("stopping after this step (Ctrl-C again aborts)")
         ) as flag:
-            return train(cfg, learner, partner, examples, store, run_dir, view, flag)
+            return train(
+                cfg, learner, partner, examples, store, run_dir, view if main else None, flag,
+                group=group,
+            )  # fmt: skip
     finally:
         store.close()
+
+
+def join_group(cfg: Config, dry_run: bool):
+    """The process group when launched on several processes (accelerate, torchrun)."""
+    from saie_lite.train.distributed import Group, world_size
+
+    if world_size() <= 1:
+        return None
+    if dry_run or cfg.learner.backend != "torch":
+        raise UserError(
+            f"data-parallel training (WORLD_SIZE={world_size()}) needs the torch learner: "
+            "--backend torch, without --dry-run"
+        )
+    return Group(cfg.learner.device if cfg.learner.device != "auto" else _auto_device())
+
+
+def _auto_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
