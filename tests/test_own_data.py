@@ -442,3 +442,31 @@ def test_recipe_lists_every_data_key_and_runs(tmp_path, monkeypatch):
     )
     assert r.exit_code == 0, r.output
     assert "data: fields question/answer, final answer from final, check number" in r.output
+
+
+def test_partner_is_told_the_checked_final_answer():
+    from saie_lite.tasks import gsm8k
+    from saie_lite.train.batch import partner_final
+    from saie_lite.train.prompts import partner_chat
+
+    task, exs, _, _ = load(EXAMPLES / "units.jsonl")  # long answers plus a 'final' field
+    assert partner_final(task, exs[0]) == "1200"
+    chat = partner_chat(exs[0], ["It is 20.\n#### 20"], "adversarial", True, "1200")
+    assert "Correct final answer: 1200" in chat[1]["content"]
+    chat_task, chat_exs, _, _ = load(EXAMPLES / "units-chat.jsonl")  # ends 'The answer is N'
+    assert partner_final(chat_task, chat_exs[0]) is None
+    none_task, none_exs, _, _ = load(EXAMPLES / "units-freeform.jsonl")
+    assert partner_final(none_task, none_exs[0]) is None
+    ex = gsm8k.load("bundled")[0][0]
+    assert partner_final(gsm8k, ex) is None  # presets: prompts unchanged
+
+
+def test_choice_reading_is_fast_on_adversarial_input():
+    import time
+
+    text = "answer is" + " " * 100_000 + ":" + "*" * 50_000
+    t0 = time.perf_counter()
+    for spec in ("choice", "exact", "contains"):
+        check = make_check(spec)
+        check.score(text, "b"), check.answer_end(text)
+    assert time.perf_counter() - t0 < 1.0
