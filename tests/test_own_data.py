@@ -470,3 +470,40 @@ def test_choice_reading_is_fast_on_adversarial_input():
         check = make_check(spec)
         check.score(text, "b"), check.answer_end(text)
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_presets_read_the_same_through_the_own_data_path():
+    """GSM8K is the question/answer field map plus the number check; CommonsenseQA the
+    answerKey/choices map plus the choice check: read as own data, the same golds."""
+    from saie_lite.paths import bundled_data
+    from saie_lite.tasks import commonsense_qa, gsm8k
+
+    preset = gsm8k.load("bundled")[0]
+    task, own, skipped, data = load(bundled_data("gsm8k_sample.jsonl"))
+    assert (data.check, skipped) == ("number", {})
+    assert [e.answer for e in own] == [e.answer for e in preset]
+    for reply in ("so 5\n#### 1,234.00", f"The answer is {preset[0].answer}", "no idea"):
+        assert task.score(reply, own[0].answer) == gsm8k.score(reply, preset[0].answer)
+
+    csqa = Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense_qa" / "dev.jsonl"
+    if not csqa.is_file():
+        pytest.skip("shared data not beside the checkout")
+    preset = commonsense_qa.load(str(csqa))[0]
+    _, own, _, data = load(csqa, answer_field="answerKey")
+    assert data.check == "choice"
+    assert [(e.question, e.answer) for e in own] == [(e.question, e.answer) for e in preset]
+
+
+def test_hub_name_goes_to_datasets_with_its_config(monkeypatch):
+    import datasets
+
+    seen = {}
+
+    def fake(path, name=None, split=None, **kw):
+        seen.update(path=path, name=name, split=split)
+        return [{"prompt": "Hi?", "completion": "Hello."}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    _, (ex,), _, data = load("someone/chats", split="train", hub_config="v2")
+    assert seen == {"path": "someone/chats", "name": "v2", "split": "train"}
+    assert (ex.question, ex.reference, data.check) == ("Hi?", "Hello.", "exact")
