@@ -204,6 +204,7 @@ def test_rows_skipped_and_counted_by_reason(tmp_path):
         {"answer": "no question"},
         {"question": "blank", "answer": "  "},
         {"question": "", "answer": "x"},
+        {"question": "nested", "answer": {"text": ["x"]}},
     ]
     _, exs, skipped, _ = load(write_jsonl(tmp_path / "d.jsonl", rows))
     assert len(exs) == 1
@@ -212,6 +213,7 @@ def test_rows_skipped_and_counted_by_reason(tmp_path):
         "missing question": 1,
         "empty answer": 1,
         "empty question": 1,
+        "answer is not text (a list or an object)": 1,
     }
 
 
