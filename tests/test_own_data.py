@@ -402,7 +402,9 @@ def test_train_and_eval_dry(tmp_path, name, check):
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["n"] >= 1 and summary["settings"]["check"] == check
     if check == "none":
-        assert "no answer check (data.check: none)" in r.output
+        assert "no answer check (data.check: none)" in r.output and " right)" not in r.output
+    else:
+        assert " right)" in r.output
 
 
 def test_eval_dev_nodev_split_on_own_data():

@@ -56,6 +56,7 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
         from saie_lite.tasks.custom import describe
 
         view.note(describe(cfg.data))
+        view.checked = task.checked
     out_dir = Path(out) if out else default_eval_dir(cfg, run_dir)
     specs = cfg.eval.agents.split(",") if cfg.eval.strategy == "debate" else ["learner"]
     agents = build_agents(cfg, specs, run_dir)
