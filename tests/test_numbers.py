@@ -99,3 +99,31 @@ def test_no_slow_input(text):
 def test_answer_end_for_early_stop():
     assert numbers.answer_end("so 3.\n#### 18\nmore") == len("so 3.\n#### 18")
     assert numbers.answer_end("#### 18") is None  # not finished: more digits may follow
+
+
+def test_full_eval_over_a_file_with_a_40_digit_answer(tmp_path):
+    import json
+
+    from saie_lite import config
+    from saie_lite.backends.scripted import ScriptedLearner
+    from saie_lite.evaluate.evaluation import evaluate
+    from saie_lite.store import Store
+
+    data = tmp_path / "d.jsonl"
+    rows = [
+        {"question": "Big?", "answer": f"a big one\n#### {FORTY}"},
+        {"question": "Small?", "answer": "#### 3"},
+        {"question": "Bigger?", "answer": "#### 1"},
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exs, _ = gsm8k.load(str(data))
+    agent = ScriptedLearner()
+    # a 40-digit right answer, a 29-digit wrong one (it crashed scoring before), and a
+    # number just under 1 that fixed-precision rounding used to call 1
+    agent.enqueue(f"#### {FORTY}", "#### " + "9" * 29, "#### 0." + "9" * 32)
+    cfg = config.build(overrides={"learner.backend": "scripted", "eval.batch_size": 3})
+    store = Store(tmp_path / "saie.sqlite")
+    s = evaluate(cfg, gsm8k, exs, [agent], store, "e", tmp_path)
+    store.close()
+    assert s["status"] == "finished" and s["n"] == 3
+    assert [i["strict_correct"] for i in s["items"]] == [True, False, False]

@@ -204,6 +204,7 @@ def test_rows_skipped_and_counted_by_reason(tmp_path):
         {"answer": "no question"},
         {"question": "blank", "answer": "  "},
         {"question": "", "answer": "x"},
+        {"question": "nested", "answer": {"text": ["x"]}},
     ]
     _, exs, skipped, _ = load(write_jsonl(tmp_path / "d.jsonl", rows))
     assert len(exs) == 1
@@ -212,6 +213,7 @@ def test_rows_skipped_and_counted_by_reason(tmp_path):
         "missing question": 1,
         "empty answer": 1,
         "empty question": 1,
+        "answer is not text (a list or an object)": 1,
     }
 
 
@@ -400,7 +402,9 @@ def test_train_and_eval_dry(tmp_path, name, check):
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["n"] >= 1 and summary["settings"]["check"] == check
     if check == "none":
-        assert "no answer check (data.check: none)" in r.output
+        assert "no answer check (data.check: none)" in r.output and " right)" not in r.output
+    else:
+        assert " right)" in r.output
 
 
 def test_eval_dev_nodev_split_on_own_data():
@@ -442,3 +446,68 @@ def test_recipe_lists_every_data_key_and_runs(tmp_path, monkeypatch):
     )
     assert r.exit_code == 0, r.output
     assert "data: fields question/answer, final answer from final, check number" in r.output
+
+
+def test_partner_is_told_the_checked_final_answer():
+    from saie_lite.tasks import gsm8k
+    from saie_lite.train.batch import partner_final
+    from saie_lite.train.prompts import partner_chat
+
+    task, exs, _, _ = load(EXAMPLES / "units.jsonl")  # long answers plus a 'final' field
+    assert partner_final(task, exs[0]) == "1200"
+    chat = partner_chat(exs[0], ["It is 20.\n#### 20"], "adversarial", True, "1200")
+    assert "Correct final answer: 1200" in chat[1]["content"]
+    chat_task, chat_exs, _, _ = load(EXAMPLES / "units-chat.jsonl")  # ends 'The answer is N'
+    assert partner_final(chat_task, chat_exs[0]) is None
+    none_task, none_exs, _, _ = load(EXAMPLES / "units-freeform.jsonl")
+    assert partner_final(none_task, none_exs[0]) is None
+    ex = gsm8k.load("bundled")[0][0]
+    assert partner_final(gsm8k, ex) is None  # presets: prompts unchanged
+
+
+def test_choice_reading_is_fast_on_adversarial_input():
+    import time
+
+    text = "answer is" + " " * 100_000 + ":" + "*" * 50_000
+    t0 = time.perf_counter()
+    for spec in ("choice", "exact", "contains"):
+        check = make_check(spec)
+        check.score(text, "b"), check.answer_end(text)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_presets_read_the_same_through_the_own_data_path():
+    """GSM8K is the question/answer field map plus the number check; CommonsenseQA the
+    answerKey/choices map plus the choice check: read as own data, the same golds."""
+    from saie_lite.paths import bundled_data
+    from saie_lite.tasks import commonsense_qa, gsm8k
+
+    preset = gsm8k.load("bundled")[0]
+    task, own, skipped, data = load(bundled_data("gsm8k_sample.jsonl"))
+    assert (data.check, skipped) == ("number", {})
+    assert [e.answer for e in own] == [e.answer for e in preset]
+    for reply in ("so 5\n#### 1,234.00", f"The answer is {preset[0].answer}", "no idea"):
+        assert task.score(reply, own[0].answer) == gsm8k.score(reply, preset[0].answer)
+
+    csqa = Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense_qa" / "dev.jsonl"
+    if not csqa.is_file():
+        pytest.skip("shared data not beside the checkout")
+    preset = commonsense_qa.load(str(csqa))[0]
+    _, own, _, data = load(csqa, answer_field="answerKey")
+    assert data.check == "choice"
+    assert [(e.question, e.answer) for e in own] == [(e.question, e.answer) for e in preset]
+
+
+def test_hub_name_goes_to_datasets_with_its_config(monkeypatch):
+    import datasets
+
+    seen = {}
+
+    def fake(path, name=None, split=None, **kw):
+        seen.update(path=path, name=name, split=split)
+        return [{"prompt": "Hi?", "completion": "Hello."}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    _, (ex,), _, data = load("someone/chats", split="train", hub_config="v2")
+    assert seen == {"path": "someone/chats", "name": "v2", "split": "train"}
+    assert (ex.question, ex.reference, data.check) == ("Hi?", "Hello.", "exact")

@@ -27,6 +27,8 @@ def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
     name = f"{d.task}-{_slug(d.path)}-{d.split}-n{d.limit or 'all'}-{e.strategy}"
     if e.scoring == "loglik":
         name += "-loglik"
+    if d.task == "custom":  # another check is another evaluation, not a resumed one
+        name += f"-{_slug(d.check)}"
     if run_dir is not None:
         return Path(run_dir) / "evals" / name
     return home() / "evals" / f"{cfg.learner.backend}-{_slug(cfg.learner.model)}-{name}"
@@ -54,6 +56,7 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
         from saie_lite.tasks.custom import describe
 
         view.note(describe(cfg.data))
+        view.checked = task.checked
     out_dir = Path(out) if out else default_eval_dir(cfg, run_dir)
     specs = cfg.eval.agents.split(",") if cfg.eval.strategy == "debate" else ["learner"]
     agents = build_agents(cfg, specs, run_dir)

@@ -222,6 +222,9 @@ class CustomTask:
     def _fields_row(self, row: dict):
         d = self.data
         q, a = _text(row.get(d.question_field)), _text(row.get(d.answer_field))
+        for name, value in ((d.question_field, q), (d.answer_field, a)):
+            if value is None and isinstance(row.get(name), (list, dict)):
+                return f"{name} is not text (a list or an object)"
         if q is None:
             return f"missing {d.question_field}"
         if d.question_field == "instruction":

@@ -23,6 +23,7 @@ from saie_lite.protocols import (
 )
 from saie_lite.store import Store, remark_key
 from saie_lite.tasks import example_chat, get_task
+from saie_lite.tasks.checks import normalize_text
 from saie_lite.train.prompts import (
     Branch,
     choose_target,
@@ -284,9 +285,10 @@ def partner_final(task, ex: Example) -> str | None:
     reference does not end with (a long solution plus a 'final' field); presets and
     ``check: none`` add nothing, so their prompts (and cached remarks) stay as they were."""
     check = getattr(task, "check", None)
-    if check is None or not check.checked or ex.reference.rstrip(" .").endswith(ex.answer):
+    if check is None or not check.checked:
         return None
-    return ex.answer
+    said = normalize_text(ex.reference).endswith(normalize_text(ex.answer))
+    return None if said else ex.answer
 
 
 def mark(ok: bool | None) -> int | None:

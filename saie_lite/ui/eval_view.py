@@ -45,6 +45,7 @@ class EvalView:
 
     def __init__(self, rich: bool):
         self.rich = rich
+        self.checked = True  # start_eval sets False for data without an answer check
         self.bar = None
         if rich:
             from rich.progress import (
@@ -73,7 +74,9 @@ class EvalView:
         right = sum(r["strict_correct"] for r in rows)
         if self.bar is None:
             if rows:
-                print(f"items {done}/{total} (+{len(rows)}, {right} right)", flush=True)
+                # data.check: none marks nothing, so there is no count of right answers
+                marks = f", {right} right" if self.checked else ""
+                print(f"items {done}/{total} (+{len(rows)}{marks})", flush=True)
             elif done:
                 print(f"resuming: {done}/{total} items already done", flush=True)
             return
