@@ -260,7 +260,9 @@ def discussion_batch(
                 )
         for b, ctx, rev, ok in zip(branches, contexts, revisions, correct):
             target = choose_target(gold[b.example.id], rev, ok, m.target)
-            sequences.append(TrainSequence(context=ctx, target=target, kind=b.stance))
+            sequences.append(
+                TrainSequence(context=ctx, target=target, kind=b.stance, group=b.example.id)
+            )
             rows.append(
                 turn_row(
                     meta,
