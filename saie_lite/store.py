@@ -102,7 +102,9 @@ def remark_key(partner: str, chat: list[dict], max_tokens: int) -> str:
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path)
+        # The loop may prepare the next batch (remark cache) on a worker thread while the
+        # update runs; it never uses the connection from two threads at once.
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self._migrate()
 
