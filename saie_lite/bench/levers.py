@@ -27,6 +27,9 @@ def bench_levers(s: BenchSettings) -> dict:
     # 1b. The SAIE update: each example's two stance sequences trained separately, then
     #     packed so their shared question + answer prefix is computed once.
     seqs = stance_sequences(s.batch)
+    # A discussion is longer than a plain example: train it at the run default's length
+    # (1024), not the plain update's cut, which would drop most targets.
+    learner.cfg.learner.max_seq_len = max(s.max_len, 1024)
     timed = {}
     for label, share in (("before", False), ("after", True)):
         learner.cfg.train.share_prefix = share
@@ -35,6 +38,7 @@ def bench_levers(s: BenchSettings) -> dict:
         k: v["seconds_per_step"] for k, v in timed.items()
     }
     out["shared_prefix_update_tokens_per_s"] = {k: v["tokens_per_s"] for k, v in timed.items()}
+    learner.cfg.learner.max_seq_len = s.max_len
     # 2. Early stop at the final answer, torch batched generation of 192-token answers.
     chats = [gsm8k.learner_chat(e.question) for e in gsm8k.load("bundled")[0][: s.batch]]
     end = learner.answer_end
