@@ -146,6 +146,7 @@ def _shape_run(s: BenchSettings, model_dir: Path, quantize: str, work: Path) -> 
 
     out["update"] = timed(_sequences(s, s.batch))
     stance = stance_sequences(s.batch)
+    learner.cfg.learner.max_seq_len = max(s.max_len, 1024)  # as the CPU lever: whole discussions
     for label, share in (("saie_update_unshared", False), ("saie_update_shared", True)):
         learner.cfg.train.share_prefix = share
         out[label] = timed(stance)

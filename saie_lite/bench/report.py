@@ -189,6 +189,7 @@ def _cuda_rows(c: dict, row) -> None:
         row(f"| {label}: batched generation tokens/s | {_f(x['generate_tokens_per_s'])} |")
         row(f"| {label}: peak GPU memory (GiB) | {_f(x['peak_gpu_memory_gb'], 2)} |")
         row(
-            f"| {label}: checkpoint save/load, export merge (s) | ok, "
+            f"| {label}: checkpoint save/load, export merge (s) | "
+            f"{'ok' if x['export_merge_ok'] else 'no merged model'}, "
             f"{_f(x['export_merge_seconds'], 1)} |"
         )
