@@ -295,10 +295,11 @@ class TorchLearner(ChatTokenLearner):
         same = seg[:, :, None] == seg[:, None, :]
         allowed = causal & (same | (seg[:, None, :] == 0)) & (seg[:, None, :] >= 0)
         allowed |= torch.eye(width, dtype=torch.bool, device=dev)
-        # An additive float mask: sdpa and eager attention both take it as given.
-        dtype = self.model.get_input_embeddings().weight.dtype
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
-        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+        # sdpa takes a boolean mask whatever the activations' dtype (a QLoRA model mixes
+        # float32 and bf16); eager attention adds the mask, so it gets a float one.
+        mask = allowed[:, None]
+        if self.model.get_base_model().config._attn_implementation == "eager":
+            mask = torch.zeros(mask.shape, device=dev).masked_fill(~mask, torch.finfo().min)
         decoder, head = self.split_head
         hidden = decoder(
             input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False

@@ -64,8 +64,11 @@ def grads_after_step(lr, seqs):
     return stats, {n: p.grad.clone() for n, p in lr.model.named_parameters() if p.requires_grad}
 
 
-def assert_same_update(model_dir, seqs, mb=2):
+def assert_same_update(model_dir, seqs, mb=2, attn="sdpa"):
     shared, plain = learner(model_dir, True, mb), learner(model_dir, False, mb)
+    for lr in (shared, plain):
+        lr.model.get_base_model().set_attn_implementation(attn)
+        assert lr.model.get_base_model().config._attn_implementation == attn
     assert shared.shares_prefix() and not plain.shares_prefix()
     (s1, g1), (s2, g2) = grads_after_step(shared, seqs), grads_after_step(plain, seqs)
     assert s1.loss == pytest.approx(s2.loss, rel=1e-5)
@@ -78,6 +81,10 @@ def assert_same_update(model_dir, seqs, mb=2):
 
 def test_shared_prefix_update_equals_unshared_llama(tiny_model_dir):
     assert_same_update(tiny_model_dir, batch())
+
+
+def test_shared_prefix_update_equals_unshared_eager_attention(tiny_model_dir):
+    assert_same_update(tiny_model_dir, batch(), attn="eager")
 
 
 def test_shared_prefix_update_equals_unshared_one_micro_batch(tiny_model_dir):
