@@ -15,8 +15,10 @@ from saie_lite.chat_tokens import (
     IGNORE,
     ChatTokenLearner,
     ChatTokens,
+    PackedRow,
     Seq2SeqTokens,
     micro_batches,
+    pack_shared,
 )
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
@@ -332,6 +334,47 @@ class TorchLearner(ChatTokenLearner):
         logits = head(hidden[:, :-1][keep]).float()
         return torch.nn.functional.cross_entropy(logits, nxt[keep], reduction="sum")
 
+    def _packed_loss_sum(self, rows: list[PackedRow]) -> torch.Tensor:
+        """Summed target-token loss of one micro-batch of packed rows (shared prefix once,
+        then each continuation): a block attention mask and restarted position ids make
+        every token see exactly what it sees in its own sequence."""
+        width = max(len(r.ids) for r in rows)
+        pad = self.tok.pad_token_id
+        dev = self.device
+        ids = torch.tensor([r.ids + [pad] * (width - len(r.ids)) for r in rows], device=dev)
+        pos = torch.tensor([r.positions + [0] * (width - len(r.ids)) for r in rows], device=dev)
+        # Padding gets segment -1 and sees only itself (a fully masked row would give NaN).
+        seg = torch.tensor([r.segments + [-1] * (width - len(r.ids)) for r in rows], device=dev)
+        causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+        same = seg[:, :, None] == seg[:, None, :]
+        allowed = causal & (same | (seg[:, None, :] == 0)) & (seg[:, None, :] >= 0)
+        allowed |= torch.eye(width, dtype=torch.bool, device=dev)
+        # sdpa takes a boolean mask whatever the activations' dtype (a QLoRA model mixes
+        # float32 and bf16); eager attention adds the mask, so it gets a float one.
+        mask = allowed[:, None]
+        if self.model.get_base_model().config._attn_implementation == "eager":
+            mask = torch.zeros(mask.shape, device=dev).masked_fill(~mask, torch.finfo().min)
+        decoder, head = self.split_head
+        hidden = decoder(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
+        ).last_hidden_state
+        flat = [b * width + i for b, r in enumerate(rows) for i, _ in r.predict]
+        targets = torch.tensor([t for r in rows for _, t in r.predict], device=dev)
+        picked = hidden.reshape(-1, hidden.size(-1))[torch.tensor(flat, device=dev)]
+        logits = head(picked).float()
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+
+    def shares_prefix(self) -> bool:
+        """Whether this step packs each group's sequences (``train.share_prefix``) on a
+        model where the block mask is known to be honoured exactly."""
+        return (
+            self.cfg.train.share_prefix
+            # with dropout, one shared prefix would draw one mask for both sequences
+            and self.cfg.learner.lora_dropout == 0
+            and self.split_head is not None
+            and packing_supported(self.model.get_base_model().config)
+        )
+
     def train_step(self, sequences: list[TrainSequence]) -> StepStats:
         self.model.train()
         encoded, n_target = self.chat.encode_batch(sequences, self.cfg.learner.max_seq_len)
@@ -343,14 +386,25 @@ class TorchLearner(ChatTokenLearner):
         mb = self.cfg.train.micro_batch_size
         self.opt.zero_grad(set_to_none=True)
         total = 0.0
-        lengths = [len(i) for i, _ in encoded]
+        groups = [s.group for s in sequences]
+        if self.shares_prefix() and len(set(g for g in groups if g)) < sum(map(bool, groups)):
+            # encode_batch sorted by length; pack in the sequences' own order instead
+            limit = self.cfg.learner.max_seq_len
+            unsorted = [(i[:limit], lab[:limit]) for i, lab in map(self.chat.encode, sequences)]
+            items, loss_fn = pack_shared(unsorted, groups), self._packed_loss_sum
+            lengths, sizes = [len(r.ids) for r in items], [r.n_sequences for r in items]
+            n_tok = sum(r.n_tokens for r in items)
+        else:
+            items, loss_fn = encoded, self._micro_loss_sum
+            lengths, sizes = [len(i) for i, _ in encoded], None
+            n_tok = sum(lengths)
         spans = (
-            micro_batches(lengths, mb)
+            micro_batches(lengths, mb, sizes=sizes)
             if self.plan_micro_batches
-            else [(s, min(s + mb, len(encoded))) for s in range(0, len(encoded), mb)]
+            else [(s, min(s + mb, len(items))) for s in range(0, len(items), mb)]
         )
         for start, end in spans:
-            loss_sum = self._micro_loss_sum(encoded[start:end])
+            loss_sum = loss_fn(items[start:end])
             # Divide by the batch's target-token count, not the micro-batch's, so the
             # accumulated gradient equals the one full-batch gradient.
             (loss_sum / n_target).backward()
@@ -362,7 +416,6 @@ class TorchLearner(ChatTokenLearner):
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip)
         self.opt.step()
         self.step += 1
-        n_tok = sum(len(i) for i, _ in encoded)
         return StepStats(total / n_target, len(sequences), n_target, n_tok)
 
     @torch.no_grad()
@@ -442,6 +495,19 @@ def target_only_head(model):
     if decoder is None or decoder is model or not isinstance(head, torch.nn.Linear):
         return None
     return decoder, head
+
+
+# Decoder models whose attention takes a custom 4D mask and explicit position ids as
+# given (rotary positions, no sliding window), each checked by the packing test.
+PACKING_MODELS = ("llama", "qwen2")
+
+
+def packing_supported(config) -> bool:
+    return (
+        getattr(config, "model_type", None) in PACKING_MODELS
+        and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
+        and not getattr(config, "use_sliding_window", False)
+    )
 
 
 def masked_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

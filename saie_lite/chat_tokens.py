@@ -8,6 +8,8 @@ the tokens the full rendering adds (the target and its end-of-turn marker) carry
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from saie_lite.protocols import Chat, TrainSequence
 
 IGNORE = -100
@@ -86,7 +88,10 @@ MICRO_BATCH_OVERHEAD = 64
 
 
 def micro_batches(
-    lengths: list[int], max_rows: int, overhead: int = MICRO_BATCH_OVERHEAD
+    lengths: list[int],
+    max_rows: int,
+    overhead: int = MICRO_BATCH_OVERHEAD,
+    sizes: list[int] | None = None,
 ) -> list[tuple[int, int]]:
     """Split sequences (sorted by length) into contiguous micro-batches of at most
     ``max_rows`` that minimise padded tokens plus ``overhead`` per forward pass.
@@ -94,13 +99,20 @@ def micro_batches(
     Every micro-batch is padded to its longest row, so one long sequence in a batch of
     short ones wastes compute on padding; grouping by length removes most of it. The
     gradient is unchanged: the loss is normalised by the whole batch's target count.
+    ``sizes``: how many sequences each row holds (a packed row holds several), counted
+    against ``max_rows``; a single row larger than that still gets a micro-batch.
     Returns (start, end) index pairs. Exact dynamic programme; n is a batch size.
     """
     n = len(lengths)
+    sizes = sizes or [1] * n
     best = [0] + [float("inf")] * n
     cut = [0] * (n + 1)
     for end in range(1, n + 1):
-        for start in range(max(0, end - max_rows), end):
+        first, held = end - 1, sizes[end - 1]
+        while first > 0 and held + sizes[first - 1] <= max_rows:
+            first -= 1
+            held += sizes[first]
+        for start in range(first, end):
             cost = best[start] + (end - start) * max(lengths[start:end]) + overhead
             if cost < best[end]:
                 best[end], cut[end] = cost, start
@@ -109,6 +121,73 @@ def micro_batches(
         spans.append((cut[end], end))
         end = cut[end]
     return spans[::-1]
+
+
+@dataclass
+class PackedRow:
+    """Sequences that open with the same tokens, packed into one row: the shared prefix
+    once, then each sequence's own continuation.
+
+    ``segments``: 0 for the prefix, i for the i-th continuation; a token attends to the
+    tokens before it in the prefix and in its own continuation, never to another
+    continuation. ``positions`` restart where the prefix ends for every continuation,
+    so each token sees exactly what it sees in its own unpacked sequence.
+    ``predict``: (row index whose hidden state predicts, target id), one per target
+    token of every packed sequence.
+    """
+
+    ids: list[int]
+    positions: list[int]
+    segments: list[int]
+    predict: list[tuple[int, int]]
+    n_sequences: int
+    n_tokens: int  # tokens of the unpacked sequences (what the update trains on)
+
+
+def common_prefix(rows: list[list[int]]) -> int:
+    first, n = rows[0], min(map(len, rows))
+    for i in range(n):
+        if any(r[i] != first[i] for r in rows[1:]):
+            return i
+    return n
+
+
+def pack_shared(encoded: list[tuple[list[int], list[int]]], groups: list[str]) -> list[PackedRow]:
+    """Rows for a batch: the sequences of each non-empty group packed together (their
+    token-level common prefix computed once), every other sequence a row of its own.
+    Rows come sorted by length, like ``encode_batch``'s sequences."""
+    by_group: dict[str, list[int]] = {}
+    order: list[list[int]] = []
+    for i, g in enumerate(groups):
+        if g and g in by_group:
+            by_group[g].append(i)
+            continue
+        order.append([i])
+        if g:
+            by_group[g] = order[-1]
+    rows = [_pack([encoded[i] for i in members]) for members in order]
+    rows.sort(key=lambda r: len(r.ids))
+    return rows
+
+
+def _pack(members: list[tuple[list[int], list[int]]]) -> PackedRow:
+    p = common_prefix([ids for ids, _ in members])
+    ids, positions, segments = list(members[0][0][:p]), list(range(p)), [0] * p
+    predict = []
+    for seg, (seq, labels) in enumerate(members, start=1):
+        start = len(ids)  # where this continuation begins in the row
+        ids += seq[p:]
+        positions += range(p, len(seq))
+        segments += [seg] * (len(seq) - p)
+        for t in range(1, len(seq)):
+            if labels[t] != IGNORE:
+                # token t is predicted from position t-1: in the prefix or in this
+                # sequence's own continuation
+                src = t - 1 if t - 1 < p else start + (t - 1 - p)
+                predict.append((src, labels[t]))
+    return PackedRow(
+        ids, positions, segments, predict, len(members), sum(len(s) for s, _ in members)
+    )
 
 
 def flatten_chat(chat: Chat) -> str:

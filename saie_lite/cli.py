@@ -353,6 +353,11 @@ def bench(
     out: Path | None = typer.Option(
         None, help="report directory (default $SAIE_LITE_HOME/bench/<time>)"
     ),
+    device: str = typer.Option(
+        "cpu",
+        help="cpu: the parts in --only; cuda: QLoRA and bf16 LoRA on real model shapes "
+        "against TRL, generation and peak GPU memory (needs a CUDA GPU)",
+    ),
 ) -> None:
     """Measure the time split, update and generation throughput against TRL, mlx-lm and llama.cpp."""
     import time as _time
@@ -367,6 +372,13 @@ def bench(
             raise UserError(f"--only names no bench part; parts: {', '.join(PARTS)}")
         if bad:
             raise UserError(f"unknown bench part(s) {', '.join(bad)}; parts: {', '.join(PARTS)}")
+        if device not in ("cpu", "cuda"):
+            raise UserError(f"--device must be cpu or cuda, not {device!r}")
+        if device == "cuda":
+            from saie_lite.bench.cuda import require_cuda
+
+            require_cuda()
+            parts = ["cuda"]
         settings = BenchSettings(model, examples, steps, batch, max_len, new_tokens)
         target = out or home() / "bench" / _time.strftime("%Y%m%d-%H%M%S")
         report = run_bench(settings, parts, Path(target))

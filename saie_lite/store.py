@@ -114,7 +114,9 @@ class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
-            self.db = sqlite3.connect(self.path)
+            # The loop may prepare the next batch (remark cache) on a worker thread while
+            # the update runs; it never uses the connection from two threads at once.
+            self.db = sqlite3.connect(self.path, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self._migrate()
         except sqlite3.Error as e:

@@ -50,6 +50,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
         "remark_seconds_each",
         "batched_remark_seconds_each",
         "partner_q8_0_remark_seconds_each",
+        "shared_prefix_update_seconds_per_step",
     ):
         assert levers[key]["before"] > 0 and levers[key]["after"] > 0, key
     assert ("tokens_per_s" in res["trl"]) or ("skipped" in res["trl"])
@@ -58,6 +59,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
     assert "| update tokens/s, ours fp32 |" in md
     assert "| fast path / llama.cpp (target >= 0.5x) |" in md
     assert "| lever, seconds per remark: shared-prefix KV reuse: before -> after |" in md
+    assert "SAIE update seconds per step: stance sequences share their prefix" in md
 
 
 def test_bench_rejects_unknown_part(tmp_path):
@@ -67,3 +69,49 @@ def test_bench_rejects_unknown_part(tmp_path):
         r.output.strip()
         == "error: unknown bench part(s) warp; parts: saie, update, trl, mlx, generate, levers"
     )
+
+
+def test_bench_cuda_refused_in_one_line_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    r = CliRunner().invoke(app, ["bench", "--device", "cuda", "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: bench --device cuda needs a CUDA GPU and torch sees none")
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_cuda_bench_shapes_are_the_real_sizes(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from saie_lite.bench.cuda import shape_config
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    sizes = {}
+    for name in ("smollm2-135m", "qwen2-0.5b", "qwen2-1.5b"):
+        with torch.device("meta"):  # shapes only, no memory
+            model = AutoModelForCausalLM.from_config(shape_config(name, tok))
+        sizes[name] = sum(p.numel() for p in model.parameters()) / 1e6
+    assert sizes["smollm2-135m"] == pytest.approx(134.5, abs=0.5)
+    assert sizes["qwen2-0.5b"] == pytest.approx(494.0, abs=1.0)
+    assert sizes["qwen2-1.5b"] == pytest.approx(1543.7, abs=2.0)
+
+
+def test_cuda_bench_builds_a_loadable_tiny_shape(tiny_model_dir, tmp_path):
+    from saie_lite import config
+    from saie_lite.backends.torch_peft import TorchLearner
+    from saie_lite.bench.cuda import build_shape
+    from saie_lite.bench.levers import stance_sequences
+
+    model_dir = build_shape("tiny", tmp_path / "tiny", tiny_model_dir, dtype="float32")
+    cfg = config.build(overrides={"learner.model": str(model_dir), "learner.backend": "torch"})
+    learner = TorchLearner(cfg)
+    assert learner.model.get_base_model().config.num_hidden_layers == 2
+    assert learner.shares_prefix()
+    stats = learner.train_step(stance_sequences(2))
+    assert stats.n_sequences == 2 and stats.loss > 0
+    assert len(learner.generate([[{"role": "user", "content": "Hi"}]], 3)) == 1

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from saie_lite.bench.parts import BenchSettings, _cfg, _gen_rate, bench_update
+from saie_lite.bench.parts import BenchSettings, _cfg, _gen_rate, _timed_steps, bench_update
+from saie_lite.protocols import TrainSequence
 
 
 def bench_levers(s: BenchSettings) -> dict:
@@ -23,6 +24,21 @@ def bench_levers(s: BenchSettings) -> dict:
     learner.split_head, learner.plan_micro_batches = head, True
     after = bench_update(s, "float32", learner)["tokens_per_s"]
     out["update_tokens_per_s"] = {"before": before, "after": after}
+    # 1b. The SAIE update: each example's two stance sequences trained separately, then
+    #     packed so their shared question + answer prefix is computed once.
+    seqs = stance_sequences(s.batch)
+    # A discussion is longer than a plain example: train it at the run default's length
+    # (1024), not the plain update's cut, which would drop most targets.
+    learner.cfg.learner.max_seq_len = max(s.max_len, 1024)
+    timed = {}
+    for label, share in (("before", False), ("after", True)):
+        learner.cfg.train.share_prefix = share
+        timed[label] = _timed_steps(lambda: learner.train_step(seqs).n_tokens, s.steps)
+    out["shared_prefix_update_seconds_per_step"] = {
+        k: v["seconds_per_step"] for k, v in timed.items()
+    }
+    out["shared_prefix_update_tokens_per_s"] = {k: v["tokens_per_s"] for k, v in timed.items()}
+    learner.cfg.learner.max_seq_len = s.max_len
     # 2. Early stop at the final answer, torch batched generation of 192-token answers.
     chats = [gsm8k.learner_chat(e.question) for e in gsm8k.load("bundled")[0][: s.batch]]
     end = learner.answer_end
@@ -69,30 +85,30 @@ def bench_levers(s: BenchSettings) -> dict:
     out["batched_remark_seconds_each"] = {"before": reused, "after": batched}
     out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}
     return out
-    exs = gsm8k.load("bundled")[0][:4]
-    prompts = [
-        partner_chat(e, [e.reference], stance, True)
-        for e in exs
-        for stance in ("supportive", "adversarial")
-    ]
-    partner = LlamaCppPartner(_cfg(s))
-    partner.remark(prompts[:1], 4)
-    timed = {}
-    for label, reuse in (("before", False), ("after", True)):
-        partner.reuse_prefix = reuse
-        t0 = time.perf_counter()
-        partner.remark(prompts, 48)
-        timed[label] = (time.perf_counter() - t0) / len(prompts)
-    out["remark_seconds_each"] = timed
-    partner.llm.close()
-    # 4. Partner weights: the shipped Q4_1 file against the same model in q8_0.
-    q8 = LlamaCppPartner(_cfg(s, **{"partner.model": "embedded-q8_0"}))
-    q8.remark(prompts[:1], 4)
-    t0 = time.perf_counter()
-    q8.remark(prompts, 48)
-    out["partner_q8_0_remark_seconds_each"] = {
-        "before": timed["after"],
-        "after": (time.perf_counter() - t0) / len(prompts),
-    }
-    q8.llm.close()
-    return out
+
+
+# Stand-ins for the partner's remarks: about as long as the 48-token remarks of a run.
+REMARKS = {
+    "supportive": "Your steps follow the problem and the arithmetic checks out. Keep the "
+    "same structure, state each quantity once, and make sure the final line gives the "
+    "number the question asks for.",
+    "adversarial": "I doubt this. Re-read what the question asks for: you may have added "
+    "a quantity twice or skipped one of the steps. Recompute each product and check the "
+    "units before you give a final number.",
+}
+
+
+def stance_sequences(n: int) -> list[TrainSequence]:
+    """``n`` SAIE training sequences as a discussion batch makes them: per example, the
+    question and its answer (here the reference), then each stance's remark, with the
+    reference as target; the two sequences of an example share their opening."""
+    from saie_lite.tasks import gsm8k
+    from saie_lite.train.prompts import discussion_chat
+
+    out = []
+    for e in gsm8k.load("bundled")[0][: (n + 1) // 2]:
+        base = gsm8k.learner_chat(e.question)
+        for stance, remark in REMARKS.items():
+            ctx = discussion_chat(base, [e.reference, remark], gsm8k.ANSWER_FORMAT)
+            out.append(TrainSequence(ctx, e.reference, kind=stance, group=e.id))
+    return out[:n]

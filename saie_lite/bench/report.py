@@ -154,6 +154,10 @@ def markdown(r: dict) -> str:
         lv = res["levers"]
         for key, label in (
             ("update_tokens_per_s", "update tokens/s: target-only logits + planned micro-batches"),
+            (
+                "shared_prefix_update_seconds_per_step",
+                "SAIE update seconds per step: stance sequences share their prefix",
+            ),
             ("early_stop_generate_seconds", "answer batch seconds: early stop at the final answer"),
             ("remark_seconds_each", "seconds per remark: shared-prefix KV reuse"),
             ("batched_remark_seconds_each", "seconds per remark: batched decoding"),
@@ -164,4 +168,34 @@ def markdown(r: dict) -> str:
                 row(
                     f"| lever, {label}: before -> after | {_f(x['before'], 2)} -> {_f(x['after'], 2)} |"
                 )
+    if "cuda" in res:
+        _cuda_rows(res["cuda"], row)
     return "\n".join(lines) + "\n"
+
+
+def _cuda_rows(c: dict, row) -> None:
+    row(f"| GPU | {c.get('gpu', '-')} |")
+    for label, x in c.items():
+        if not isinstance(x, dict):
+            continue
+        if "error" in x:
+            row(f"| {label} | failed: {x['error']} |")
+            continue
+        trl = x["trl"].get("tokens_per_s", x["trl"].get("skipped"))
+        row(
+            f"| {label}: update tokens/s ours / TRL SFTTrainer (target >= 1.5x) | "
+            f"{_f(x['update']['tokens_per_s'])} / {_f(trl)} = "
+            f"{_f(x.get('ratio_update_over_trl', '-'), 2)}x |"
+        )
+        row(
+            f"| {label}: SAIE update s/step, unshared -> shared prefix | "
+            f"{_f(x['saie_update_unshared']['seconds_per_step'], 2)} -> "
+            f"{_f(x['saie_update_shared']['seconds_per_step'], 2)} |"
+        )
+        row(f"| {label}: batched generation tokens/s | {_f(x['generate_tokens_per_s'])} |")
+        row(f"| {label}: peak GPU memory (GiB) | {_f(x['peak_gpu_memory_gb'], 2)} |")
+        row(
+            f"| {label}: checkpoint save/load, export merge (s) | "
+            f"{'ok' if x['export_merge_ok'] else 'no merged model'}, "
+            f"{_f(x['export_merge_seconds'], 1)} |"
+        )

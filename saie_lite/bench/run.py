@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from saie_lite.bench.cuda import bench_cuda
 from saie_lite.bench.levers import bench_levers
 from saie_lite.bench.parts import (
     BenchSettings,
@@ -32,6 +33,7 @@ def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> d
         "mlx": lambda: bench_mlx(s),
         "generate": lambda: bench_generate(s),
         "levers": lambda: bench_levers(s),
+        "cuda": lambda: bench_cuda(s),  # bench --device cuda
     }
     for part in parts:
         log(f"bench: {part} ...")

@@ -220,7 +220,10 @@ class ContextFit:
         self.ctx, self.examples, self.bases = ctx, examples, bases
         self.fitted: dict[int, Example | None] = {}
 
-    def batch(self, indices: list[int]) -> tuple[list[Example], list[Chat]]:
+    def batch(self, indices: list[int], note=None) -> tuple[list[Example], list[Chat]]:
+        """``note``: where to say what was clipped (a worker preparing the next batch
+        buffers its notes; the default is the run's own)."""
+        note = note or self.ctx.note
         cfg = self.ctx.cfg
         task = get_task(cfg.data)
         for i in indices:
@@ -238,7 +241,7 @@ class ContextFit:
                 cfg.method.context_policy,
             )
             if message:
-                self.ctx.note("context", message)
+                note("context", message)
             if ex is not None and ex is not self.examples[i]:
                 self.bases[i] = example_chat(task, ex)
             self.fitted[i] = ex
@@ -447,7 +450,9 @@ def discussion_batch(
                 )
         for b, ctx, rev, ok in zip(branches, contexts, revisions, correct):
             target = choose_target(gold[b.example.id], rev, ok, m.target)
-            sequences.append(TrainSequence(context=ctx, target=target, kind=b.stance))
+            sequences.append(
+                TrainSequence(context=ctx, target=target, kind=b.stance, group=b.example.id)
+            )
             rows.append(
                 turn_row(
                     meta,

@@ -58,6 +58,9 @@ class SnapshotAnswers:
         self.refresh_seconds = 0.0
         self.refreshes = 0
         self.tokens_generated = 0
+        # Set by the loop while it prepares a batch during the update before it: the
+        # update count that batch's sampled answers are seeded with (see below).
+        self.seed_step: int | None = None
 
     def __getattr__(self, name):
         # Everything but generation (train_step, save, count_tokens, name, ...) is the
@@ -138,6 +141,11 @@ class SnapshotAnswers:
             self.llm.close()
             self.llm = None
 
+    def unchanged_by_update(self, step: int) -> bool:
+        """Whether answers after update ``step`` come from the snapshot already loaded,
+        so they do not depend on that update (the loop may prepare them during it)."""
+        return self.llm is not None and self.snap_step == due_step(step, self.every)
+
     # -- generation ---------------------------------------------------------------
     def generate(
         self, chats: list[Chat], max_new_tokens: int, temperature: float = 0.0
@@ -155,7 +163,7 @@ class SnapshotAnswers:
             set(inner.stop_ids),
             temperature,
             # the loop reseeds per batch; sampled answers follow the update count
-            seed=inner.step,
+            seed=inner.step if self.seed_step is None else self.seed_step,
             done=lambda reply: reply_finished(inner.tok, reply, end),
         )
         self.tokens_generated += sum(map(len, replies))

@@ -8,6 +8,7 @@ variants compare at the same number of updates on the same data.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -63,6 +64,97 @@ class Timer:
         dt = time.perf_counter() - since
         self.t[key] += dt
         return dt
+
+
+def overlap_enabled(setting: str, device: str | None) -> bool:
+    """``train.overlap``: auto is on only when the learner runs on a GPU (CUDA, MPS). On a
+    CPU the partner and the update compete for the same cores and overlap was slower
+    (bench, README)."""
+    return setting == "on" or (setting == "auto" and device in ("cuda", "mps"))
+
+
+class _Deferred(Callbacks):
+    """Callbacks and notes of a batch prepared on the worker, replayed in order by the
+    main thread when the loop reaches that batch, so the view and the store get exactly
+    what a run without overlap gives them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def on_exchange(self, ex: dict) -> None:
+        self.calls.append(("exchange", ex))
+
+    def note(self, kind: str, message: str) -> None:
+        self.calls.append(("note", kind, message))
+
+
+class Overlap:
+    """Prepares batch k+1's discussion while the learner updates on batch k, where that is
+    exact (``train.overlap``).
+
+    Batch k+1's remarks depend only on its answers, but on-policy answers need update
+    k's adapter, so in general nothing of k+1 can start before update k ends. It can
+    when answers come from the fast path's llama.cpp snapshot and that snapshot stays
+    the one in use after update k (``learner.snapshot_every`` N: every update whose
+    step is not a multiple of N). Then the whole discussion of k+1 (answers, remarks,
+    revisions, context checks, sequences) runs on a worker thread during update k;
+    torch's RNG is reseeded by the main thread only, sampled snapshot answers get the
+    seed they would get afterwards, and notes and live-view cards are replayed when the
+    loop reaches k+1: the run stores the same turns and ends with the same adapter.
+    Not when the partner is the learner itself (``self``: same torch model).
+    """
+
+    def __init__(self, cfg: Config, learner, partner, ctx: RunContext, prepare) -> None:
+        device = getattr(learner, "device", None)
+        self.on = overlap_enabled(cfg.train.overlap, device) and not hasattr(partner, "learner")
+        self.learner, self.ctx, self.prepare = learner, ctx, prepare
+        self.pool = None
+        self.pending = None  # (b_index, future, deferred calls, worker timer)
+        self.used = 0  # batches prepared during an update (tests, bench)
+
+    def start(self, b_index: int, step: int) -> None:
+        """Begin batch ``b_index`` (to be trained as update ``step + 1``) during update
+        ``step``, if its discussion does not depend on that update."""
+        unchanged = getattr(self.learner, "unchanged_by_update", None)
+        if not (self.on and unchanged is not None and unchanged(step)):
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = self.pool or ThreadPoolExecutor(1, thread_name_prefix="saie-overlap")
+        later, timer = _Deferred(), Timer()
+        c = dataclasses.replace(self.ctx, timer=timer, note=later.note, cb=later)
+        self.learner.seed_step = step  # the update count its answers would be seeded with
+        future = self.pool.submit(self.prepare, c, b_index, step + 1)
+        self.pending = (b_index, future, later, timer)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending[1].exception()  # block until done; errors surface in take()
+            self.learner.seed_step = None
+
+    def take(self, b_index: int):
+        """The prepared (sequences, rows) of ``b_index``, with its notes, cards and times
+        delivered now; None when it was not prepared."""
+        if self.pending is None or self.pending[0] != b_index:
+            return None
+        _, future, later, timer = self.pending
+        self.pending = None
+        result = future.result()  # a PartnerError raised on the worker is raised here
+        for call in later.calls:
+            if call[0] == "note":
+                self.ctx.note(call[1], call[2])
+            else:
+                self.ctx.cb.on_exchange(call[1])
+        for key, seconds in timer.t.items():
+            self.ctx.timer.t[key] += seconds
+        self.used += 1
+        return result
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+        self.wait()
 
 
 def train(
@@ -124,9 +216,37 @@ def train(
     def save() -> None:
         if group is None or group.is_main:
             checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
+
     fit = ContextFit(ctx, examples, bases)
     # Missing remarks of updates already made (a resumed run) count too.
     ctx.missing_remarks = store.count_missing_remarks()
+
+    def prepare(c: RunContext, b_index: int, step: int) -> tuple[list, list[dict]]:
+        """Batch ``b_index``'s training sequences and the turn rows to store with them."""
+        batch = batches[b_index]
+        rng = random.Random(cfg.train.seed * 1_000_003 + b_index)  # mix_plain's draws
+        rows: list[dict] = []
+        exs, exs_bases = fit.batch(batch.indices, c.note)
+        meta = {"step": step, "phase": batch.phase, "round": batch.round}
+        if batch.phase == "warmup" or not m.stances:
+            sequences = [plain_sequence(b, e) for b, e in zip(exs_bases, exs)]
+            for ex, seq in zip(exs, sequences):
+                rows.append(
+                    turn_row(meta, ex, turn=0, role="target", prompt=seq.context, text=seq.target)
+                )
+                c.cb.on_exchange({"phase": batch.phase, "example": ex, "target": seq.target})
+        elif exs:
+            sequences = discussion_batch(c, exs, exs_bases, rows, meta)
+            sequences += mix_plain_sequences(examples, bases, m.mix_plain, len(sequences), rng)
+        else:  # every example of the batch was skipped by the context policy
+            sequences = []
+        return sequences, rows
+
+    overlap = Overlap(cfg, learner, partner, ctx, prepare)
+    if group is not None:
+        # Every process must meet the same collectives in the same order: a worker
+        # fetching remarks during the update's gradient sum could not guarantee that.
+        overlap.on = False
     status = "finished"
     last_saved = state.step
     try:
@@ -137,29 +257,11 @@ def train(
             batch = batches[b_index]
             # Every batch reseeds from (seed, position): sampling, dropout and mix_plain draw
             # the same numbers whether or not the run was stopped and resumed in between.
-            batch_seed = cfg.train.seed * 1_000_003 + b_index
-            learner.reseed(batch_seed)
-            rng = random.Random(batch_seed)
+            learner.reseed(cfg.train.seed * 1_000_003 + b_index)
             step = state.step + 1
             t_before = dict(timer.t)
-            rows: list[dict] = []
-            exs, exs_bases = fit.batch(batch.indices)
-
-            meta = {"step": step, "phase": batch.phase, "round": batch.round}
-            if batch.phase == "warmup" or not m.stances:
-                sequences = [plain_sequence(b, e) for b, e in zip(exs_bases, exs)]
-                for ex, seq in zip(exs, sequences):
-                    rows.append(
-                        turn_row(
-                            meta, ex, turn=0, role="target", prompt=seq.context, text=seq.target
-                        )
-                    )
-                    cb.on_exchange({"phase": batch.phase, "example": ex, "target": seq.target})
-            elif exs:
-                sequences = discussion_batch(ctx, exs, exs_bases, rows, meta)
-                sequences += mix_plain_sequences(examples, bases, m.mix_plain, len(sequences), rng)
-            else:
-                sequences = []
+            ready = overlap.take(b_index)  # prepared during the previous update, if it was
+            sequences, rows = ready if ready is not None else prepare(ctx, b_index, step)
             if not sequences:
                 note(
                     "skip", f"batch {b_index + 1}: every example was skipped by the context policy"
@@ -169,9 +271,12 @@ def train(
             if stop():  # asked to stop while generating: redo this batch on resume
                 status = "stopped"
                 break
+            if b_index + 1 < len(batches) and batches[b_index + 1].phase == "discussion":
+                overlap.start(b_index + 1, step)
             t0 = time.perf_counter()
             stats = learner.train_step(sequences)
             timer.add("update", t0)
+            overlap.wait()  # the store is used by one thread at a time
             state.step, state.batches_done = step, b_index + 1
             store.add_turns(rows)
             spent = {k: timer.t[k] - t_before[k] for k in timer.t}
@@ -207,6 +312,8 @@ def train(
             f"{e}; checkpoint saved at update {state.step}, once it is back: "
             f"saie-lite train --resume {run_dir}"
         ) from None
+    finally:
+        overlap.close()
     if state.step != last_saved or checkpoint.latest(run_dir) is None:
         save()
     summary = {

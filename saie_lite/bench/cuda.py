@@ -1,0 +1,265 @@
+"""``saie-lite bench --device cuda``: the CUDA path on random-initialised models of real
+shapes (weights do not matter for speed, and no hub is needed), with the embedded
+model's tokenizer. For each shape and for 4-bit QLoRA and bf16 LoRA: batched generation,
+``train_step`` (update tokens/s, shared prefix off and on), checkpoint save/load and the
+export merge, TRL ``SFTTrainer`` at the same settings, and peak GPU memory."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from saie_lite.bench.parts import BenchSettings, _cfg, _sequences, _timed_steps
+from saie_lite.errors import UserError
+
+# Architecture shapes of SmolLM2-135M, Qwen2.5-0.5B and Qwen2.5-1.5B (their configs'
+# published sizes); ``tiny`` lets the builder be tested on a CPU.
+SHAPES: dict[str, dict] = {
+    "smollm2-135m": dict(
+        arch="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        rope_theta=100000.0,
+    ),
+    "qwen2-0.5b": dict(
+        arch="qwen2",
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        rope_theta=1000000.0,
+    ),
+    "qwen2-1.5b": dict(
+        arch="qwen2",
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        rope_theta=1000000.0,
+    ),
+    "tiny": dict(
+        arch="llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=49152,
+        rope_theta=100000.0,
+    ),
+}
+
+
+def require_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError(
+            f"bench --device cuda needs a CUDA GPU and torch sees none (torch {torch.__version__}"
+            f"{', a CPU-only build' if torch.version.cuda is None else ''})"
+        )
+
+
+def shape_config(name: str, tok, dtype: str = "bfloat16"):
+    """The transformers config of shape ``name`` for tokenizer ``tok``'s special tokens."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    spec = dict(SHAPES[name])
+    arch, theta = spec.pop("arch"), spec.pop("rope_theta")
+    if len(tok) > spec["vocab_size"]:
+        raise UserError(
+            f"the tokenizer has {len(tok)} tokens, shape {name} only {spec['vocab_size']}"
+        )
+    return (LlamaConfig if arch == "llama" else Qwen2Config)(
+        **spec,
+        max_position_embeddings=8192,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        dtype=dtype,
+    )
+
+
+def build_shape(name: str, out: Path, tokenizer_dir: Path, dtype: str = "bfloat16") -> Path:
+    """A random-initialised model of shape ``name`` saved to ``out`` with the tokenizer
+    files of ``tokenizer_dir``; a directory any learner backend loads like a real model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(shape_config(name, tok, dtype))
+    model = model.to(getattr(torch, dtype))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def _shape_run(s: BenchSettings, model_dir: Path, quantize: str, work: Path) -> dict:
+    import torch
+
+    from saie_lite.backends.torch_peft import TorchLearner
+    from saie_lite.bench.levers import stance_sequences
+    from saie_lite.export.formats import merge_torch
+    from saie_lite.tasks import gsm8k
+
+    over = {
+        "learner.backend": "torch",
+        "learner.model": str(model_dir),
+        "learner.device": "cuda",
+        "learner.dtype": "bfloat16",
+        "learner.quantize": quantize,
+    }
+    torch.cuda.reset_peak_memory_stats()
+    learner = TorchLearner(_cfg(s, **over))
+    out: dict = {}
+    # Generation: a batch of GSM8K questions, no early stop (random weights never finish).
+    learner.answer_end = None
+    chats = [gsm8k.learner_chat(e.question) for e in gsm8k.load("bundled")[0][: s.batch]]
+    learner.generate(chats[:1], 4)
+    torch.cuda.synchronize()
+    before, t0 = learner.tokens_generated, time.perf_counter()
+    learner.generate(chats, s.new_tokens)
+    torch.cuda.synchronize()
+    out["generate_tokens_per_s"] = (learner.tokens_generated - before) / (time.perf_counter() - t0)
+
+    def timed(seqs):
+        def one() -> int:
+            n = learner.train_step(seqs).n_tokens
+            torch.cuda.synchronize()
+            return n
+
+        return _timed_steps(one, s.steps)
+
+    out["update"] = timed(_sequences(s, s.batch))
+    stance = stance_sequences(s.batch)
+    learner.cfg.learner.max_seq_len = max(s.max_len, 1024)  # as the CPU lever: whole discussions
+    for label, share in (("saie_update_unshared", False), ("saie_update_shared", True)):
+        learner.cfg.train.share_prefix = share
+        out[label] = timed(stance)
+    out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    # Checkpoint save/load round trip, then the export merge of that checkpoint.
+    ckpt = work / f"ckpt-{quantize}"
+    learner.save(ckpt)
+    learner.load(ckpt)
+    t0 = time.perf_counter()
+    merged = work / f"merged-{quantize}"
+    merge_torch(_cfg(s, **{**over, "learner.device": "cpu"}), ckpt, merged)
+    out["export_merge_seconds"] = time.perf_counter() - t0
+    out["export_merge_ok"] = (merged / "config.json").is_file()
+    return out
+
+
+def _trl_cuda(s: BenchSettings, model_dir: Path, quantize: str) -> dict:
+    """TRL ``SFTTrainer`` on the same model, sequences, LoRA, dtype and quantization."""
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        return {"skipped": "trl not installed (pip install 'saie-lite[bench]')"}
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from saie_lite.backends.torch_peft import quantization_config
+
+    kw: dict = {"dtype": torch.bfloat16, "device_map": {"": 0}}
+    if quantize == "4bit":
+        kw["quantization_config"] = quantization_config()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    seqs = _sequences(s, s.batch)
+    rows = [
+        {"prompt": q.context, "completion": [{"role": "assistant", "content": q.target}]}
+        for q in seqs
+    ] * (s.steps + 1)
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **k):
+            torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = SFTTrainer(
+            model=AutoModelForCausalLM.from_pretrained(model_dir, **kw),
+            args=SFTConfig(
+                output_dir=tmp,
+                per_device_train_batch_size=s.batch,
+                max_steps=s.steps + 1,
+                max_length=s.max_len,
+                learning_rate=2e-4,
+                bf16=True,
+                logging_steps=10_000,
+                save_strategy="no",
+                report_to=[],
+                dataloader_num_workers=0,
+                seed=0,
+            ),
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tok,
+            peft_config=LoraConfig(
+                r=s.lora_r,
+                lora_alpha=2 * s.lora_r,
+                target_modules="all-linear",
+                task_type="CAUSAL_LM",
+            ),
+            callbacks=[Clock()],
+        )
+        n_tokens = sum(
+            min(len(x), s.max_len) for x in trainer.train_dataset["input_ids"][: s.batch]
+        )
+        trainer.train()
+    dt = marks[-1] - marks[0]
+    return {"tokens_per_s": n_tokens * s.steps / dt, "seconds_per_step": dt / s.steps}
+
+
+def _free_gpu() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def bench_cuda(s: BenchSettings, shapes: list[str] | None = None, work: Path | None = None) -> dict:
+    """Every shape x (QLoRA 4-bit, bf16 LoRA); refuses in one line without CUDA."""
+    require_cuda()
+    import torch
+
+    from saie_lite.backends.torch_models import resolve_model_path
+
+    tokenizer_dir = resolve_model_path("embedded")
+    root = Path(work or tempfile.mkdtemp(prefix="saie-bench-cuda-"))
+    out: dict = {"gpu": torch.cuda.get_device_name(0)}
+    for name in shapes or ["smollm2-135m", "qwen2-0.5b", "qwen2-1.5b"]:
+        model_dir = build_shape(name, root / name, tokenizer_dir)
+        for quantize in ("4bit", "none"):
+            label = f"{name} {'qlora-4bit' if quantize == '4bit' else 'lora-bf16'}"
+            try:
+                ours = _shape_run(s, model_dir, quantize, root / name)
+                _free_gpu()
+                trl = _trl_cuda(s, model_dir, quantize)
+                _free_gpu()
+            except Exception as e:  # noqa: BLE001 - one failing setting must not hide the rest
+                out[label] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                continue
+            if "tokens_per_s" in trl:
+                ours["ratio_update_over_trl"] = ours["update"]["tokens_per_s"] / trl["tokens_per_s"]
+            out[label] = {**ours, "trl": trl}
+        shutil.rmtree(root / name, ignore_errors=True)
+    return out

@@ -1,0 +1,155 @@
+"""The shared-prefix update (``train.share_prefix``): an example's stance sequences packed
+into one row with a block attention mask give the same loss and the same LoRA gradients
+as training each sequence on its own, on tiny random llama and qwen2 models in float32."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from saie_lite import config  # noqa: E402
+from saie_lite.backends import torch_peft  # noqa: E402
+from saie_lite.chat_tokens import IGNORE, micro_batches, pack_shared  # noqa: E402
+from saie_lite.protocols import TrainSequence  # noqa: E402
+
+BASE = [
+    {"role": "system", "content": "Solve it."},
+    {"role": "user", "content": "Tom has 3 apples and buys 4 more. How many now?"},
+    {"role": "assistant", "content": "3 + 4 = 8\n#### 8"},
+]
+
+
+def stance_pair(ex_id: str, answer_note: str) -> list[TrainSequence]:
+    """Two sequences sharing question + answer, differing from the partner's remark on."""
+    base = BASE[:2] + [{"role": "assistant", "content": f"3 + 4 = 8 {answer_note}\n#### 8"}]
+    out = []
+    for stance, remark in (("supportive", "Good work."), ("adversarial", "Recheck 3 + 4.")):
+        ctx = base + [{"role": "user", "content": f"A discussion partner replied:\n{remark}"}]
+        out.append(TrainSequence(ctx, "3 + 4 = 7\n#### 7", kind=stance, group=ex_id))
+    return out
+
+
+def batch() -> list[TrainSequence]:
+    return (
+        stance_pair("a", "apples")
+        + stance_pair("b", "in all, counting twice")
+        + [TrainSequence(BASE[:2], "7\n#### 7")]  # a plain sequence, no group
+    )
+
+
+def learner(model_dir, share: bool, mb: int = 2):
+    cfg = config.build(
+        overrides={
+            "learner.model": str(model_dir),
+            "learner.max_seq_len": 512,
+            "learner.dtype": "float32",
+            "train.micro_batch_size": mb,
+            "train.share_prefix": share,
+        }
+    )
+    lr = torch_peft.TorchLearner(cfg)
+    # LoRA B starts at zero, which would leave every A gradient zero: randomise all
+    # adapter weights (same values in both learners) so every gradient is tested.
+    gen = torch.Generator().manual_seed(1)
+    for p in lr.params:
+        p.data = torch.randn(p.shape, generator=gen) * 0.05
+    return lr
+
+
+def grads_after_step(lr, seqs):
+    """Loss and the LoRA gradients of one step (the optimizer update is switched off)."""
+    lr.opt.step = lambda: None
+    lr.cfg.train.grad_clip = 0.0
+    stats = lr.train_step(seqs)
+    return stats, {n: p.grad.clone() for n, p in lr.model.named_parameters() if p.requires_grad}
+
+
+def assert_same_update(model_dir, seqs, mb=2, attn="sdpa"):
+    shared, plain = learner(model_dir, True, mb), learner(model_dir, False, mb)
+    for lr in (shared, plain):
+        lr.model.get_base_model().set_attn_implementation(attn)
+        assert lr.model.get_base_model().config._attn_implementation == attn
+    assert shared.shares_prefix() and not plain.shares_prefix()
+    (s1, g1), (s2, g2) = grads_after_step(shared, seqs), grads_after_step(plain, seqs)
+    assert s1.loss == pytest.approx(s2.loss, rel=1e-5)
+    assert (s1.n_target_tokens, s1.n_tokens) == (s2.n_target_tokens, s2.n_tokens)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for n in g1:
+        assert g1[n].abs().sum() > 0, n
+        assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_shared_prefix_update_equals_unshared_llama(tiny_model_dir):
+    assert_same_update(tiny_model_dir, batch())
+
+
+def test_shared_prefix_update_equals_unshared_eager_attention(tiny_model_dir):
+    assert_same_update(tiny_model_dir, batch(), attn="eager")
+
+
+def test_shared_prefix_update_equals_unshared_one_micro_batch(tiny_model_dir):
+    assert_same_update(tiny_model_dir, batch(), mb=8)
+
+
+def test_shared_prefix_update_equals_unshared_qwen2(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.save_pretrained(tmp_path)
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    Qwen2ForCausalLM(cfg).save_pretrained(tmp_path, safe_serialization=True)
+    assert_same_update(tmp_path, batch())
+
+
+def test_a_wrong_mask_is_caught(tiny_model_dir):
+    """The equality test can fail: letting one stance's tokens see the other stance's
+    remark changes the loss."""
+    seqs = batch()
+    shared, plain = learner(tiny_model_dir, True), learner(tiny_model_dir, False)
+    rows = pack_shared([shared.encode(s) for s in seqs], [s.group for s in seqs])
+    leaky = [r for r in rows if r.n_sequences == 2]
+    for r in leaky:  # continuation 1 treated as prefix: continuation 2 sees it
+        r.segments = [0 if s == 1 else s for s in r.segments]
+    with torch.no_grad():
+        bad = float(shared._packed_loss_sum(leaky))
+        good = float(plain._micro_loss_sum([plain.encode(s) for s in seqs[:4]]))
+    assert bad != pytest.approx(good, rel=1e-4)
+
+
+def test_pack_shared_layout():
+    enc = [([1, 2, 3, 4], [IGNORE, IGNORE, IGNORE, 4]), ([1, 2, 5, 6, 7], [IGNORE] * 3 + [6, 7])]
+    plain = ([9, 8], [IGNORE, 8])
+    rows = pack_shared(enc + [plain], ["x", "x", ""])
+    assert [r.n_sequences for r in rows] == [1, 2]  # sorted by length
+    row = rows[1]
+    assert row.ids == [1, 2, 3, 4, 5, 6, 7]
+    assert row.positions == [0, 1, 2, 3, 2, 3, 4]
+    assert row.segments == [0, 0, 1, 1, 2, 2, 2]
+    # 4 is predicted from 3 (row index 2); 6 from 5 (index 4); 7 from 6 (index 5)
+    assert row.predict == [(2, 4), (4, 6), (5, 7)]
+    assert row.n_tokens == 9
+
+
+def test_micro_batches_count_packed_sequences():
+    assert micro_batches([5, 6, 7], 4) == micro_batches([5, 6, 7], 4, sizes=[1, 1, 1])
+    spans = micro_batches([10, 10, 10], 4, overhead=1000, sizes=[2, 2, 2])
+    assert all(end - start <= 2 for start, end in spans)  # at most 4 sequences each
+    assert micro_batches([10], 1, sizes=[3]) == [(0, 1)]  # an oversized row still runs
+
+
+def test_off_for_dropout_and_unsupported_models(tiny_model_dir):
+    lr = learner(tiny_model_dir, True)
+    lr.cfg.learner.lora_dropout = 0.1
+    assert not lr.shares_prefix()
+    assert not torch_peft.packing_supported(type("C", (), {"model_type": "gemma2"})())
