@@ -434,7 +434,7 @@ def discussion_batch(
             revisions = learner.generate(contexts, lc.max_new_tokens, lc.temperature)
             per = timer.add("generate", t0) / len(branches)
             correct = [task.is_correct(r, b.example.answer) for b, r in zip(branches, revisions)]
-            for b, ctx, rev, ok in zip(branches, contexts, revisions, correct):
+            for b, context, rev, ok in zip(branches, contexts, revisions, correct):
                 rows.append(
                     turn_row(
                         meta,
@@ -442,16 +442,16 @@ def discussion_batch(
                         turn=turn,
                         role="learner",
                         stance=b.stance,
-                        prompt=ctx,
+                        prompt=context,
                         text=rev,
                         correct=mark(ok),
                         seconds=per,
                     )
                 )
-        for b, ctx, rev, ok in zip(branches, contexts, revisions, correct):
+        for b, context, rev, ok in zip(branches, contexts, revisions, correct):
             target = choose_target(gold[b.example.id], rev, ok, m.target)
             sequences.append(
-                TrainSequence(context=ctx, target=target, kind=b.stance, group=b.example.id)
+                TrainSequence(context=context, target=target, kind=b.stance, group=b.example.id)
             )
             rows.append(
                 turn_row(
@@ -460,7 +460,7 @@ def discussion_batch(
                     turn=turn,
                     role="target",
                     stance=b.stance,
-                    prompt=ctx,
+                    prompt=context,
                     text=target,
                 )
             )
