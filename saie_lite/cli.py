@@ -165,10 +165,13 @@ def eval_(
     scoring: str | None = typer.Option(None, help="generate | loglik (multiple choice)"),
     max_new_tokens: int | None = typer.Option(None, help="longest answer per turn"),
     batch_size: int | None = typer.Option(None, help="items generated together"),
+    metrics: str | None = typer.Option(
+        None, help="comma list of accuracy | nll | rouge (default: all that apply)"
+    ),
     out: Path | None = typer.Option(None, help="eval directory (same one = resume)"),
     set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value"),
 ) -> None:
-    """Measure accuracy (with 95% intervals) of a learner under an inference strategy."""
+    """Measure accuracy, nll and rouge (with 95% intervals) of a learner under a strategy."""
     from saie_lite import config as config_mod
     from saie_lite.evaluate.start import start_eval
 
@@ -189,6 +192,7 @@ def eval_(
             "eval.scoring": scoring,
             "eval.max_new_tokens": max_new_tokens,
             "eval.batch_size": batch_size,
+            "eval.metrics": metrics,
         }
         given = {k: v for k, v in flags.items() if v is not None}
         cfg = config_mod.build(None, {**config_mod.parse_sets(set_), **given})
@@ -212,7 +216,7 @@ def compare(
         help="pair only the items both evaluations hold (else different item sets are refused)",
     ),
 ) -> None:
-    """Paired comparison of two evaluations on the same items (exact McNemar test)."""
+    """Paired comparison on the same items: McNemar for accuracy, t-test and Wilcoxon for nll/rouge."""
     from saie_lite.evaluate.pairing import compare as do_compare
     from saie_lite.evaluate.pairing import load_summary
     from saie_lite.ui.eval_view import print_compare

@@ -38,6 +38,7 @@ def looks_like_key(value: str) -> bool:
 MODES = ("sft", "saie", "saie-support", "saie-adversarial")
 STANCES = ("supportive", "adversarial")
 TARGETS = ("reference", "reference_or_revision", "rationalized")
+EVAL_METRICS = ("accuracy", "nll", "rouge")
 CHECKS = ("number", "choice", "exact", "contains", "none")  # and regex:PATTERN
 
 
@@ -317,8 +318,18 @@ class EvalConfig:
     scoring: str = _f("generate", "generate | loglik (multiple choice: score the choice letters)")
     batch_size: int = _f(8, "items generated together")
     max_new_tokens: int = _f(256, "longest answer per turn")
+    metrics: str = _f(
+        "all",
+        "comma list of accuracy | nll (teacher-forced NLL per token of the reference) | "
+        "rouge (ROUGE-L F1 of the answer against the reference); all = every one that applies",
+    )
 
     def validate(self) -> None:
+        bad = [m for m in self.metrics.split(",") if m.strip() not in EVAL_METRICS + ("all",)]
+        _check(
+            not bad and bool(self.metrics.strip()),
+            f"eval.metrics: comma list of {', '.join(EVAL_METRICS)} or all, got {self.metrics!r}",
+        )
         strategies = ("single", "self-consistency", "self-discussion", "debate")
         _check(self.strategy in strategies, f"eval.strategy must be one of {', '.join(strategies)}")
         _check(self.k >= 1, "eval.k must be >= 1")
