@@ -80,7 +80,7 @@ class ScriptedPartner:
             if self.queue:
                 out.append(self.queue.popleft())
             else:
-                critical = "critical" in chat[0]["content"]
+                critical = "critical" in chat[-1]["content"]  # the stance goes last
                 out.append(
                     "Are you sure? Check each step." if critical else "Well done, that is right."
                 )

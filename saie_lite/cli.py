@@ -293,6 +293,14 @@ def logs_show(debate_id: int = typer.Argument(..., help="debate number from 'log
         fail(str(e))
 
 
+@logs_app.command("remarks")
+def logs_remarks(run_dir: Path = typer.Argument(..., help="a training run directory")) -> None:
+    """A run's remark diagnostics: echo, on-stance and degenerate rates per stance."""
+    from saie_lite.evaluate.start import run_remarks
+
+    typer.echo(run_remarks(run_dir))
+
+
 @logs_app.command("export")
 def logs_export(
     debate_id: int = typer.Argument(..., help="debate number from 'logs list'"),

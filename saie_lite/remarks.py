@@ -125,14 +125,19 @@ def rates_line(r: dict) -> str:
 
 def weak_partner(r: dict) -> str | None:
     """The one-line warning, or None while the partner looks usable (or too few remarks
-    have been seen to tell)."""
+    have been seen to tell): most remarks echo the answer, or most remarks (overall, or
+    of one stance) ignore their stance."""
     a = r.get("all")
     if not a or a["n"] < WARN_AFTER:
         return None
-    if a["echo"] <= WARN_ECHO and 1 - a["on_stance"] <= WARN_OFF_STANCE:
+    off = {k: 1 - v["on_stance"] for k, v in r.items() if v["n"] >= WARN_AFTER // 2}
+    worst = max(off, key=lambda k: off[k])
+    if a["echo"] <= WARN_ECHO and off[worst] <= WARN_OFF_STANCE:
         return None
+    where = "" if worst == "all" else f" {worst}"
     return (
-        f"the partner looks too weak for the discussion to mean much ({100 * a['echo']:.0f}% "
-        f"of its remarks echo the answer, {100 * (1 - a['on_stance']):.0f}% ignore their "
-        f"stance): {STRONGER_PARTNER}"
+        f"the partner looks too weak for the discussion to mean much: "
+        f"{100 * a['echo']:.0f}% of its remarks echo the answer, "
+        f"{100 * off[worst]:.0f}% of its{where} remarks ignore their stance; "
+        f"{STRONGER_PARTNER}"
     )

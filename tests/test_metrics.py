@@ -75,9 +75,7 @@ def test_eval_stores_metrics_per_item_with_intervals(tmp_path):
     rows = store.eval_items("e")
     assert [r["metrics"]["rouge"] for r in rows][0] == 1.0  # the reference itself
     assert rows[1]["metrics"]["rouge"] == 0.0
-    assert rows[0]["metrics"]["nll"] == pytest.approx(
-        (1 + len(exs[0].reference.split()) % 5) / 1
-    )
+    assert rows[0]["metrics"]["nll"] == pytest.approx((1 + len(exs[0].reference.split()) % 5) / 1)
     r = s["metrics"]["rouge"]
     assert r["n"] == 4 and r["ci95"][0] < r["mean"] < r["ci95"][1]
     saved = json.loads((tmp_path / "summary.json").read_text())
