@@ -228,6 +228,38 @@ def compare(
         fail(str(e))
 
 
+@app.command()
+def ablate(
+    recipe: Path | None = typer.Option(None, "--recipe", "-r", help="YAML recipe, e.g. recipes/ablate-quick.yaml"),
+    out: Path | None = typer.Option(
+        None, help="experiment directory (same one = resume); default $SAIE_LITE_HOME/ablations/<recipe>"
+    ),
+    live: str = typer.Option("auto", help="auto | rich | plain"),
+    set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value"),
+) -> None:
+    """The paper's rows in one command: train sft, saie-support, saie-adversarial, saie; evaluate
+    them and the base; write table.md, results.json, ablation.png."""
+    from saie_lite import config as config_mod
+    from saie_lite.evaluate.ablation import default_dir, run_ablation
+    from saie_lite.train.runs import StopFlag
+    from saie_lite.ui.ablate_view import make_ablate_view
+
+    try:
+        cfg = config_mod.build(recipe, config_mod.parse_sets(set_))
+        target = Path(out) if out else default_dir(cfg, recipe)
+        view = make_ablate_view(live)
+        with StopFlag(lambda: view.note("stopping after this step (Ctrl-C again aborts)")) as flag:
+            res = run_ablation(cfg, target, view, flag)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        typer.secho("aborted; finished parts are kept, run the same command to continue", fg="yellow", err=True)
+        raise typer.Exit(130) from None
+    if res["status"] == "stopped":
+        raise typer.Exit(130)
+    typer.echo((target / "table.md").read_text())
+
+
 @app.command("debate")
 def debate_cmd(
     question: str | None = typer.Option(None, "--question", "-q", help="ask this and exit"),

@@ -341,6 +341,34 @@ class EvalConfig:
         _check(bool(self.agents.strip()), "eval.agents must name at least one agent")
 
 
+ABLATE_SYSTEMS = ("base",) + MODES
+
+
+@dataclass
+class AblateConfig:
+    systems: str = _f(
+        "base,sft,saie-support,saie-adversarial,saie",
+        "comma list of the rows: base (the untrained learner) and training modes",
+    )
+    dir: str = _f("", "experiment directory; empty = $SAIE_LITE_HOME/ablations/<recipe name>")
+    eval_split: str = _f("dev", "held-out split the systems are evaluated on (local files: dev)")
+    eval_limit: int = _f(50, "evaluate on N held-out items (0 = all)")
+
+    def validate(self) -> None:
+        names = [x.strip() for x in self.systems.split(",") if x.strip()]
+        bad = [x for x in names if x not in ABLATE_SYSTEMS]
+        _check(
+            bool(names) and not bad and len(set(names)) == len(names),
+            f"ablate.systems: distinct names among {', '.join(ABLATE_SYSTEMS)}, "
+            f"got {self.systems!r}",
+        )
+        _check(self.eval_limit >= 0, "ablate.eval_limit must be >= 0")
+
+    @property
+    def system_list(self) -> list[str]:
+        return [x.strip() for x in self.systems.split(",") if x.strip()]
+
+
 @dataclass
 class RunConfig:
     dir: str = _f("", "run directory; empty = $SAIE_LITE_HOME/runs/<timestamp>-<mode>")
@@ -355,6 +383,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> Config:
