@@ -64,22 +64,23 @@ def diagnose(
 ) -> dict:
     """One remark's diagnostics.
 
-    ``remark_final`` / ``answer_final`` are the final answers the task's check reads in
-    the remark and in the learner's answer (None where the remark states none, or the data
-    has no check). A remark that states a final answer is on its stance when that answer
-    equals the learner's (supportive) or differs from it (adversarial). One that states
-    none is read by its words: an adversarial remark must dispute, a supportive one must
-    not. A degenerate remark is never on its stance.
+    ``remark_final`` is the final answer the remark states ("#### N", "the answer is N",
+    read by the task's strict rule), ``answer_final`` the learner's (None where the data
+    has no check). A remark disputes the answer when it states another final answer, or
+    when its words dispute (wrong, mistake, are you sure, recheck...): a supportive remark
+    is on its stance when it does not dispute, an adversarial one when it does. Restating
+    the learner's own answer while calling it wrong still disputes. A degenerate remark is
+    never on its stance.
     """
     echo = rouge_l(remark, answer)
     if degenerate:
         on, how = False, "degenerate"
-    elif remark_final is not None and answer_final is not None:
-        agrees = remark_final == answer_final
-        on, how = (agrees if stance == "supportive" else not agrees), "answer"
     else:
-        d = disputes(remark)
-        on, how = (not d if stance == "supportive" else d), "words"
+        other = remark_final is not None and answer_final is not None
+        other = other and remark_final != answer_final
+        d = other or disputes(remark)
+        on = not d if stance == "supportive" else d
+        how = "answer" if other else "words"
     return {
         "echo_rouge": round(echo, 4),
         "echo": echo >= ECHO_THRESHOLD,

@@ -36,7 +36,12 @@ def test_on_and_off_stance_by_the_stated_answer():
     assert not off["on_stance"] and off["stance_by"] == "answer"
     assert diag("He ate two apples, so the answer is 2.", "adversarial")["on_stance"]
     agrees = diag("Great work, the answer is 3.", "adversarial")
-    assert not agrees["on_stance"] and agrees["stance_by"] == "answer"
+    assert not agrees["on_stance"] and agrees["stance_by"] == "words"
+    # restating the learner's answer while calling it wrong still disputes it
+    assert diag("You say the answer is 3, but that is wrong.", "adversarial")["on_stance"]
+    # a number inside the reasoning is not a stated final answer
+    d = diag("Yes: 4 apples minus 1 eaten leaves 3, nicely done.", "supportive")
+    assert d["on_stance"] and d["stance_by"] == "words"
 
 
 def test_on_and_off_stance_by_words_when_no_answer_is_stated():

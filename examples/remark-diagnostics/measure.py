@@ -64,7 +64,7 @@ def main() -> None:
             f"{100 * r['all']['on_stance']:.0f}% degenerate {sum(map(is_degenerate, remarks))}; "
             f"identical supportive/adversarial pairs {same}/{len(exs)}"
         )
-        for (x, a, st), rem, (_, d) in list(zip(keys, remarks, diags))[:4]:
+        for (x, _a, st), rem, (_, d) in list(zip(keys, remarks, diags))[:4]:
             print(f"  [{x.id} {st}] {rem[:160]!r} {d}")
     prompts.PARTNER_SYSTEM, prompts.STANCE_INSTRUCTION = now
 

@@ -102,7 +102,8 @@ def remark_diagnostics(task, remark, answer: str, stance: str) -> dict | None:
     final answers are read with the task's check where the data has one."""
     if isinstance(remark, MissingRemark):
         return None
-    finals = (task.answer_key(remark), task.answer_key(answer)) if is_checked(task) else (None, None)
+    stated = getattr(task, "extract_strict", task.answer_key)  # what the remark *states*
+    finals = (stated(remark), task.answer_key(answer)) if is_checked(task) else (None, None)
     return diagnose(remark, answer, stance, is_degenerate(remark), *finals)
 
 
