@@ -30,21 +30,27 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("answers.json"))
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--show", type=int, default=4, help="print the first N remarks")
+    ap.add_argument("--only", choices=["before", "after"], help="measure one wording only")
     args = ap.parse_args()
     cfg = config.build(overrides={"partner.model": "embedded", "partner.n_ctx": 2048})
     partner = factory("partners", "llama_cpp")(cfg)
     exs = gsm8k.load("bundled", "dev")[0][: args.n]
     if args.out.is_file():
-        answers = json.loads(args.out.read_text())
+        answers = json.loads(args.out.read_text())[: args.n]
+        exs = exs[: len(answers)]
     else:
         answers = partner.generate([example_chat(gsm8k, x) for x in exs], 128, 0.0)
         args.out.write_text(json.dumps(answers, indent=1))
     before = json.loads((Path(__file__).parent / "before.json").read_text())
     now = (prompts.PARTNER_SYSTEM, dict(prompts.STANCE_INSTRUCTION))
+    only = [args.only] if args.only else ["before", "after"]
     for label, (system, stances) in (
         ("before", (before["system"], before["stances"])),
         ("after", now),
     ):
+        if label not in only:
+            continue
         prompts.PARTNER_SYSTEM, prompts.STANCE_INSTRUCTION = system, stances
         chats, keys = [], []
         for x, a in zip(exs, answers):
@@ -64,8 +70,8 @@ def main() -> None:
             f"{100 * r['all']['on_stance']:.0f}% degenerate {sum(map(is_degenerate, remarks))}; "
             f"identical supportive/adversarial pairs {same}/{len(exs)}"
         )
-        for (x, _a, st), rem, (_, d) in list(zip(keys, remarks, diags))[:4]:
-            print(f"  [{x.id} {st}] {rem[:160]!r} {d}")
+        for (x, _a, st), rem, (_, d) in list(zip(keys, remarks, diags))[: args.show]:
+            print(f"  [{x.id} {st}] {rem[:200]!r} {d}", flush=True)
     prompts.PARTNER_SYSTEM, prompts.STANCE_INSTRUCTION = now
 
 
