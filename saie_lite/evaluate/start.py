@@ -204,7 +204,10 @@ def list_logs() -> str:
         for p in found:
             lines.append(f"  {p}")
             if kind == "runs" and (p / "saie.sqlite").is_file():
-                lines += [f"      {line}" for line in remark_figures(p)]
+                try:
+                    lines += [f"      {line}" for line in remark_figures(p)]
+                except UserError:  # one damaged run must not hide the others
+                    lines.append("      (its saie.sqlite cannot be read)")
     return "\n".join(lines)
 
 
