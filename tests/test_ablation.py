@@ -106,6 +106,10 @@ def test_ablate_refuses_changed_settings_and_overlapping_rows(tmp_path):
             out,
             PlainAblateView(io.StringIO()),
         )
+    # rows may be added or dropped: the others are reused
+    buf = io.StringIO()
+    res = run_ablation(cfg(**{"ablate.systems": "sft"}), out, PlainAblateView(buf))
+    assert [r["system"] for r in res["rows"]] == ["sft"] and "train " not in buf.getvalue()
     with pytest.raises(UserError, match="same rows"):
         run_ablation(cfg(**{"data.split": "dev"}), tmp_path / "x", PlainAblateView(io.StringIO()))
 

@@ -27,8 +27,10 @@ from saie_lite.fsutil import atomic_write_text
 from saie_lite.protocols import Callbacks
 
 TRAINED = ("sft", "saie-support", "saie-adversarial", "saie")
-# Keys that may differ on a resumed experiment: where it is and how it is shown.
-FREE_KEYS = ("run.live", "run.dir", "ablate.dir")
+# Keys that may differ on a resumed experiment: where it is, how it is shown, and which
+# rows it holds (each row depends only on the shared settings, so rows are added or
+# dropped without redoing the others).
+FREE_KEYS = ("run.live", "run.dir", "ablate.dir", "ablate.systems")
 
 
 def default_dir(cfg: Config, recipe: Path | None) -> Path:
