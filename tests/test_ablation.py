@@ -123,3 +123,28 @@ def test_cli_ablate_writes_outputs_and_bad_input_is_one_line(tmp_path):
     assert (tmp_path / "e" / "ablation.png").read_bytes()[:8] == PNG
     r = CliRunner().invoke(app, ["ablate", "--set", "ablate.systems=sft,bogus"])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "ablate.systems" in r.output
+
+
+def test_ablate_on_a_tiny_torch_model(tmp_path, tiny_model_dir):
+    """The real learner path: LoRA training, adapters loaded for evaluation, nll from
+    the torch backend; base and the trained rows differ in nll."""
+    pytest.importorskip("peft")
+    c = cfg(
+        **{
+            "learner.backend": "torch",
+            "learner.model": str(tiny_model_dir),
+            "learner.max_new_tokens": 8,
+            "learner.max_seq_len": 512,
+            "eval.max_new_tokens": 8,
+            "data.limit": 6,
+            "ablate.eval_limit": 4,
+            "ablate.systems": "base,sft,saie",
+            "train.lr": 0.01,
+        }
+    )
+    res = run_ablation(c, tmp_path / "exp", PlainAblateView(io.StringIO()))
+    rows = {r["system"]: r for r in res["rows"]}
+    assert rows["sft"]["updates"] == rows["saie"]["updates"] > 0
+    nll = {s: r["metrics"]["nll"]["mean"] for s, r in rows.items()}
+    assert nll["base"] != nll["sft"] and nll["sft"] != nll["saie"]
+    assert (tmp_path / "exp" / "ablation.png").read_bytes()[:8] == PNG
