@@ -43,6 +43,10 @@ class ScriptedLearner:
     def reseed(self, seed: int) -> None:
         self.history.append({"call": "reseed", "seed": seed})
 
+    def nll(self, chats: list[Chat], targets: list[str]) -> list[float]:
+        """A deterministic stand-in that falls as the learner 'trains' (tests only)."""
+        return [(1 + len(t.split()) % 5) / (1 + self.step) for t in targets]
+
     def train_step(self, sequences: list[TrainSequence]) -> StepStats:
         self.step += 1
         self.history.append({"call": "train_step", "sequences": sequences})
@@ -76,7 +80,7 @@ class ScriptedPartner:
             if self.queue:
                 out.append(self.queue.popleft())
             else:
-                critical = "critical" in chat[0]["content"]
+                critical = "critical" in chat[-1]["content"]  # the stance goes last
                 out.append(
                     "Are you sure? Check each step." if critical else "Well done, that is right."
                 )

@@ -296,6 +296,49 @@ class TorchLearner(ChatTokenLearner):
                     if n in narrow:
                         t.data = t.data.to(narrow[n])
 
+    @torch.no_grad()
+    def nll(self, chats: list[Chat], targets: list[str], batch_size: int = 8) -> list[float]:
+        """Per item: negative log-likelihood per token of ``target`` as the assistant's
+        reply to ``chat``, teacher-forced, encoded exactly as ``train_step`` encodes a
+        training sequence (same chat template, same target tokens incl. the end-of-turn
+        marker, same ``max_seq_len`` cut). One forward pass per right-padded batch; the
+        log-softmax runs in float32."""
+        self.model.eval()
+        limit = self.cfg.learner.max_seq_len
+        encoded = [
+            (i[:limit], lab[:limit])
+            for i, lab in (self.chat.encode(TrainSequence(c, t)) for c, t in zip(chats, targets))
+        ]
+        out: list[float] = []
+        for start in range(0, len(encoded), batch_size):
+            items = encoded[start : start + batch_size]
+            width = max(len(i) for i, _ in items)
+            pad = self.tok.pad_token_id
+            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in items], device=self.device)
+            mask = torch.tensor(
+                [[1] * len(i) + [0] * (width - len(i)) for i, _ in items], device=self.device
+            )
+            lw = max(len(lab) for _, lab in items)
+            labels = torch.tensor(
+                [lab + [IGNORE] * (lw - len(lab)) for _, lab in items], device=self.device
+            )
+            if self.seq2seq:
+                logits = self.model(input_ids=ids, attention_mask=mask, labels=labels).logits
+                logits, nxt = logits.float(), labels
+            else:
+                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                nxt = labels[:, 1:]
+            ce = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)),
+                nxt.reshape(-1),
+                ignore_index=IGNORE,
+                reduction="none",
+            ).view(nxt.shape)
+            counts = (nxt != IGNORE).sum(dim=1)
+            sums = ce.sum(dim=1)
+            out += [float(s / n) if n else float("nan") for s, n in zip(sums, counts)]
+        return out
+
     # -- training -----------------------------------------------------------------
     def reseed(self, seed: int) -> None:
         torch.manual_seed(seed)  # seeds CPU and every CUDA device

@@ -165,10 +165,13 @@ def eval_(
     scoring: str | None = typer.Option(None, help="generate | loglik (multiple choice)"),
     max_new_tokens: int | None = typer.Option(None, help="longest answer per turn"),
     batch_size: int | None = typer.Option(None, help="items generated together"),
+    metrics: str | None = typer.Option(
+        None, help="comma list of accuracy | nll | rouge (default: all that apply)"
+    ),
     out: Path | None = typer.Option(None, help="eval directory (same one = resume)"),
     set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value"),
 ) -> None:
-    """Measure accuracy (with 95% intervals) of a learner under an inference strategy."""
+    """Measure accuracy, nll and rouge (with 95% intervals) of a learner under a strategy."""
     from saie_lite import config as config_mod
     from saie_lite.evaluate.start import start_eval
 
@@ -189,6 +192,7 @@ def eval_(
             "eval.scoring": scoring,
             "eval.max_new_tokens": max_new_tokens,
             "eval.batch_size": batch_size,
+            "eval.metrics": metrics,
         }
         given = {k: v for k, v in flags.items() if v is not None}
         cfg = config_mod.build(None, {**config_mod.parse_sets(set_), **given})
@@ -212,7 +216,7 @@ def compare(
         help="pair only the items both evaluations hold (else different item sets are refused)",
     ),
 ) -> None:
-    """Paired comparison of two evaluations on the same items (exact McNemar test)."""
+    """Paired comparison on the same items: McNemar for accuracy, t-test and Wilcoxon for nll/rouge."""
     from saie_lite.evaluate.pairing import compare as do_compare
     from saie_lite.evaluate.pairing import load_summary
     from saie_lite.ui.eval_view import print_compare
@@ -222,6 +226,38 @@ def compare(
         print_compare(str(a), str(b), sa, sb, do_compare(sa, sb, shared_only))
     except UserError as e:
         fail(str(e))
+
+
+@app.command()
+def ablate(
+    recipe: Path | None = typer.Option(None, "--recipe", "-r", help="YAML recipe, e.g. recipes/ablate-quick.yaml"),
+    out: Path | None = typer.Option(
+        None, help="experiment directory (same one = resume); default $SAIE_LITE_HOME/ablations/<recipe>"
+    ),
+    live: str = typer.Option("auto", help="auto | rich | plain"),
+    set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value"),
+) -> None:
+    """The paper's rows in one command: train sft, saie-support, saie-adversarial, saie; evaluate
+    them and the base; write table.md, results.json, ablation.png."""
+    from saie_lite import config as config_mod
+    from saie_lite.evaluate.ablation import default_dir, run_ablation
+    from saie_lite.train.runs import StopFlag
+    from saie_lite.ui.ablate_view import make_ablate_view
+
+    try:
+        cfg = config_mod.build(recipe, config_mod.parse_sets(set_))
+        target = Path(out) if out else default_dir(cfg, recipe)
+        view = make_ablate_view(live)
+        with StopFlag(lambda: view.note("stopping after this step (Ctrl-C again aborts)")) as flag:
+            res = run_ablation(cfg, target, view, flag)
+    except UserError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        typer.secho("aborted; finished parts are kept, run the same command to continue", fg="yellow", err=True)
+        raise typer.Exit(130) from None
+    if res["status"] == "stopped":
+        raise typer.Exit(130)
+    typer.echo((target / "table.md").read_text())
 
 
 @app.command("debate")
@@ -287,6 +323,14 @@ def logs_show(debate_id: int = typer.Argument(..., help="debate number from 'log
         typer.echo(to_markdown(get_debate(debate_id)))
     except UserError as e:
         fail(str(e))
+
+
+@logs_app.command("remarks")
+def logs_remarks(run_dir: Path = typer.Argument(..., help="a training run directory")) -> None:
+    """A run's remark diagnostics: echo, on-stance and degenerate rates per stance."""
+    from saie_lite.evaluate.start import run_remarks
+
+    typer.echo(run_remarks(run_dir))
 
 
 @logs_app.command("export")

@@ -38,6 +38,7 @@ def looks_like_key(value: str) -> bool:
 MODES = ("sft", "saie", "saie-support", "saie-adversarial")
 STANCES = ("supportive", "adversarial")
 TARGETS = ("reference", "reference_or_revision", "rationalized")
+EVAL_METRICS = ("accuracy", "nll", "rouge")
 CHECKS = ("number", "choice", "exact", "contains", "none")  # and regex:PATTERN
 
 
@@ -367,8 +368,18 @@ class EvalConfig:
     )
     batch_size: int = _f(8, "items generated together")
     max_new_tokens: int = _f(256, "longest answer per turn")
+    metrics: str = _f(
+        "all",
+        "comma list of accuracy | nll (teacher-forced NLL per token of the reference) | "
+        "rouge (ROUGE-L F1 of the answer against the reference); all = every one that applies",
+    )
 
     def validate(self) -> None:
+        bad = [m for m in self.metrics.split(",") if m.strip() not in EVAL_METRICS + ("all",)]
+        _check(
+            not bad and bool(self.metrics.strip()),
+            f"eval.metrics: comma list of {', '.join(EVAL_METRICS)} or all, got {self.metrics!r}",
+        )
         strategies = ("single", "self-consistency", "self-discussion", "debate")
         _check(self.strategy in strategies, f"eval.strategy must be one of {', '.join(strategies)}")
         _check(self.k >= 1, "eval.k must be >= 1")
@@ -381,6 +392,34 @@ class EvalConfig:
         _check(self.batch_size >= 1, "eval.batch_size must be >= 1")
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1")
         _check(bool(self.agents.strip()), "eval.agents must name at least one agent")
+
+
+ABLATE_SYSTEMS = ("base",) + MODES
+
+
+@dataclass
+class AblateConfig:
+    systems: str = _f(
+        "base,sft,saie-support,saie-adversarial,saie",
+        "comma list of the rows: base (the untrained learner) and training modes",
+    )
+    dir: str = _f("", "experiment directory; empty = $SAIE_LITE_HOME/ablations/<recipe name>")
+    eval_split: str = _f("dev", "held-out split the systems are evaluated on (local files: dev)")
+    eval_limit: int = _f(50, "evaluate on N held-out items (0 = all)")
+
+    def validate(self) -> None:
+        names = [x.strip() for x in self.systems.split(",") if x.strip()]
+        bad = [x for x in names if x not in ABLATE_SYSTEMS]
+        _check(
+            bool(names) and not bad and len(set(names)) == len(names),
+            f"ablate.systems: distinct names among {', '.join(ABLATE_SYSTEMS)}, "
+            f"got {self.systems!r}",
+        )
+        _check(self.eval_limit >= 0, "ablate.eval_limit must be >= 0")
+
+    @property
+    def system_list(self) -> list[str]:
+        return [x.strip() for x in self.systems.split(",") if x.strip()]
 
 
 @dataclass
@@ -397,6 +436,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ablate: AblateConfig = field(default_factory=AblateConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> Config:

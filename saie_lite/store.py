@@ -102,6 +102,12 @@ MIGRATIONS = [
     -- Why a partner remark is missing (null content, refusal, no choices), else NULL.
     ALTER TABLE turns ADD COLUMN missing TEXT;
     """,
+    """
+    -- JSON {metric: value} per evaluated item (nll, rouge), else NULL.
+    ALTER TABLE eval_items ADD COLUMN metrics TEXT;
+    -- JSON remark diagnostics per partner turn (saie_lite/remarks.py), else NULL.
+    ALTER TABLE turns ADD COLUMN diagnostics TEXT;
+    """,
 ]
 
 
@@ -156,9 +162,9 @@ class Store:
         with self.db:
             self.db.executemany(
                 "INSERT INTO turns (step, phase, round, example_id, turn, role, stance, prompt,"
-                " text, correct, seconds, cached, created, missing) VALUES"
+                " text, correct, seconds, cached, created, missing, diagnostics) VALUES"
                 " (:step, :phase, :round, :example_id, :turn, :role, :stance, :prompt,"
-                " :text, :correct, :seconds, :cached, :created, :missing)",
+                " :text, :correct, :seconds, :cached, :created, :missing, :diagnostics)",
                 [
                     {
                         "stance": None,
@@ -167,6 +173,9 @@ class Store:
                         "cached": 0,
                         "missing": None,
                         **r,
+                        "diagnostics": json.dumps(r["diagnostics"])
+                        if r.get("diagnostics")
+                        else None,
                         "prompt": json.dumps(r["prompt"], ensure_ascii=False),
                         "created": now,
                     }
@@ -218,10 +227,10 @@ class Store:
             self.db.executemany(
                 "INSERT OR REPLACE INTO eval_items (eval, idx, example_id, question, reference,"
                 " gold, final, strict, flexible, strict_correct, flexible_correct, turns, tokens,"
-                " seconds, created, item_id, choice_scores) VALUES (:eval, :idx, :example_id,"
-                " :question, :reference, :gold, :final, :strict, :flexible, :strict_correct,"
-                " :flexible_correct, :turns, :tokens, :seconds, :created, :item_id,"
-                " :choice_scores)",
+                " seconds, created, item_id, choice_scores, metrics) VALUES (:eval, :idx,"
+                " :example_id, :question, :reference, :gold, :final, :strict, :flexible,"
+                " :strict_correct, :flexible_correct, :turns, :tokens, :seconds, :created,"
+                " :item_id, :choice_scores, :metrics)",
                 [
                     {
                         "item_id": None,
@@ -231,6 +240,7 @@ class Store:
                         "choice_scores": json.dumps(r["choice_scores"])
                         if r.get("choice_scores")
                         else None,
+                        "metrics": json.dumps(r["metrics"]) if r.get("metrics") else None,
                         "created": now,
                     }
                     for r in rows
@@ -243,6 +253,7 @@ class Store:
         rows = [dict(zip(cols, r)) for r in cur.fetchall()]
         for r in rows:
             r["choice_scores"] = json.loads(r["choice_scores"]) if r["choice_scores"] else None
+            r["metrics"] = json.loads(r["metrics"]) if r["metrics"] else {}
         return rows
 
     # -- debates ------------------------------------------------------------------
@@ -264,6 +275,19 @@ class Store:
             d["agents"], d["turns"] = json.loads(d["agents"]), json.loads(d["turns"])
             out.append(d)
         return out
+
+    def remark_diagnostics(self) -> list[tuple[str, dict]]:
+        """(stance, diagnostics) of every partner turn recorded with diagnostics."""
+        q = (
+            "SELECT stance, diagnostics FROM turns WHERE role = 'partner'"
+            " AND diagnostics IS NOT NULL ORDER BY id"
+        )
+        return [(s, json.loads(d)) for s, d in self.db.execute(q).fetchall()]
+
+    def steps(self) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM steps ORDER BY step")
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
 
     def count_missing_remarks(self) -> int:
         q = "SELECT COUNT(*) FROM turns WHERE role = 'partner' AND missing IS NOT NULL"

@@ -41,6 +41,7 @@ def settings(cfg: Config, agent_names: list[str]) -> dict:
         "scoring": e.scoring,
         "max_new_tokens": e.max_new_tokens,
         "agents": agent_names,
+        "metrics": e.metrics,
     }
     if cfg.data.task == "custom":  # how your own data was read decides the marks
         d = cfg.data
@@ -105,7 +106,14 @@ def margin(choice_scores: dict[str, float] | None) -> float | None:
     return top[0] - top[1]
 
 
-def item_row(task, idx: int, res: strategies.ItemResult, tokens: int, seconds: float) -> dict:
+def item_row(
+    task,
+    idx: int,
+    res: strategies.ItemResult,
+    tokens: int,
+    seconds: float,
+    metrics: dict | None = None,
+) -> dict:
     ex = res.example
     sc = task.score(res.final_text, ex.answer)
     return {
@@ -124,6 +132,7 @@ def item_row(task, idx: int, res: strategies.ItemResult, tokens: int, seconds: f
         "tokens": tokens,
         "seconds": seconds,
         "choice_scores": res.choice_scores,
+        "metrics": metrics or {},
     }
 
 
@@ -148,9 +157,27 @@ def summarize(items: list[dict], meta: dict) -> dict:
         "tokens_generated": sum(i["tokens"] for i in items),
         "seconds": sum(i["seconds"] for i in items),
         **close_calls(items),
+        "metrics": metric_summary(items, meta.get("metrics")),
         "item_ids": ID_SCHEME,
         "items": [item_summary(cid, i) for cid, i in zip(ids, items)],
     }
+
+
+def metric_summary(items: list[dict], names: list[str] | None) -> dict:
+    """Mean and 95% interval of every metric: Wilson for accuracy, Student-t for the
+    continuous ones."""
+    from saie_lite.evaluate.metrics import CONTINUOUS, mean_ci
+
+    names = names if names is not None else sorted({k for i in items for k in i["metrics"]})
+    out = {}
+    n = len(items)
+    for m in names:
+        if m == "accuracy":
+            k = sum(i["strict_correct"] for i in items)
+            out[m] = {"n": n, "mean": k / n if n else None, "ci95": list(wilson(k, n))}
+        elif m in CONTINUOUS:
+            out[m] = mean_ci([i["metrics"].get(m) for i in items])
+    return out
 
 
 def close_calls(items: list[dict]) -> dict:
@@ -177,6 +204,8 @@ def item_summary(cid: str, row: dict) -> dict:
         "strict_correct": bool(row["strict_correct"]),
         "flexible_correct": bool(row["flexible_correct"]),
     }
+    if row.get("metrics"):
+        out["metrics"] = row["metrics"]
     scores = row.get("choice_scores")
     if scores:
         out["choice_scores"] = scores
@@ -204,6 +233,9 @@ def evaluate(
             f"{out_dir} holds an evaluation with other settings ({', '.join(diff)}): "
             "pass another --out to start a new one"
         )
+    from saie_lite.evaluate.metrics import item_metrics, resolve
+
+    names = resolve(cfg.eval.metrics, task, cfg.eval.scoring, agents[0])
     store.start_eval(name, want)
     done = {i["example_id"] for i in store.eval_items(name)}
     todo = [(i, x) for i, x in enumerate(examples) if x.id not in done]
@@ -222,13 +254,14 @@ def evaluate(
         t0, tok0 = time.perf_counter(), tokens_generated(agents)
         results = run_batch(cfg, task, agents, [x for _, x in chunk])
         dt, dtok = time.perf_counter() - t0, tokens_generated(agents) - tok0
+        values = item_metrics(task, agents[0], results, names)
         rows = [
-            item_row(task, idx, res, dtok // len(chunk), dt / len(chunk))
-            for (idx, _), res in zip(chunk, results)
+            item_row(task, idx, res, dtok // len(chunk), dt / len(chunk), v)
+            for (idx, _), res, v in zip(chunk, results, values)
         ]
         store.add_eval_items(name, rows)
         on_batch(len(done) + start + len(chunk), len(examples), rows)
-    meta = {"name": name, "status": status, "settings": want}
+    meta = {"name": name, "status": status, "settings": want, "metrics": names}
     summary = summarize(store.eval_items(name), meta)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))

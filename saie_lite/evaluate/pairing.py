@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from saie_lite.errors import UserError
-from saie_lite.evaluate.stats import paired
+from saie_lite.evaluate.stats import paired, paired_continuous
 
 # Written into summary.json; a summary without it predates content ids.
 ID_SCHEME = "sha256(question, answer)[:16]"
@@ -90,4 +90,16 @@ def compare(a: dict, b: dict, shared_only: bool = False) -> dict:
         key = f"{kind}_correct"
         p = paired([bool(ia[i][key]) for i in ids], [bool(ib[i][key]) for i in ids])
         out[kind] = {**p.__dict__, "verdict": p.verdict()}
+    # Continuous metrics both evaluations hold for every shared item: paired t-test and
+    # Wilcoxon signed-rank, with the mean difference B - A and its interval.
+    names = [
+        m for m in ("nll", "rouge") if all(m in (ia[i].get("metrics") or {}) for i in ids)
+        and all(m in (ib[i].get("metrics") or {}) for i in ids)
+    ]
+    out["metrics"] = {
+        m: paired_continuous(
+            [ia[i]["metrics"][m] for i in ids], [ib[i]["metrics"][m] for i in ids]
+        )
+        for m in names
+    }
     return out

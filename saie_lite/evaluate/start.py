@@ -204,5 +204,36 @@ def list_logs() -> str:
     for kind in ("runs", "evals"):
         found = sorted(p for p in (home() / kind).glob("*") if p.is_dir())
         lines.append(f"{kind} ({len(found)}):")
-        lines += [f"  {p}" for p in found]
+        for p in found:
+            lines.append(f"  {p}")
+            if kind == "runs" and (p / "saie.sqlite").is_file():
+                try:
+                    lines += [f"      {line}" for line in remark_figures(p)]
+                except UserError:  # one damaged run must not hide the others
+                    lines.append("      (its saie.sqlite cannot be read)")
     return "\n".join(lines)
+
+
+def remark_figures(run_dir: Path) -> list[str]:
+    """A run's remark diagnostics per stance, and the weak-partner line when it holds
+    (empty for a run without discussion remarks)."""
+    from saie_lite.remarks import rates, rates_line, weak_partner
+    from saie_lite.store import Store
+
+    store = Store(Path(run_dir) / "saie.sqlite")
+    try:
+        r = rates(store.remark_diagnostics())
+    finally:
+        store.close()
+    if not r:
+        return []
+    warn = weak_partner(r)
+    return [f"remarks: {rates_line(r)}"] + ([f"warning: {warn}"] if warn else [])
+
+
+def run_remarks(run_dir: Path) -> str:
+    """``saie-lite logs remarks RUN_DIR``."""
+    if not (Path(run_dir) / "saie.sqlite").is_file():
+        raise UserError(f"{run_dir} is not a saie-lite run directory (no saie.sqlite)")
+    lines = remark_figures(Path(run_dir))
+    return "\n".join(lines) if lines else f"{run_dir}: no partner remarks with diagnostics"

@@ -1,4 +1,5 @@
-"""Intervals and paired tests for accuracy figures (stdlib only)."""
+"""Intervals and paired tests: Wilson and McNemar (stdlib) for accuracy; paired t-test
+and Wilcoxon signed-rank (scipy, imported inside the function) for continuous metrics."""
 
 from __future__ import annotations
 
@@ -66,3 +67,37 @@ def paired(a: list[bool], b: list[bool], z: float = 1.959963984540054) -> Paired
         (diff - half, diff + half),
         mcnemar_exact(only_a, only_b),
     )
+
+
+def paired_continuous(a: list[float], b: list[float]) -> dict:
+    """Paired comparison of a continuous per-item metric (same items, same order):
+    mean difference B - A with its 95% t-interval, paired t-test and Wilcoxon
+    signed-rank test (two-sided, scipy). Identical values give p = 1."""
+    from scipy import stats
+
+    if len(a) != len(b):
+        raise ValueError("paired comparison needs the same items in both")
+    n = len(a)
+    d = [y - x for x, y in zip(a, b)]
+    mean_a = sum(a) / n if n else 0.0
+    mean_b = sum(b) / n if n else 0.0
+    diff = sum(d) / n if n else 0.0
+    w_p = float(stats.wilcoxon(b, a).pvalue) if n >= 1 and any(d) else 1.0
+    if n < 2 or all(x == d[0] for x in d):
+        # No spread: the interval is the difference itself; the t statistic is infinite
+        # (p = 0) for a constant non-zero shift and undefined (p = 1) for none.
+        t_p = 0.0 if diff != 0 and n >= 2 else 1.0
+        half = 0.0
+    else:
+        sd = math.sqrt(sum((x - diff) ** 2 for x in d) / (n - 1))
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+        t_p = float(stats.ttest_rel(b, a).pvalue)
+    return {
+        "n": n,
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "diff": diff,
+        "diff_ci": [diff - half, diff + half],
+        "t_p": t_p,
+        "wilcoxon_p": w_p,
+    }

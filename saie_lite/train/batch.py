@@ -21,8 +21,9 @@ from saie_lite.protocols import (
     Partner,
     TrainSequence,
 )
+from saie_lite.remarks import diagnose
 from saie_lite.store import Store, remark_key
-from saie_lite.tasks import example_chat, get_task
+from saie_lite.tasks import example_chat, get_task, is_checked
 from saie_lite.tasks.checks import normalize_text
 from saie_lite.train.prompts import (
     Branch,
@@ -99,6 +100,16 @@ def is_degenerate(text: str) -> bool:
     if not any(ch.isalpha() for ch in text):
         return True
     return len(words) >= 8 and max(words.count(w) for w in set(words)) >= 0.9 * len(words)
+
+
+def remark_diagnostics(task, remark, answer: str, stance: str) -> dict | None:
+    """Diagnostics of one remark on one learner answer (``saie_lite.remarks``): the
+    final answers are read with the task's check where the data has one."""
+    if isinstance(remark, MissingRemark):
+        return None
+    stated = getattr(task, "extract_strict", task.answer_key)  # what the remark *states*
+    finals = (stated(remark), task.answer_key(answer)) if is_checked(task) else (None, None)
+    return diagnose(remark, answer, stance, is_degenerate(remark), *finals)
 
 
 def fit_history(
@@ -367,6 +378,7 @@ def discussion_batch(
         per = timer.add("remark", t0) / max(1, len(chats))
         account_missing(ctx, remarks)
         for b, chat, text, hit in zip(branches, chats, remarks, cached):
+            diag = remark_diagnostics(task, text, b.history[-1], b.stance)
             b.history.append(text)
             rows.append(
                 turn_row(
@@ -380,6 +392,7 @@ def discussion_batch(
                     cached=int(hit),
                     seconds=0.0 if hit else per,
                     missing=getattr(text, "reason", None),
+                    diagnostics=diag,
                 )
             )
         # 3. Context check before any generation or update: clip or skip, and say so.
@@ -477,6 +490,7 @@ def discussion_batch(
                 "answer": a,
                 "correct": ok,
                 "remarks": [(r["stance"], r["text"], bool(r["cached"])) for r in mine],
+                "diagnostics": [(r["stance"], r.get("diagnostics")) for r in mine],
                 "target": gold[ex.id],
             }
         )

@@ -14,19 +14,21 @@ from saie_lite.protocols import Chat, Example, TrainSequence
 # the two stances' prompts on one answer differ only in their final sentence: llama.cpp
 # keeps the shared prefix in its KV cache and evaluates it once per answer, not per
 # stance (bench: remark time per discussion step, see the README).
+# Wording measured with the remark diagnostics (examples/remark-diagnostics/measure.py,
+# README): a small partner copies the student's solution unless told plainly not to, and
+# keeps to a stance best when told how its reply begins.
 PARTNER_SYSTEM = (
-    "You are a study partner. You read a student's solution to a problem and reply with "
-    "one remark of at most three sentences."
+    "You are a study partner in a discussion about a student's solution. Never copy or "
+    "repeat the student's solution: reply in your own words, in one or two short sentences."
 )
 STANCE_INSTRUCTION = {
     "supportive": (
-        "Write a supportive remark: agree with the student's solution, point out which "
-        "steps are right and why, and encourage them to state the final answer clearly."
+        "Your role: supporter. Reply in one or two sentences that begin with 'You are "
+        "right' and say which step of the student's solution is correct."
     ),
     "adversarial": (
-        "Write a critical remark: challenge the student's solution, point at a step that "
-        "may be wrong, raise an objection or argue for another answer, and ask the student "
-        "to defend or revise it."
+        "Your role: critic. Give a critical reply in one or two sentences that begin with "
+        "'I think this is wrong' and name the step the student should recheck."
     ),
 }
 

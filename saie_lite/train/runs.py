@@ -115,6 +115,23 @@ class StopFlag:
         signal.signal(signal.SIGINT, self._old)
 
 
+class WithRemarkFigures:
+    """The view, with the whole run's remark diagnostics (resumed parts included, read
+    from the store) added to the end-of-run summary it prints."""
+
+    def __init__(self, view, store):
+        self._view, self._store = view, store
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
+
+    def on_end(self, summary: dict) -> None:
+        from saie_lite.remarks import rates
+
+        summary["remarks"] = rates(self._store.remark_diagnostics())
+        self._view.on_end(summary)
+
+
 def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view) -> dict:
     from saie_lite.store import Store
     from saie_lite.train.checkpoint import latest
@@ -152,8 +169,8 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
             lambda: view.on_event("stopping after this step (Ctrl-C again aborts)")
         ) as flag:
             return train(
-                cfg, learner, partner, examples, store, run_dir, view if main else None, flag,
-                group=group,
+                cfg, learner, partner, examples, store, run_dir,
+                WithRemarkFigures(view, store) if main else None, flag, group=group,
             )  # fmt: skip
     finally:
         store.close()

@@ -16,6 +16,7 @@ def summary_lines(s: dict) -> list[str]:
     if s.get("settings", {}).get("check") == "none":
         return [
             f"{s['name']}: n={s['n']} ({s['status']})",
+            *metric_lines(s),
             "  no answer check (data.check: none): accuracy not measured; replies are in the store",
             f"  tokens generated {s['tokens_generated']}  wall time {s['seconds']:.1f}s",
         ]
@@ -32,12 +33,32 @@ def summary_lines(s: dict) -> list[str]:
     return [
         f"{s['name']}: n={s['n']} ({s['status']})",
         *extra,
+        *metric_lines(s),
         f"  strict   accuracy {_pct(st['accuracy'])}  95% CI [{_pct(st['ci95'][0])}, "
         f"{_pct(st['ci95'][1])}]  parse failures {_pct(pf['strict'])}",
         f"  flexible accuracy {_pct(fl['accuracy'])}  95% CI [{_pct(fl['ci95'][0])}, "
         f"{_pct(fl['ci95'][1])}]  parse failures {_pct(pf['flexible'])}",
         f"  tokens generated {s['tokens_generated']}  wall time {s['seconds']:.1f}s",
     ]
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def metric_lines(s: dict) -> list[str]:
+    """nll and rouge with their 95% intervals (accuracy has its own lines)."""
+    out = []
+    for name, m in (s.get("metrics") or {}).items():
+        if name == "accuracy" or not isinstance(m, dict):
+            continue
+        lo, hi = m["ci95"]
+        what = "lower is better" if name == "nll" else "higher is better"
+        out.append(
+            f"  {name:8} mean {_num(m['mean'])}  95% CI [{_num(lo)}, {_num(hi)}]  n={m['n']}"
+            f"  ({what})"
+        )
+    return out
 
 
 class EvalView:
@@ -114,4 +135,11 @@ def print_compare(name_a: str, name_b: str, a: dict, b: dict, c: dict) -> None:
             f"B-A {100 * p['diff']:+.1f} pts [95% CI {100 * lo:+.1f}, {100 * hi:+.1f}]  "
             f"only A right {p['only_a']}, only B right {p['only_b']}  McNemar p={p['p_value']:.3g}"
             f"  -> {p['verdict']}"
+        )
+    for name, p in (c.get("metrics") or {}).items():
+        lo, hi = p["diff_ci"]
+        print(
+            f"  {name:8} A {p['mean_a']:.4f}  B {p['mean_b']:.4f}  B-A {p['diff']:+.4f} "
+            f"[95% CI {lo:+.4f}, {hi:+.4f}]  paired t p={p['t_p']:.3g}  "
+            f"Wilcoxon p={p['wilcoxon_p']:.3g}"
         )

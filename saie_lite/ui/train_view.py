@@ -6,6 +6,7 @@ import sys
 import time
 
 from saie_lite.protocols import Callbacks
+from saie_lite.remarks import rates, rates_line, weak_partner
 
 STANCE_STYLE = {"supportive": "green", "adversarial": "red"}
 
@@ -34,6 +35,40 @@ def _missing(info: dict) -> str:
     return f" | {n} missing remark{'s' if n != 1 else ''}" if n else ""
 
 
+class RemarkTally:
+    """Running remark diagnostics per stance (live view) and the weak-partner line,
+    said once per run."""
+
+    def __init__(self) -> None:
+        self.diags: list[tuple[str, dict]] = []
+        self.warned = False
+
+    def add(self, ex: dict) -> str | None:
+        """Count an exchange's remarks; returns the warning line the first time it holds."""
+        self.diags += [(st, d) for st, d in ex.get("diagnostics") or [] if d]
+        if self.warned:
+            return None
+        line = weak_partner(rates(self.diags))
+        self.warned = line is not None
+        return line
+
+    def line(self) -> str:
+        return rates_line(rates(self.diags)) if self.diags else ""
+
+
+def remark_lines(summary: dict, tally: RemarkTally) -> list[str]:
+    """The end-of-run remark figures: the whole run's (from the store) when the summary
+    has them, else what this view saw; plus the warning if it was not said yet."""
+    r = summary.get("remarks") or (rates(tally.diags) if tally.diags else None)
+    if not r:
+        return []
+    out = [f"remarks: {rates_line(r)}"]
+    warn = weak_partner(r)
+    if warn and not tally.warned:
+        out.append(f"warning: {warn}")
+    return out
+
+
 class PlainView(Callbacks):
     """One line per event: for logs, pipes and CI."""
 
@@ -42,6 +77,7 @@ class PlainView(Callbacks):
         self.show = show_exchanges
         self.t0 = time.perf_counter()
         self.first_done = 0
+        self.tally = RemarkTally()
 
     def _p(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -55,6 +91,9 @@ class PlainView(Callbacks):
         )
 
     def on_exchange(self, ex: dict) -> None:
+        warn = self.tally.add(ex)
+        if warn:
+            self._p(f"warning: {warn}")
         if not self.show:
             return
         e = ex["example"]
@@ -77,12 +116,16 @@ class PlainView(Callbacks):
             f"step {row['step']} [{done}/{total}] {row['phase']} loss={row['loss']:.4f} "
             f"{_split(row)}{_missing(row)} eta {eta:.0f}s"
         )
+        if self.tally.diags:
+            self._p(f"  remarks: {self.tally.line()}")
 
     def on_event(self, message: str) -> None:
         self._p(f"note: {message}")
 
     def on_end(self, summary: dict) -> None:
         s = summary["seconds"]
+        for line in remark_lines(summary, self.tally):
+            self._p(line)
         if summary.get("missing_remarks"):
             self._p(
                 f"missing remarks: {summary['missing_remarks']} (partner gave no text; "
@@ -130,6 +173,7 @@ class RichView(Callbacks):
         )
         self.task = None
         self.loss_avg: float | None = None
+        self.tally = RemarkTally()
 
     def on_begin(self, info: dict) -> None:
         from rich.panel import Panel
@@ -151,6 +195,9 @@ class RichView(Callbacks):
         from rich.panel import Panel
         from rich.text import Text
 
+        warn = self.tally.add(ex)
+        if warn:
+            self.console.print(f"[bold yellow]warning:[/] {escape(warn)}")
         e = ex["example"]
         body = Text()
         body.append("Q  ", style="bold")
@@ -176,6 +223,8 @@ class RichView(Callbacks):
         loss = row["loss"]
         self.loss_avg = loss if self.loss_avg is None else 0.8 * self.loss_avg + 0.2 * loss
         stats = f"loss {loss:.3f} (avg {self.loss_avg:.3f})  {_split(row)}{_missing(row)}"
+        if self.tally.diags:
+            stats += f"\n  remarks: {self.tally.line()}"
         self.progress.update(
             self.task,
             completed=row["batches_done"],
@@ -193,6 +242,8 @@ class RichView(Callbacks):
         s = summary["seconds"]
         total = sum(s.values()) or 1.0
         split = "  ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in s.items())
+        for line in remark_lines(summary, self.tally):
+            self.console.print(line, markup=False, highlight=False)
         if summary.get("missing_remarks"):
             self.console.print(
                 f"[yellow]missing remarks:[/] {summary['missing_remarks']} (partner gave no "

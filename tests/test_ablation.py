@@ -1,0 +1,150 @@
+"""``saie-lite ablate`` end to end on scripted models: rows, table, results, plot, and a
+stop and resume that reuses finished rows (issue 14)."""
+
+import io
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from saie_lite import config
+from saie_lite.cli import app
+from saie_lite.errors import UserError
+from saie_lite.evaluate.ablation import run_ablation
+from saie_lite.store import Store
+from saie_lite.ui.ablate_view import PlainAblateView
+
+SETS = {
+    "learner.backend": "scripted",
+    "partner.backend": "scripted",
+    "data.limit": 10,
+    "data.split": "nodev",
+    "ablate.eval_limit": 6,
+    "train.batch_size": 2,
+    "train.save_every": 1,
+    "method.warmup_fraction": 0.2,
+    "eval.batch_size": 3,
+}
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def cfg(**over):
+    return config.build(overrides={**SETS, **over})
+
+
+class StopAfter:
+    def __init__(self, n):
+        self.n = n
+
+    def __call__(self):
+        self.n -= 1
+        return self.n < 0
+
+
+def test_ablate_end_to_end_then_stop_and_resume_reuses_finished_rows(tmp_path):
+    out = tmp_path / "exp"
+    buf = io.StringIO()
+    # 5 updates per mode, 2 stop checks per update: stop inside the second system
+    res = run_ablation(cfg(), out, PlainAblateView(buf), StopAfter(14))
+    assert res["status"] == "stopped"
+    assert (out / "runs" / "sft" / "finished.json").is_file()
+    assert not (out / "runs" / "saie-support" / "finished.json").is_file()
+    first_sft = (out / "runs" / "sft" / "finished.json").stat().st_mtime_ns
+    store = Store(out / "runs" / "sft" / "saie.sqlite")
+    sft_rows = store.db.execute("SELECT step, created FROM steps").fetchall()
+    store.close()
+
+    buf = io.StringIO()
+    res = run_ablation(cfg(), out, PlainAblateView(buf))
+    text = buf.getvalue()
+    assert res["status"] == "finished"
+    assert "resuming: " in text and "note: saie-support: resuming its run" in text
+    assert "train sft" not in text  # the finished row was not trained again
+    assert (out / "runs" / "sft" / "finished.json").stat().st_mtime_ns == first_sft
+    store = Store(out / "runs" / "sft" / "saie.sqlite")
+    assert store.db.execute("SELECT step, created FROM steps").fetchall() == sft_rows
+    store.close()
+    # one bar: the last line reaches the total
+    counts = [line.split("]")[0][1:] for line in text.splitlines() if line.startswith("[")]
+    done, total = counts[-1].split("/")
+    assert done == total == str(5 * 4 + 6 * 5)
+
+    rows = {r["system"]: r for r in res["rows"]}
+    assert list(rows) == ["base", "sft", "saie-support", "saie-adversarial", "saie"]
+    assert {r["updates"] for s, r in rows.items() if s != "base"} == {5}
+    assert rows["base"]["updates"] == 0
+    assert rows["saie"]["target_tokens"] > rows["sft"]["target_tokens"]  # two stances
+    assert set(rows["sft"]["metrics"]) == {"accuracy", "nll", "rouge"}
+    assert set(rows["saie"]["p"]) == {"vs sft", "vs saie-support", "vs saie-adversarial"}
+    assert rows["saie"]["p"]["vs sft"]["accuracy"]["mcnemar_p"] == 1.0
+    assert rows["base"]["p"]["vs sft"]["nll"]["diff"] > 0  # the untrained stand-in is worse
+    assert rows["saie"]["remarks"]["adversarial"]["on_stance"] == 1.0
+    assert rows["sft"]["remarks"] == {}
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"][0]["system"] == "base" and saved["n_eval"] == 6
+    table = (out / "table.md").read_text()
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 6  # header + 5
+    assert "| saie | 0.0 [0.0, 39.0] |" in table
+    assert "McNemar" in table and "Wilcoxon" in table
+    png = (out / "ablation.png").read_bytes()
+    assert png[:8] == PNG and len(png) > 5000
+
+    # a third run reuses everything and trains or evaluates nothing
+    buf = io.StringIO()
+    run_ablation(cfg(), out, PlainAblateView(buf))
+    assert "train " not in buf.getvalue() and "eval " not in buf.getvalue()
+
+
+def test_ablate_refuses_changed_settings_and_overlapping_rows(tmp_path):
+    out = tmp_path / "exp"
+    run_ablation(cfg(**{"ablate.systems": "base,sft"}), out, PlainAblateView(io.StringIO()))
+    assert (out / "table.md").is_file()
+    with pytest.raises(UserError, match=r"other settings \(train.lr\)"):
+        run_ablation(
+            cfg(**{"ablate.systems": "base,sft", "train.lr": 0.1}),
+            out,
+            PlainAblateView(io.StringIO()),
+        )
+    # rows may be added or dropped: the others are reused
+    buf = io.StringIO()
+    res = run_ablation(cfg(**{"ablate.systems": "sft"}), out, PlainAblateView(buf))
+    assert [r["system"] for r in res["rows"]] == ["sft"] and "train " not in buf.getvalue()
+    with pytest.raises(UserError, match="same rows"):
+        run_ablation(cfg(**{"data.split": "dev"}), tmp_path / "x", PlainAblateView(io.StringIO()))
+
+
+def test_cli_ablate_writes_outputs_and_bad_input_is_one_line(tmp_path):
+    sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
+    sets += ["--set", "ablate.systems=sft,saie"]
+    r = CliRunner().invoke(app, ["ablate", *sets, "--out", str(tmp_path / "e"), "--live", "plain"])
+    assert r.exit_code == 0, r.output
+    assert "| saie |" in r.output
+    assert (tmp_path / "e" / "ablation.png").read_bytes()[:8] == PNG
+    r = CliRunner().invoke(app, ["ablate", "--set", "ablate.systems=sft,bogus"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "ablate.systems" in r.output
+
+
+def test_ablate_on_a_tiny_torch_model(tmp_path, tiny_model_dir):
+    """The real learner path: LoRA training, adapters loaded for evaluation, nll from
+    the torch backend; base and the trained rows differ in nll."""
+    pytest.importorskip("peft")
+    c = cfg(
+        **{
+            "learner.backend": "torch",
+            "learner.model": str(tiny_model_dir),
+            "learner.max_new_tokens": 8,
+            "learner.max_seq_len": 512,
+            "eval.max_new_tokens": 8,
+            "data.limit": 6,
+            "ablate.eval_limit": 4,
+            "ablate.systems": "base,sft,saie",
+            "train.lr": 0.01,
+        }
+    )
+    res = run_ablation(c, tmp_path / "exp", PlainAblateView(io.StringIO()))
+    rows = {r["system"]: r for r in res["rows"]}
+    assert rows["sft"]["updates"] == rows["saie"]["updates"] > 0
+    nll = {s: r["metrics"]["nll"]["mean"] for s, r in rows.items()}
+    assert nll["base"] != nll["sft"] and nll["sft"] != nll["saie"]
+    assert (tmp_path / "exp" / "ablation.png").read_bytes()[:8] == PNG
