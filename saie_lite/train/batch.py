@@ -231,9 +231,14 @@ class ContextFit:
         self.ctx, self.examples, self.bases = ctx, examples, bases
         self.fitted: dict[int, Example | None] = {}
 
-    def batch(self, indices: list[int], note=None) -> tuple[list[Example], list[Chat]]:
-        """``note``: where to say what was clipped (a worker preparing the next batch
-        buffers its notes; the default is the run's own)."""
+    def batch(
+        self, indices: list[int], note=None, answers: bool = True
+    ) -> tuple[list[Example], list[Chat]]:
+        """``answers``: the learner will answer these questions (a discussion batch), so
+        its answer budget must fit too; plain warm-up targets need only the reference.
+        (An example is always in the same kind of batch: warm-up and discussion examples
+        are split once.) ``note``: where to say what was clipped (a worker preparing the
+        next batch buffers its notes; the default is the run's own)."""
         note = note or self.ctx.note
         cfg = self.ctx.cfg
         task = get_task(cfg.data)
@@ -247,7 +252,7 @@ class ContextFit:
                 self.ctx.learner,
                 task,
                 self.examples[i],
-                cfg.learner.max_new_tokens,
+                cfg.learner.max_new_tokens if answers else 0,
                 cfg.learner.max_seq_len,
                 cfg.method.context_policy,
             )

@@ -226,9 +226,10 @@ def train(
         batch = batches[b_index]
         rng = random.Random(cfg.train.seed * 1_000_003 + b_index)  # mix_plain's draws
         rows: list[dict] = []
-        exs, exs_bases = fit.batch(batch.indices, c.note)
+        plain = batch.phase == "warmup" or not m.stances
+        exs, exs_bases = fit.batch(batch.indices, c.note, answers=not plain)
         meta = {"step": step, "phase": batch.phase, "round": batch.round}
-        if batch.phase == "warmup" or not m.stances:
+        if plain:
             sequences = [plain_sequence(b, e) for b, e in zip(exs_bases, exs)]
             for ex, seq in zip(exs, sequences):
                 rows.append(
