@@ -322,7 +322,7 @@ def test_preset_refuses_own_data_keys(tmp_path):
 
 def test_chat_turn_longer_than_context_follows_the_policy():
     from saie_lite.protocols import Example
-    from saie_lite.train.batch import fit_chat_bases
+    from saie_lite.train.context import fit_chat_bases
 
     long_turn = " ".join(["word"] * 400)
     ex = Example("c1", "q", "short answer", "x", context=[{"role": "user", "content": long_turn}])

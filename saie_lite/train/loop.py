@@ -21,13 +21,8 @@ from saie_lite.protocols import Callbacks, Example, Learner, Partner
 from saie_lite.store import Store
 from saie_lite.tasks import example_chat, get_task
 from saie_lite.train import checkpoint
-from saie_lite.train.batch import (
-    ContextFit,
-    RunContext,
-    discussion_batch,
-    fit_chat_bases,
-    turn_row,
-)
+from saie_lite.train.batch import RunContext, discussion_batch, turn_row
+from saie_lite.train.context import ContextFit, fit_chat_bases
 from saie_lite.train.next_steps import next_commands
 from saie_lite.train.prompts import mix_plain_sequences, plain_sequence
 
