@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from saie_lite.bench.parts import BenchSettings, _cfg, _sequences, _timed_steps
+from saie_lite.bench.parts import BenchSettings, _cfg, _sequences, _timed_steps, trl_rate
 from saie_lite.errors import UserError
 
 # Architecture shapes of SmolLM2-135M, Qwen2.5-0.5B and Qwen2.5-1.5B (their configs'
@@ -165,66 +165,14 @@ def _shape_run(s: BenchSettings, model_dir: Path, quantize: str, work: Path) -> 
 
 def _trl_cuda(s: BenchSettings, model_dir: Path, quantize: str) -> dict:
     """TRL ``SFTTrainer`` on the same model, sequences, LoRA, dtype and quantization."""
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        return {"skipped": "trl not installed (pip install 'saie-lite[bench]')"}
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
 
     from saie_lite.backends.torch_peft import quantization_config
 
     kw: dict = {"dtype": torch.bfloat16, "device_map": {"": 0}}
     if quantize == "4bit":
         kw["quantization_config"] = quantization_config()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    seqs = _sequences(s, s.batch)
-    rows = [
-        {"prompt": q.context, "completion": [{"role": "assistant", "content": q.target}]}
-        for q in seqs
-    ] * (s.steps + 1)
-    marks: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **k):
-            torch.cuda.synchronize()
-            marks.append(time.perf_counter())
-
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = SFTTrainer(
-            model=AutoModelForCausalLM.from_pretrained(model_dir, **kw),
-            args=SFTConfig(
-                output_dir=tmp,
-                per_device_train_batch_size=s.batch,
-                max_steps=s.steps + 1,
-                max_length=s.max_len,
-                learning_rate=2e-4,
-                bf16=True,
-                logging_steps=10_000,
-                save_strategy="no",
-                report_to=[],
-                dataloader_num_workers=0,
-                seed=0,
-            ),
-            train_dataset=Dataset.from_list(rows),
-            processing_class=tok,
-            peft_config=LoraConfig(
-                r=s.lora_r,
-                lora_alpha=2 * s.lora_r,
-                target_modules="all-linear",
-                task_type="CAUSAL_LM",
-            ),
-            callbacks=[Clock()],
-        )
-        n_tokens = sum(
-            min(len(x), s.max_len) for x in trainer.train_dataset["input_ids"][: s.batch]
-        )
-        trainer.train()
-    dt = marks[-1] - marks[0]
-    return {"tokens_per_s": n_tokens * s.steps / dt, "seconds_per_step": dt / s.steps}
+    return trl_rate(s, model_dir, kw, sync=torch.cuda.synchronize, bf16=True)
 
 
 def _free_gpu() -> None:

@@ -110,8 +110,13 @@ def bench_update_part(s: BenchSettings) -> dict:
     return out
 
 
-def bench_trl(s: BenchSettings) -> dict:
-    """TRL's SFTTrainer on the same model, data, LoRA settings, batch and length."""
+def trl_rate(
+    s: BenchSettings, model_dir, model_kwargs: dict, sync=lambda: None, **train_args
+) -> dict:
+    """TRL's ``SFTTrainer`` on the same model, sequences, LoRA settings, batch and length
+    as ours; steps 2..n are timed (the first is warm-up). ``model_kwargs`` and
+    ``train_args`` carry what differs by device (dtype, quantization, ``use_cpu``/``bf16``);
+    ``sync`` waits for the device before each time mark."""
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -123,24 +128,21 @@ def bench_trl(s: BenchSettings) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from saie_lite.backends.torch_models import resolve_model_path
-
-    path = resolve_model_path(s.model)
-    tok = AutoTokenizer.from_pretrained(path)
-    seqs = _sequences(s, s.batch)
+    tok = AutoTokenizer.from_pretrained(model_dir)
     rows = [
         {"prompt": q.context, "completion": [{"role": "assistant", "content": q.target}]}
-        for q in seqs
+        for q in _sequences(s, s.batch)
     ] * (s.steps + 1)
     marks: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
+            sync()
             marks.append(time.perf_counter())
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = SFTTrainer(
-            model=AutoModelForCausalLM.from_pretrained(path, dtype="float32"),
+            model=AutoModelForCausalLM.from_pretrained(model_dir, **model_kwargs),
             args=SFTConfig(
                 output_dir=tmp,
                 per_device_train_batch_size=s.batch,
@@ -150,9 +152,9 @@ def bench_trl(s: BenchSettings) -> dict:
                 logging_steps=10_000,
                 save_strategy="no",
                 report_to=[],
-                use_cpu=True,
                 dataloader_num_workers=0,
                 seed=0,
+                **train_args,
             ),
             train_dataset=Dataset.from_list(rows),
             processing_class=tok,
@@ -168,8 +170,15 @@ def bench_trl(s: BenchSettings) -> dict:
             min(len(x), s.max_len) for x in trainer.train_dataset["input_ids"][: s.batch]
         )
         trainer.train()
-    dt = marks[-1] - marks[0]  # steps 2..n: the first is warm-up
+    dt = marks[-1] - marks[0]
     return {"tokens_per_s": n_tokens * s.steps / dt, "seconds_per_step": dt / s.steps}
+
+
+def bench_trl(s: BenchSettings) -> dict:
+    """TRL's SFTTrainer on the same model, data, LoRA settings, batch and length, fp32 CPU."""
+    from saie_lite.backends.torch_models import resolve_model_path
+
+    return trl_rate(s, resolve_model_path(s.model), {"dtype": "float32"}, use_cpu=True)
 
 
 def bench_mlx(s: BenchSettings) -> dict:
