@@ -12,6 +12,7 @@ for that stance; empty for plain warm-up targets), ``stance``, ``learner_answer`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from pathlib import Path
@@ -20,7 +21,8 @@ from saie_lite.errors import UserError
 
 CARD = """---
 configs:
-- config_name: default
+- config_name: {config}
+  default: true
   data_files:
   - split: train
     path: data/train-*.parquet
@@ -114,10 +116,16 @@ def export_dataset(run_dir: Path, out: Path | None = None) -> Path:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty: pick another --out or remove it")
     writable_dir(out / "data", "dataset directory", "choose another --out")
-    Dataset.from_list(rows).to_parquet(str(out / "data" / "train-00000-of-00001.parquet"))
+    parquet = out / "data" / "train-00000-of-00001.parquet"
+    Dataset.from_list(rows).to_parquet(str(parquet))
     cfg = _saved(run_dir)
+    # `datasets` caches a local directory's data under its name and config, not its
+    # contents: every export is a directory called `dataset`, so a config named after the
+    # data keeps one run's (or one export's) rows from being served for another's.
+    digest = hashlib.sha256(parquet.read_bytes()).hexdigest()[:12]
     (out / "README.md").write_text(
         CARD.format(
+            config=f"saie-{digest}",
             name=run_dir.name,
             n=len(rows),
             steps=max(r["step"] for r in rows),
