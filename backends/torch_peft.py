@@ -311,17 +311,7 @@ class TorchLearner(ChatTokenLearner):
         ]
         out: list[float] = []
         for start in range(0, len(encoded), batch_size):
-            items = encoded[start : start + batch_size]
-            width = max(len(i) for i, _ in items)
-            pad = self.tok.pad_token_id
-            ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in items], device=self.device)
-            mask = torch.tensor(
-                [[1] * len(i) + [0] * (width - len(i)) for i, _ in items], device=self.device
-            )
-            lw = max(len(lab) for _, lab in items)
-            labels = torch.tensor(
-                [lab + [IGNORE] * (lw - len(lab)) for _, lab in items], device=self.device
-            )
+            ids, mask, labels = self._right_padded(encoded[start : start + batch_size])
             if self.seq2seq:
                 logits = self.model(input_ids=ids, attention_mask=mask, labels=labels).logits
                 logits, nxt = logits.float(), labels
@@ -343,8 +333,9 @@ class TorchLearner(ChatTokenLearner):
     def reseed(self, seed: int) -> None:
         torch.manual_seed(seed)  # seeds CPU and every CUDA device
 
-    def _micro_loss_sum(self, items: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-        """Summed target-token loss of one right-padded micro-batch."""
+    def _right_padded(self, items: list[tuple[list[int], list[int]]]):
+        """(ids, attention mask, labels) of (ids, labels) pairs, right-padded; labels pad
+        with IGNORE so padding carries no loss (training and teacher-forced NLL)."""
         width = max(len(i) for i, _ in items)
         pad = self.tok.pad_token_id
         ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in items], device=self.device)
@@ -355,6 +346,11 @@ class TorchLearner(ChatTokenLearner):
         labels = torch.tensor(
             [lab + [IGNORE] * (lw - len(lab)) for _, lab in items], device=self.device
         )
+        return ids, mask, labels
+
+    def _micro_loss_sum(self, items: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+        """Summed target-token loss of one right-padded micro-batch."""
+        ids, mask, labels = self._right_padded(items)
         if self.seq2seq:
             # Decoder logits line up with the labels (the model shifts its own inputs).
             logits = self.model(input_ids=ids, attention_mask=mask, labels=labels).logits.float()
