@@ -76,7 +76,7 @@ class LearnerConfig:
         "on-policy; N = answers from a llama.cpp snapshot of the merged learner, "
         "re-exported every N updates (faster; up to N-1 updates stale)",
     )
-    snapshot_quant: str = _f("q8_0", "snapshot GGUF type: q8_0 | f16")
+    snapshot_quant: str = _f("q8_0", "snapshot GGUF type: q8_0 | q4_0 | f16")
     generate_on: str = _f(
         "auto",
         "where learner answers come from: local (the learner itself) | snapshot (llama.cpp "
@@ -103,7 +103,10 @@ class LearnerConfig:
         _check(self.temperature >= 0, "learner.temperature must be >= 0")
         _check(self.lora_r >= 1, "learner.lora_r must be >= 1")
         _check(self.snapshot_every >= 0, "learner.snapshot_every must be >= 0 (0 = off)")
-        _check(self.snapshot_quant in ("q8_0", "f16"), "learner.snapshot_quant: q8_0 | f16")
+        _check(
+            self.snapshot_quant in ("q8_0", "q4_0", "f16"),
+            "learner.snapshot_quant: q8_0 | q4_0 | f16",
+        )
         _check(
             self.generate_on in ("auto", "local", "snapshot", "vllm"),
             "learner.generate_on: auto | local | snapshot | vllm",
@@ -132,8 +135,8 @@ class PartnerConfig:
     backend: str = _f("llama_cpp", "partner backend: llama_cpp | openai | self | scripted")
     model: str = _f(
         "embedded",
-        "llama_cpp: GGUF path, 'embedded' (the shipped Q4_1 file) or 'embedded-q8_0' (built "
-        "once from it; faster prompts on x86); openai: the server's model name",
+        "llama_cpp: GGUF path, 'embedded' (the shipped Q4_1 file) or 'embedded-q8_0' / "
+        "'embedded-q4_0' (built once from its float weights; faster prompts on x86); openai: the server's model name",
     )
     n_ctx: int = _f(2048, "llama.cpp context window (set explicitly; never the 512 default)")
     n_threads: int = _f(0, "llama.cpp threads; 0 = all cores")
@@ -171,9 +174,7 @@ class PartnerConfig:
         _check(self.backoff >= 0, "partner.backoff must be >= 0")
         _check(1 <= self.concurrency <= 64, "partner.concurrency must be in [1, 64]")
         _check(1 <= self.parallel <= 64, "partner.parallel must be in [1, 64]")
-        _check(
-            0.0 <= self.max_missing_share <= 1.0, "partner.max_missing_share must be in [0, 1]"
-        )
+        _check(0.0 <= self.max_missing_share <= 1.0, "partner.max_missing_share must be in [0, 1]")
         # Never echo the value: a user who pasted the key itself here must not see it
         # printed, logged or written to config.yaml.
         _check(
@@ -386,9 +387,7 @@ class EvalConfig:
         _check(0 <= self.rounds <= 10, "eval.rounds must be in [0, 10]")
         _check(self.temperature >= 0, "eval.temperature must be >= 0")
         _check(self.scoring in ("generate", "loglik"), "eval.scoring: generate | loglik")
-        _check(
-            self.loglik_dtype in ("float32", "learner"), "eval.loglik_dtype: float32 | learner"
-        )
+        _check(self.loglik_dtype in ("float32", "learner"), "eval.loglik_dtype: float32 | learner")
         _check(self.batch_size >= 1, "eval.batch_size must be >= 1")
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1")
         _check(bool(self.agents.strip()), "eval.agents must name at least one agent")

@@ -1,5 +1,9 @@
-"""Write a merged Hugging Face llama-family model as a GGUF file (f16 or q8_0), with the
-tokenizer and chat template, using the `gguf` package's writer and tensor-name map.
+"""Write a merged Hugging Face llama-family model as a GGUF file (f16, q8_0 or q4_0),
+with the tokenizer and chat template, using the `gguf` package's writer and tensor-name map.
+
+q4_0 is made by llama.cpp's own quantizer from an f16 file written here first: it
+chooses the per-tensor types (the tied embedding/output stays at higher precision),
+and on x86 with AVX2 llama.cpp repacks q4_0 weights at load for its fastest CPU kernels.
 
 Supported: ``LlamaForCausalLM`` (SmolLM2, Llama, TinyLlama, ...) and
 ``Qwen2ForCausalLM``. Other architectures are refused with the list of these.
@@ -15,7 +19,9 @@ import numpy as np
 from saie_lite.errors import UserError
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
-QUANTS = ("f16", "q8_0")
+QUANTS = ("f16", "q8_0", "q4_0")
+# quantized by llama.cpp (llama-cpp-python) from an f16 file, not by the gguf package
+LLAMA_QUANTS = {"q4_0": 2}  # LLAMA_FTYPE_MOSTLY_Q4_0
 
 
 # safetensors dtype -> numpy dtype. bfloat16 has no numpy type: its 16 bits are the top
@@ -117,6 +123,13 @@ def write_gguf(
 
     if quant not in QUANTS:
         raise UserError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
+    if quant in LLAMA_QUANTS:
+        f16 = out.with_name(out.name + ".f16.tmp")
+        try:
+            write_gguf(model_dir, f16, "f16", name=name, hint=hint, weights=weights)
+            return llama_quantize(f16, out, quant)
+        finally:
+            f16.unlink(missing_ok=True)
     config = json.loads((model_dir / "config.json").read_text())
     archs = config.get("architectures") or ["?"]
     if archs[0] not in SUPPORTED:
@@ -204,6 +217,33 @@ def write_gguf(
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+    return out
+
+
+def llama_quantize(src: Path, out: Path, quant: str) -> Path:
+    """``src`` (an f16 GGUF) quantized to ``quant`` by llama.cpp's ``llama_model_quantize``."""
+    import ctypes
+    import os
+
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(
+            f"GGUF {quant} is quantized by llama.cpp: pip install 'saie-lite[llamacpp]', "
+            "or use --quant q8_0"
+        ) from None
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMA_QUANTS[quant]
+    params.nthread = os.cpu_count() or 1
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with suppress_stdout_stderr(disable=False):  # it logs a line per tensor
+        rc = llama_cpp.llama_model_quantize(
+            str(src).encode(), str(out).encode(), ctypes.byref(params)
+        )
+    if rc != 0:
+        out.unlink(missing_ok=True)
+        raise UserError(f"llama.cpp could not quantize {src.name} to {quant} (code {rc})")
     return out
 
 

@@ -42,6 +42,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
         res["generate"]["ours_tokens_per_s"] > 0 and res["generate"]["llama_cpp_tokens_per_s"] > 0
     )
     assert res["generate"]["fast_path_tokens_per_s"] > 0
+    assert res["generate"]["fast_path_q4_0_tokens_per_s"] > 0
     assert 0 < res["update"]["fraction_of_matmul_bound_fp32"] < 1
     levers = res["levers"]
     for key in (
@@ -50,6 +51,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
         "remark_seconds_each",
         "batched_remark_seconds_each",
         "partner_q8_0_remark_seconds_each",
+        "partner_q4_0_remark_seconds_each",
         "shared_prefix_update_seconds_per_step",
     ):
         assert levers[key]["before"] > 0 and levers[key]["after"] > 0, key

@@ -115,6 +115,24 @@ def test_gguf_q8_0_stays_close(run_dir, merged, tmp_path):
     assert Path(gguf_path).stat().st_size < 0.7 * f16_size
 
 
+def test_gguf_q4_0_is_quantized_by_llama_cpp_and_answers_alike(run_dir, merged, tmp_path):
+    import gguf
+
+    prompt, torch_tokens, _ = merged
+    q4, _ = export(run_dir, "--to", "gguf", "--quant", "q4_0", "--out", str(tmp_path / "q4"))
+    q8, _ = export(run_dir, "--to", "gguf", "--quant", "q8_0", "--out", str(tmp_path / "q8"))
+    tokens, meta = llama_greedy(q4, prompt, len(torch_tokens))
+    assert meta["general.file_type"] == "2"  # LLAMA_FTYPE_MOSTLY_Q4_0
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(q4).tensors}
+    assert "Q4_0" in kinds and "F16" not in kinds, kinds
+    same = sum(a == b for a, b in zip(tokens, torch_tokens[:5]))
+    assert same >= 3, (tokens, torch_tokens)
+    from pathlib import Path
+
+    assert Path(q4).stat().st_size < 0.75 * Path(q8).stat().st_size
+    assert not list((tmp_path / "q4").glob("*.tmp"))  # the f16 intermediate is gone
+
+
 def test_hf_export_loads_in_transformers(run_dir, merged, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -352,3 +352,31 @@ def test_question_far_past_the_context_is_clipped_or_skipped_before_generation(p
         assert f"{what}, clipped" in events
         assert any("how many apples" in c[-1]["content"] for c in prompts)
     assert summary["status"] == "finished"
+
+
+def test_eval_clips_a_question_far_past_the_context_and_keeps_the_item(tmp_path):
+    from saie_lite.evaluate.evaluation import evaluate
+
+    cfg = config.build(
+        overrides={
+            "learner.max_seq_len": 300,
+            "eval.max_new_tokens": 32,
+            "eval.metrics": "accuracy",
+        }
+    )
+    examples = gsm8k.load("bundled")[0][:3]
+    examples[1] = replace(examples[1], question="how many apples " * 20_000)
+    learner, notes = ScriptedLearner(), []
+    store = Store(tmp_path / "saie.sqlite")
+    from saie_lite.tasks import get_task
+
+    task = get_task(cfg.data)
+    summary = evaluate(
+        cfg, task, examples, [learner], store, "e", tmp_path / "e", note=notes.append
+    )
+    store.close()
+    prompts = [c for h in learner.history if h["call"] == "generate" for c in h["chats"]]
+    assert max(learner.count_tokens(c) for c in prompts) + 32 <= 300
+    assert any("how many apples" in c[-1]["content"] for c in prompts)  # clipped, not dropped
+    assert [n.endswith(", clipped") and n.startswith(examples[1].id) for n in notes] == [True]
+    assert summary["n"] == 3

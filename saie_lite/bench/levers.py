@@ -50,7 +50,7 @@ def bench_levers(s: BenchSettings) -> dict:
     # 3. Remarks, three levers in turn on the same 8 prompts (4 answers x 2 stances):
     #    one at a time with the KV cache cleared before each prompt; one at a time with
     #    the shared prefix of an answer's stances reused; batched decoding; and then the
-    #    same model with q8_0 weights instead of the shipped Q4_1.
+    #    same model with q8_0 weights instead of the shipped Q4_1, then q4_0 instead of q8_0.
     try:
         from saie_lite.backends.llama_cpp import LlamaCppPartner
     except ImportError:
@@ -81,9 +81,14 @@ def bench_levers(s: BenchSettings) -> dict:
     q8.remark(prompts[:2], 4)
     quant = per_remark(q8)
     q8.llm.close()
+    q4 = LlamaCppPartner(_cfg(s, **{"partner.model": "embedded-q4_0"}))
+    q4.remark(prompts[:2], 4)
+    quant4 = per_remark(q4)
+    q4.llm.close()
     out["remark_seconds_each"] = {"before": cleared, "after": reused}
     out["batched_remark_seconds_each"] = {"before": reused, "after": batched}
     out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}
+    out["partner_q4_0_remark_seconds_each"] = {"before": quant, "after": quant4}
     return out
 
 

@@ -275,6 +275,13 @@ def bench_generate(s: BenchSettings) -> dict:
     snap = SnapshotAnswers(learner, cfg, Path(tempfile.mkdtemp()) / "snapshot")
     snap.generate(chats[:1], 4)  # builds the snapshot (timed separately)
     fast = _gen_rate(snap, chats, s.new_tokens)["tokens_per_s"]
+    snap._close()
+    # The same snapshot as q4_0 (llama.cpp's quantizer; repacked at load on AVX2).
+    cfg.learner.snapshot_quant = "q4_0"
+    snap4 = SnapshotAnswers(learner, cfg, Path(tempfile.mkdtemp()) / "snapshot")
+    snap4.generate(chats[:1], 4)
+    fast4 = _gen_rate(snap4, chats, s.new_tokens)["tokens_per_s"]
+    snap4._close()
     if s.model == EMBEDDED:
         gguf, label = embedded_gguf(), "Q4_1 (the embedded GGUF)"
     else:
@@ -296,10 +303,13 @@ def bench_generate(s: BenchSettings) -> dict:
         "ours_tokens_per_s": ours,
         "fast_path_tokens_per_s": fast,
         "fast_path_model": f"{snap.quant} snapshot, built in {snap.refresh_seconds:.1f} s",
+        "fast_path_q4_0_tokens_per_s": fast4,
+        "fast_path_q4_0_model": f"q4_0 snapshot, built in {snap4.refresh_seconds:.1f} s",
         "llama_cpp_tokens_per_s": ref,
         "llama_cpp_model": label,
         "ratio_ours_over_llama_cpp": ours / ref,
         "ratio_fast_path_over_llama_cpp": fast / ref,
+        "ratio_fast_path_q4_0_over_llama_cpp": fast4 / ref,
     }
 
 
@@ -323,6 +333,14 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
             "method.mode": "saie",
             "learner.snapshot_every": 4,
             "partner.model": "embedded-q8_0",
+        },
+        # ... and both the snapshot and the partner as q4_0 (llama.cpp's fastest CPU
+        # kernels on AVX2: the weights are repacked at load)
+        "saie_fast_q4": {
+            "method.mode": "saie",
+            "learner.snapshot_every": 4,
+            "learner.snapshot_quant": "q4_0",
+            "partner.model": "embedded-q4_0",
         },
     }
     for run, over in runs.items():
@@ -356,7 +374,7 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
             "examples_per_minute": 60 * len(examples) / wall,
             **{f"{k}_seconds_per_step": v / steps for k, v in summary["seconds"].items()},
         }
-    for run in ("saie", "saie_fast", "saie_fast_q8"):
+    for run in ("saie", "saie_fast", "saie_fast_q8", "saie_fast_q4"):
         out[f"ratio_{run}_over_sft"] = (
             out[run]["seconds_per_example"] / out["sft"]["seconds_per_example"]
         )

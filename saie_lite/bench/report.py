@@ -86,6 +86,7 @@ def markdown(r: dict) -> str:
             "saie": "SAIE",
             "saie_fast": "SAIE, fast path (snapshot every 4)",
             "saie_fast_q8": "SAIE, fast path + q8_0 partner",
+            "saie_fast_q4": "SAIE, fast path, q4_0 snapshot + q4_0 partner",
         }
         for run, label in labels.items():
             if run in sa:
@@ -95,7 +96,7 @@ def markdown(r: dict) -> str:
             if run in sa:
                 row(f"| {label}: examples per minute | {_f(sa[run]['examples_per_minute'])} |")
                 row(
-                    f"| {label} / SFT wall time per example (target <= 3x) | "
+                    f"| {label} / SFT wall time per example (target <= 2.5x) | "
                     f"{_f(sa[f'ratio_{run}_over_sft'], 2)}x |"
                 )
     if "update" in res:
@@ -141,6 +142,11 @@ def markdown(r: dict) -> str:
                 f"| learner generation tokens/s, fast path ({g['fast_path_model']}) | "
                 f"{_f(g['fast_path_tokens_per_s'])} |"
             )
+        if "fast_path_q4_0_tokens_per_s" in g:
+            row(
+                f"| learner generation tokens/s, fast path ({g['fast_path_q4_0_model']}) | "
+                f"{_f(g['fast_path_q4_0_tokens_per_s'])} |"
+            )
         row(
             f"| llama.cpp tokens/s, single stream, {g.get('llama_cpp_model', '-')} | "
             f"{_f(g.get('llama_cpp_tokens_per_s', '-'))} |"
@@ -162,6 +168,7 @@ def markdown(r: dict) -> str:
             ("remark_seconds_each", "seconds per remark: shared-prefix KV reuse"),
             ("batched_remark_seconds_each", "seconds per remark: batched decoding"),
             ("partner_q8_0_remark_seconds_each", "seconds per remark: partner Q4_1 -> q8_0"),
+            ("partner_q4_0_remark_seconds_each", "seconds per remark: partner q8_0 -> q4_0"),
         ):
             x = lv.get(key)
             if isinstance(x, dict):

@@ -91,6 +91,23 @@ def run_batch(cfg: Config, task, agents: list, exs: list[Example]) -> list[strat
     return strategies.run_debate(len(agents), respond, task, exs, e.rounds)
 
 
+def fit_question(cfg: Config, task, agent, ex: Example, note: Callable[[str], None]) -> Example:
+    """The question clipped to the learner's context before anything is generated, as
+    training does: a question of tens of thousands of tokens would otherwise cost minutes
+    of attention for an answer that cannot fit. Never skipped: every item stays, so the
+    evaluation still pairs with others; an item that clipping cannot fit goes as it is."""
+    if not hasattr(agent, "count_tokens"):
+        return ex
+    from saie_lite.train.context import fit_example
+
+    fitted, line = fit_example(
+        agent, task, ex, cfg.eval.max_new_tokens, cfg.learner.max_seq_len, "truncate"
+    )
+    if line:
+        note(line if fitted is not None else f"{line}; evaluated unclipped")
+    return fitted or ex
+
+
 def pick_choice(labels: list[str], scores: list[float]) -> str:
     """The highest-scoring choice; an exact tie goes to the choice listed first (A before
     B), so the same scores always give the same letter."""
@@ -223,6 +240,7 @@ def evaluate(
     out_dir: Path,
     on_batch: Callable[[int, int, list[dict]], None] = lambda done, total, rows: None,
     stop: Callable[[], bool] = lambda: False,
+    note: Callable[[str], None] = lambda line: None,
 ) -> dict:
     agent_names = [a.name for a in agents]
     want = settings(cfg, agent_names)
@@ -238,7 +256,11 @@ def evaluate(
     names = resolve(cfg.eval.metrics, task, cfg.eval.scoring, agents[0])
     store.start_eval(name, want)
     done = {i["example_id"] for i in store.eval_items(name)}
-    todo = [(i, x) for i, x in enumerate(examples) if x.id not in done]
+    todo = [
+        (i, fit_question(cfg, task, agents[0], x, note))
+        for i, x in enumerate(examples)
+        if x.id not in done
+    ]
     bs = cfg.eval.batch_size
     status = "finished"
     on_batch(len(done), len(examples), [])

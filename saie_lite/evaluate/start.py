@@ -66,7 +66,16 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     try:
         with StopFlag(lambda: view.note("stopping after this batch (Ctrl-C again aborts)")) as flag:
             summary = evaluate(
-                cfg, task, examples, agents, store, out_dir.name, out_dir, view.progress, flag
+                cfg,
+                task,
+                examples,
+                agents,
+                store,
+                out_dir.name,
+                out_dir,
+                view.progress,
+                flag,
+                view.note,
             )
     finally:
         store.close()
