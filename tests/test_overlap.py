@@ -66,6 +66,32 @@ def run(tmp_path, overlap, learner, partner, cfg_over=None, n=10):
     return summary, turns, steps, events
 
 
+class SometimesSilent(ScriptedPartner):
+    """Every third remark missing (as the HTTP partner reports a null reply)."""
+
+    def remark(self, chats, max_tokens):
+        from saie_lite.protocols import MissingRemark
+
+        out = super().remark(chats, max_tokens)
+        self.n = getattr(self, "n", 0)
+        for i in range(len(out)):
+            self.n += 1
+            if self.n % 3 == 0:
+                out[i] = MissingRemark("null content")
+        return out
+
+
+def test_overlap_counts_missing_remarks_like_a_run_without(tmp_path):
+    out = {}
+    for mode in ("off", "on"):
+        learner = SnapshotLike(every=3)
+        over = {"partner.max_missing_share": 0.9, "method.turns": 1}
+        out[mode] = run(tmp_path / mode, mode, learner, SometimesSilent(), over)[0], learner
+    (s_off, _), (s_on, l_on) = out["off"], out["on"]
+    assert "saie-overlap_0" in l_on.threads  # the worker fetched some of them
+    assert s_on["missing_remarks"] == s_off["missing_remarks"] > 0
+
+
 def test_overlap_auto_only_on_a_gpu():
     assert overlap_enabled("auto", "cuda") and overlap_enabled("auto", "mps")
     assert not overlap_enabled("auto", "cpu") and not overlap_enabled("auto", None)

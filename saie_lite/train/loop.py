@@ -104,7 +104,7 @@ class Overlap:
         self.on = overlap_enabled(cfg.train.overlap, device) and not hasattr(partner, "learner")
         self.learner, self.ctx, self.prepare = learner, ctx, prepare
         self.pool = None
-        self.pending = None  # (b_index, future, deferred calls, worker timer)
+        self.pending = None  # (b_index, future, deferred calls, worker timer, worker context)
         self.used = 0  # batches prepared during an update (tests, bench)
 
     def start(self, b_index: int, step: int) -> None:
@@ -120,7 +120,7 @@ class Overlap:
         c = dataclasses.replace(self.ctx, timer=timer, note=later.note, cb=later)
         self.learner.seed_step = step  # the update count its answers would be seeded with
         future = self.pool.submit(self.prepare, c, b_index, step + 1)
-        self.pending = (b_index, future, later, timer)
+        self.pending = (b_index, future, later, timer, c)
 
     def wait(self) -> None:
         if self.pending is not None:
@@ -132,8 +132,11 @@ class Overlap:
         delivered now; None when it was not prepared."""
         if self.pending is None or self.pending[0] != b_index:
             return None
-        _, future, later, timer = self.pending
+        _, future, later, timer, c = self.pending
         self.pending = None
+        # The worker counted missing remarks on its copy of the context (the update in
+        # flight fetches none, so the copy started from the current count).
+        self.ctx.missing_remarks = c.missing_remarks
         result = future.result()  # a PartnerError raised on the worker is raised here
         for call in later.calls:
             if call[0] == "note":
