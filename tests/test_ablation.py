@@ -148,3 +148,20 @@ def test_ablate_on_a_tiny_torch_model(tmp_path, tiny_model_dir):
     nll = {s: r["metrics"]["nll"]["mean"] for s, r in rows.items()}
     assert nll["base"] != nll["sft"] and nll["sft"] != nll["saie"]
     assert (tmp_path / "exp" / "ablation.png").read_bytes()[:8] == PNG
+
+
+def test_eta_times_each_kind_of_unit_on_its_own():
+    from saie_lite.ui.ablate_view import Eta, fmt_eta
+
+    eta = Eta(["plain"] * 2 + ["discussion"] * 3 + ["eval"] * 4, 0)
+    assert eta.seconds() is None  # nothing timed yet
+    eta.record(2, 2.0)  # two plain updates, 1 s each
+    # not timed yet: a discussion update costs 15 plain ones, an item 2 (PRIOR_COST)
+    assert eta.seconds() == pytest.approx(3 * 15 + 4 * 2)
+    eta.record(1, 30.0)  # a discussion update took 30 s, twice the prior
+    # discussions at 30 s; an item from both timed kinds: mean(1/1, 30/15) * 2 = 3 s
+    assert eta.seconds() == pytest.approx(2 * 30 + 4 * 3)
+    eta.record(2, 50.0)
+    eta.record(4, 8.0)  # items timed: 2 s each
+    assert eta.seconds() == 0 and eta.rate("eval") == 2.0
+    assert fmt_eta(None) == "eta -" and fmt_eta(75) == "eta 1:15" and fmt_eta(3725) == "eta 1:02:05"

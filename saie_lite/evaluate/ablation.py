@@ -202,9 +202,15 @@ def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
     examples, _ = prepare_examples(cfg)
     ecfg = eval_config(cfg)
     eval_examples, _ = prepare_examples(ecfg)
-    n_updates = len(schedule(len(examples), cfg))
-    total = n_updates * len(trained) + len(eval_examples) * len(systems)
-    view.start(total, units_done(out, systems, len(eval_examples)))
+    batches = schedule(len(examples), cfg)
+    n_updates = len(batches)
+    # Every unit in the order it runs, by kind, for the progress bar's ETA.
+    kinds = [
+        "plain" if s == "sft" or b.phase == "warmup" else "discussion"
+        for s in trained
+        for b in batches
+    ] + ["eval"] * (len(eval_examples) * len(systems))
+    view.start(kinds, units_done(out, systems, len(eval_examples)))
     view.note(
         f"{len(systems)} systems ({', '.join(systems)}): {len(examples)} training examples, "
         f"{n_updates} updates each; {len(eval_examples)} held-out items ({ecfg.data.split})"

@@ -6,31 +6,88 @@ from __future__ import annotations
 import sys
 import time
 
+# What one unit of each kind costs relative to the others, used only until a kind has
+# been timed: a plain (SFT or warm-up) update, a discussion update (answers, two
+# remarks per answer, the longer two-stance update) and one evaluated item. From the
+# ablate-quick run on 2 CPU cores (see README); any measured kind corrects the others.
+PRIOR_COST = {"plain": 1.0, "discussion": 15.0, "eval": 2.0}
+
+
+class Eta:
+    """Remaining time of an experiment whose units differ in cost by kind: each kind is
+    timed on its own units, and a kind not yet timed is estimated from the timed ones."""
+
+    def __init__(self, kinds: list[str], done: int):
+        self.kinds, self.done = kinds, done
+        self.spent = dict.fromkeys(PRIOR_COST, 0.0)
+        self.count = dict.fromkeys(PRIOR_COST, 0)
+
+    def record(self, n: int, seconds: float) -> None:
+        units = self.kinds[self.done : self.done + n]
+        for k in units:  # a batch of units shares its time evenly
+            self.spent[k] += seconds / max(1, len(units))
+            self.count[k] += 1
+        self.done += n
+
+    def rate(self, kind: str) -> float | None:
+        if self.count[kind]:
+            return self.spent[kind] / self.count[kind]
+        known = [k for k in PRIOR_COST if self.count[k]]
+        if not known:
+            return None
+        per_cost = sum(self.spent[k] / self.count[k] / PRIOR_COST[k] for k in known) / len(known)
+        return per_cost * PRIOR_COST[kind]
+
+    def seconds(self) -> float | None:
+        left = self.kinds[self.done :]
+        rates = {k: self.rate(k) for k in set(left)}
+        if any(r is None for r in rates.values()):
+            return None
+        return sum(rates[k] for k in left)
+
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "eta -"
+    m, sec = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"eta {h}:{m:02d}:{sec:02d}" if h else f"eta {m}:{sec:02d}"
+
 
 class PlainAblateView:
     def __init__(self, stream=None):
         self.out = stream or sys.stdout
-        self.total = self.done = self.first = 0
-        self.t0 = time.perf_counter()
+        self.total = self.done = 0
+        self.eta = Eta([], 0)
+        self.t = time.perf_counter()
         self.warm = False
 
     def _p(self, line: str) -> None:
         print(line, file=self.out, flush=True)
 
-    def start(self, total: int, done: int) -> None:
-        self.total, self.done, self.first = total, done, done
-        self.t0 = time.perf_counter()
+    def start(self, kinds: list[str], done: int) -> None:
+        """``kinds``: every unit of the experiment in the order it runs ("plain",
+        "discussion" or "eval"); the first ``done`` are finished already."""
+        self.total, self.done = len(kinds), done
+        self.eta = Eta(kinds, done)
+        self.t = time.perf_counter()
         if done:
-            self._p(f"resuming: {done}/{total} units already done (finished parts are reused)")
+            self._p(f"resuming: {done}/{self.total} units already done (finished parts are reused)")
+
+    def _advance(self, n: int) -> float | None:
+        now = time.perf_counter()
+        if self.warm:
+            self.eta.record(n, now - self.t)
+        else:  # loading models makes the first unit slow: time the rest
+            self.eta.done += n
+            self.warm = True
+        self.t = now
+        self.done += n
+        return self.eta.seconds()
 
     def advance(self, n: int, what: str) -> None:
-        self.done += n
-        rate = (time.perf_counter() - self.t0) / max(1, self.done - self.first)
-        eta = rate * (self.total - self.done)
-        self._p(f"[{self.done}/{self.total}] {what}  eta {eta:.0f}s")
-        if not self.warm:
-            # Loading models makes the first unit slow: time the rest from here.
-            self.t0, self.first, self.warm = time.perf_counter(), self.done, True
+        eta = self._advance(n)
+        self._p(f"[{self.done}/{self.total}] {what}  {fmt_eta(eta)}")
 
     def note(self, message: str) -> None:
         self._p(f"note: {message}")
@@ -48,7 +105,6 @@ class RichAblateView(PlainAblateView):
             Progress,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         super().__init__()
@@ -58,22 +114,20 @@ class RichAblateView(PlainAblateView):
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[eta]}"),  # by kind of unit (Eta), not Rich's average
             TextColumn("{task.description}"),
             console=self.console,
-            speed_estimate_period=3600,
         )
         self.task = None
 
-    def start(self, total: int, done: int) -> None:
-        super().start(total, done)
+    def start(self, kinds: list[str], done: int) -> None:
+        super().start(kinds, done)
         self.bar.start()
-        self.task = self.bar.add_task("", total=total, completed=done)
+        self.task = self.bar.add_task("", total=self.total, completed=done, eta=fmt_eta(None))
 
     def advance(self, n: int, what: str) -> None:
-        self.done += n
-        self.bar.update(self.task, completed=self.done, description=what)
+        eta = self._advance(n)
+        self.bar.update(self.task, completed=self.done, description=what, eta=fmt_eta(eta))
 
     def note(self, message: str) -> None:
         from rich.markup import escape
