@@ -102,7 +102,11 @@ def markdown(r: dict) -> str:
     if "update" in res:
         u = res["update"]
         row(f"| update tokens/s, ours fp32 | {_f(u['float32']['tokens_per_s'])} |")
-        row(f"| update tokens/s, ours bf16 weights | {_f(u['bfloat16']['tokens_per_s'])} |")
+        reduced = u["bfloat16"].get("reduced")
+        row(
+            f"| update tokens/s, ours bf16 weights{f' ({reduced})' if reduced else ''} | "
+            f"{_f(u['bfloat16']['tokens_per_s'])} |"
+        )
         if "dtype_auto_probe" in u:
             pr = u["dtype_auto_probe"]
             row(
