@@ -136,7 +136,8 @@ class PartnerConfig:
     model: str = _f(
         "embedded",
         "llama_cpp: GGUF path, 'embedded' (the shipped Q4_1 file) or 'embedded-q8_0' / "
-        "'embedded-q4_0' (built once from its float weights; faster prompts on x86); openai: the server's model name",
+        "'embedded-q4_0' (built once from its float weights; faster prompts on x86); "
+        "openai: the server's model name",
     )
     n_ctx: int = _f(2048, "llama.cpp context window (set explicitly; never the 512 default)")
     n_threads: int = _f(0, "llama.cpp threads; 0 = all cores")

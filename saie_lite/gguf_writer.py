@@ -227,6 +227,7 @@ def llama_quantize(src: Path, out: Path, quant: str) -> Path:
 
     try:
         import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
     except ImportError:
         raise UserError(
             f"GGUF {quant} is quantized by llama.cpp: pip install 'saie-lite[llamacpp]', "
@@ -235,8 +236,6 @@ def llama_quantize(src: Path, out: Path, quant: str) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_QUANTS[quant]
     params.nthread = os.cpu_count() or 1
-    from llama_cpp._utils import suppress_stdout_stderr
-
     with suppress_stdout_stderr(disable=False):  # it logs a line per tensor
         rc = llama_cpp.llama_model_quantize(
             str(src).encode(), str(out).encode(), ctypes.byref(params)

@@ -77,14 +77,15 @@ def bench_levers(s: BenchSettings) -> dict:
     partner.parallel = 8
     batched = per_remark(partner)
     partner.llm.close()
-    q8 = LlamaCppPartner(_cfg(s, **{"partner.model": "embedded-q8_0"}))
-    q8.remark(prompts[:2], 4)
-    quant = per_remark(q8)
-    q8.llm.close()
-    q4 = LlamaCppPartner(_cfg(s, **{"partner.model": "embedded-q4_0"}))
-    q4.remark(prompts[:2], 4)
-    quant4 = per_remark(q4)
-    q4.llm.close()
+
+    def requantized(model: str) -> float:
+        p = LlamaCppPartner(_cfg(s, **{"partner.model": model}))
+        p.remark(prompts[:2], 4)  # warm-up
+        t = per_remark(p)
+        p.llm.close()
+        return t
+
+    quant, quant4 = requantized("embedded-q8_0"), requantized("embedded-q4_0")
     out["remark_seconds_each"] = {"before": cleared, "after": reused}
     out["batched_remark_seconds_each"] = {"before": reused, "after": batched}
     out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}

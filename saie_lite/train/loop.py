@@ -134,10 +134,13 @@ class Overlap:
             return None
         _, future, later, timer, c = self.pending
         self.pending = None
-        # The worker counted missing remarks on its copy of the context (the update in
-        # flight fetches none, so the copy started from the current count).
-        self.ctx.missing_remarks = c.missing_remarks
-        result = future.result()  # a PartnerError raised on the worker is raised here
+        try:
+            result = future.result()  # a PartnerError raised on the worker is raised here
+        finally:
+            # The worker counted missing remarks on its copy of the context (the update
+            # in flight fetches none, so the copy started from the current count); read
+            # it only once the worker is done.
+            self.ctx.missing_remarks = c.missing_remarks
         for call in later.calls:
             if call[0] == "note":
                 self.ctx.note(call[1], call[2])

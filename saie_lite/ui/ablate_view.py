@@ -57,10 +57,14 @@ def fmt_eta(seconds: float | None) -> str:
 class PlainAblateView:
     def __init__(self, stream=None):
         self.out = stream or sys.stdout
-        self.total = self.done = 0
+        self.total = 0
         self.eta = Eta([], 0)
         self.t = time.perf_counter()
         self.warm = False
+
+    @property
+    def done(self) -> int:
+        return self.eta.done
 
     def _p(self, line: str) -> None:
         print(line, file=self.out, flush=True)
@@ -68,7 +72,7 @@ class PlainAblateView:
     def start(self, kinds: list[str], done: int) -> None:
         """``kinds``: every unit of the experiment in the order it runs ("plain",
         "discussion" or "eval"); the first ``done`` are finished already."""
-        self.total, self.done = len(kinds), done
+        self.total = len(kinds)
         self.eta = Eta(kinds, done)
         self.t = time.perf_counter()
         if done:
@@ -82,7 +86,6 @@ class PlainAblateView:
             self.eta.done += n
             self.warm = True
         self.t = now
-        self.done += n
         return self.eta.seconds()
 
     def advance(self, n: int, what: str) -> None:
