@@ -388,7 +388,11 @@ def export(
 @app.command()
 def bench(
     model: str = typer.Option("embedded", help="learner model for every part"),
-    only: str = typer.Option("saie,update,trl,mlx,generate", help="comma list of parts"),
+    only: str | None = typer.Option(
+        None,
+        help="comma list of parts; cpu: saie,update,trl,mlx,generate (default) and levers; "
+        "cuda: smollm2-135m,qwen2-0.5b,qwen2-1.5b,saie (default: all)",
+    ),
     examples: int = typer.Option(8, help="SAIE vs SFT part: examples per mode"),
     steps: int = typer.Option(3, help="timed updates per measurement (after one warm-up)"),
     batch: int = typer.Option(8, help="sequences per update"),
@@ -410,22 +414,30 @@ def bench(
     from saie_lite.paths import home
 
     try:
-        parts = [p.strip() for p in only.split(",") if p.strip()]
-        bad = [p for p in parts if p not in PARTS]
-        if not parts:
-            raise UserError(f"--only names no bench part; parts: {', '.join(PARTS)}")
-        if bad:
-            raise UserError(f"unknown bench part(s) {', '.join(bad)}; parts: {', '.join(PARTS)}")
         if device not in ("cpu", "cuda"):
             raise UserError(f"--device must be cpu or cuda, not {device!r}")
+        if device == "cuda":
+            from saie_lite.bench.cuda import CUDA_PARTS as known
+        else:
+            known = PARTS
+        default = ",".join(known) if device == "cuda" else "saie,update,trl,mlx,generate"
+        parts = [p.strip() for p in (only or default).split(",") if p.strip()]
+        bad = [p for p in parts if p not in known]
+        if not parts:
+            raise UserError(f"--only names no bench part; {device} parts: {', '.join(known)}")
+        if bad:
+            raise UserError(
+                f"unknown {device} bench part(s) {', '.join(bad)}; parts: {', '.join(known)}"
+            )
+        cuda_parts = None
         if device == "cuda":
             from saie_lite.bench.cuda import require_cuda
 
             require_cuda()
-            parts = ["cuda"]
+            parts, cuda_parts = ["cuda"], parts
         settings = BenchSettings(model, examples, steps, batch, max_len, new_tokens)
         target = out or home() / "bench" / _time.strftime("%Y%m%d-%H%M%S")
-        report = run_bench(settings, parts, Path(target))
+        report = run_bench(settings, parts, Path(target), cuda_parts=cuda_parts)
     except UserError as e:
         fail(str(e))
     from saie_lite.bench.report import markdown

@@ -87,7 +87,10 @@ def pre_tokenizer_name(config: dict, hint: str) -> str:
     return "default"
 
 
-def _tokenizer_fields(model_dir: Path) -> dict:
+def _tokenizer_fields(model_dir: Path, n_vocab: int = 0) -> dict:
+    """The GGUF vocabulary; padded to the model's ``n_vocab`` rows where its embedding is
+    larger than the tokenizer (Qwen2 pads 151,665 tokens to 151,936): llama.cpp refuses a
+    file whose token list and embedding rows differ."""
     data = json.loads((model_dir / "tokenizer.json").read_text())
     model = data.get("model", {})
     if model.get("type") != "BPE":
@@ -97,12 +100,15 @@ def _tokenizer_fields(model_dir: Path) -> dict:
     for added in data.get("added_tokens", []):
         vocab[added["content"]] = added["id"]
         types[added["id"]] = 3 if added.get("special") else 4  # control / user-defined
-    size = max(vocab.values()) + 1
+    size = max(max(vocab.values()) + 1, n_vocab)
     tokens = [f"[PAD{i}]" for i in range(size)]
     for tok, i in vocab.items():
         tokens[i] = tok
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return {"tokens": tokens, "types": [types.get(i, 1) for i in range(size)], "merges": merges}
+    known = set(vocab.values())
+    # 1 normal, 5 unused (a padding row no text maps to)
+    kinds = [types.get(i, 1 if i in known else 5) for i in range(size)]
+    return {"tokens": tokens, "types": kinds, "merges": merges}
 
 
 def write_gguf(
@@ -161,7 +167,7 @@ def write_gguf(
     ftype = gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0
     w.add_file_type(ftype)
 
-    tok = _tokenizer_fields(model_dir)
+    tok = _tokenizer_fields(model_dir, int(config.get("vocab_size", 0)))
     tcfg_path = model_dir / "tokenizer_config.json"
     tcfg = json.loads(tcfg_path.read_text()) if tcfg_path.is_file() else {}
     w.add_tokenizer_model("gpt2")

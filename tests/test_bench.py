@@ -117,3 +117,26 @@ def test_cuda_bench_builds_a_loadable_tiny_shape(tiny_model_dir, tmp_path):
     stats = learner.train_step(stance_sequences(2))
     assert stats.n_sequences == 2 and stats.loss > 0
     assert len(learner.generate([[{"role": "user", "content": "Hi"}]], 3)) == 1
+
+
+def test_cuda_bench_parts_run_end_to_end_on_the_cpu(tiny_model_dir, tmp_path):
+    """The pieces ``bench --device cuda`` runs, on a tiny shape with device cpu: so the
+    GPU run is never the first time they execute (the GPU-only lines are the sync and the
+    peak-memory reading)."""
+    pytest.importorskip("llama_cpp")
+    from saie_lite.bench.cuda import _saie_cuda, _shape_run, _trl_cuda, build_shape
+    from saie_lite.bench.parts import BenchSettings
+
+    s = BenchSettings(examples=4, steps=1, batch=2, max_len=384, new_tokens=4)
+    model_dir = build_shape("tiny", tmp_path / "tiny", tiny_model_dir)
+    ours = _shape_run(s, model_dir, "none", tmp_path, device="cpu")
+    assert ours["generate_tokens_per_s"] > 0 and ours["update"]["tokens_per_s"] > 0
+    assert ours["saie_update_shared"]["seconds_per_step"] > 0
+    assert ours["export_merge_ok"] and (tmp_path / "merged-none" / "config.json").is_file()
+    trl = _trl_cuda(s, model_dir, "none", device="cpu")
+    assert trl.get("tokens_per_s", 0) > 0 or "skipped" in trl
+    saie = _saie_cuda(s, model_dir, tmp_path / "saie", device="cpu")
+    for run in ("saie", "saie_fast", "saie_fast_overlap"):
+        assert saie[f"ratio_{run}_over_sft"] > 0, run
+    # 4 examples in batches of 4 is one update: nothing to prepare during an earlier one
+    assert saie["saie_fast"]["overlapped_batches"] == 0

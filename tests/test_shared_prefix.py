@@ -37,12 +37,16 @@ def batch() -> list[TrainSequence]:
     )
 
 
-def learner(model_dir, share: bool, mb: int = 2):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def learner(model_dir, share: bool, mb: int = 2, device: str = "cpu", dtype: str = "float32"):
     cfg = config.build(
         overrides={
             "learner.model": str(model_dir),
             "learner.max_seq_len": 512,
-            "learner.dtype": "float32",
+            "learner.device": device,
+            "learner.dtype": dtype,
             "train.micro_batch_size": mb,
             "train.share_prefix": share,
         }
@@ -52,7 +56,7 @@ def learner(model_dir, share: bool, mb: int = 2):
     # adapter weights (same values in both learners) so every gradient is tested.
     gen = torch.Generator().manual_seed(1)
     for p in lr.params:
-        p.data = torch.randn(p.shape, generator=gen) * 0.05
+        p.data = (torch.randn(p.shape, generator=gen) * 0.05).to(p.device, p.dtype)
     return lr
 
 
@@ -64,8 +68,8 @@ def grads_after_step(lr, seqs):
     return stats, {n: p.grad.clone() for n, p in lr.model.named_parameters() if p.requires_grad}
 
 
-def assert_same_update(model_dir, seqs, mb=2, attn="sdpa"):
-    shared, plain = learner(model_dir, True, mb), learner(model_dir, False, mb)
+def assert_same_update(model_dir, seqs, mb=2, attn="sdpa", device="cpu"):
+    shared, plain = learner(model_dir, True, mb, device), learner(model_dir, False, mb, device)
     for lr in (shared, plain):
         lr.model.get_base_model().set_attn_implementation(attn)
         assert lr.model.get_base_model().config._attn_implementation == attn
@@ -81,6 +85,25 @@ def assert_same_update(model_dir, seqs, mb=2, attn="sdpa"):
 
 def test_shared_prefix_update_equals_unshared_llama(tiny_model_dir):
     assert_same_update(tiny_model_dir, batch())
+
+
+@CUDA
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prefix_update_equals_unshared_on_cuda(tiny_model_dir, attn):
+    assert_same_update(tiny_model_dir, batch(), attn=attn, device="cuda")
+
+
+@CUDA
+def test_shared_prefix_update_close_to_unshared_on_cuda_bf16(tiny_model_dir):
+    """bf16, as the GPU runs train: equal up to bf16 rounding (the two paths sum in a
+    different order), far closer than a wrong mask (test below) moves the loss."""
+    shared, plain = (learner(tiny_model_dir, sh, 2, "cuda", "bfloat16") for sh in (True, False))
+    assert shared.shares_prefix()
+    (s1, g1), (s2, g2) = grads_after_step(shared, batch()), grads_after_step(plain, batch())
+    assert s1.loss == pytest.approx(s2.loss, rel=1e-2)
+    for n in g1:
+        a, b = g1[n].float().flatten(), g2[n].float().flatten()
+        assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99, n
 
 
 def test_shared_prefix_update_equals_unshared_eager_attention(tiny_model_dir):

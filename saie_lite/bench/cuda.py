@@ -108,7 +108,17 @@ def build_shape(name: str, out: Path, tokenizer_dir: Path, dtype: str = "bfloat1
     return out
 
 
-def _shape_run(s: BenchSettings, model_dir: Path, quantize: str, work: Path) -> dict:
+def _sync(device: str):
+    import torch
+
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def _shape_run(
+    s: BenchSettings, model_dir: Path, quantize: str, work: Path, device: str = "cuda"
+) -> dict:
+    """Ours on one shape: generation, update, SAIE update unshared/shared, peak memory,
+    checkpoint round trip and export merge. ``device`` is cuda but for tests."""
     import torch
 
     from saie_lite.backends.torch_peft import TorchLearner
@@ -119,27 +129,29 @@ def _shape_run(s: BenchSettings, model_dir: Path, quantize: str, work: Path) -> 
     over = {
         "learner.backend": "torch",
         "learner.model": str(model_dir),
-        "learner.device": "cuda",
+        "learner.device": device,
         "learner.dtype": "bfloat16",
         "learner.quantize": quantize,
     }
-    torch.cuda.reset_peak_memory_stats()
+    sync = _sync(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     learner = TorchLearner(_cfg(s, **over))
     out: dict = {}
     # Generation: a batch of GSM8K questions, no early stop (random weights never finish).
     learner.answer_end = None
     chats = [gsm8k.learner_chat(e.question) for e in gsm8k.load("bundled")[0][: s.batch]]
     learner.generate(chats[:1], 4)
-    torch.cuda.synchronize()
+    sync()
     before, t0 = learner.tokens_generated, time.perf_counter()
     learner.generate(chats, s.new_tokens)
-    torch.cuda.synchronize()
+    sync()
     out["generate_tokens_per_s"] = (learner.tokens_generated - before) / (time.perf_counter() - t0)
 
     def timed(seqs):
         def one() -> int:
             n = learner.train_step(seqs).n_tokens
-            torch.cuda.synchronize()
+            sync()
             return n
 
         return _timed_steps(one, s.steps)
@@ -150,7 +162,8 @@ def _shape_run(s: BenchSettings, model_dir: Path, quantize: str, work: Path) -> 
     for label, share in (("saie_update_unshared", False), ("saie_update_shared", True)):
         learner.cfg.train.share_prefix = share
         out[label] = timed(stance)
-    out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    if device == "cuda":
+        out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     # Checkpoint save/load round trip, then the export merge of that checkpoint.
     ckpt = work / f"ckpt-{quantize}"
     learner.save(ckpt)
@@ -163,16 +176,24 @@ def _shape_run(s: BenchSettings, model_dir: Path, quantize: str, work: Path) -> 
     return out
 
 
-def _trl_cuda(s: BenchSettings, model_dir: Path, quantize: str) -> dict:
+def _trl_cuda(s: BenchSettings, model_dir: Path, quantize: str, device: str = "cuda") -> dict:
     """TRL ``SFTTrainer`` on the same model, sequences, LoRA, dtype and quantization."""
     import torch
 
     from saie_lite.backends.torch_peft import quantization_config
 
-    kw: dict = {"dtype": torch.bfloat16, "device_map": {"": 0}}
+    kw: dict = {"dtype": torch.bfloat16, "device_map": {"": 0 if device == "cuda" else "cpu"}}
     if quantize == "4bit":
         kw["quantization_config"] = quantization_config()
-    return trl_rate(s, model_dir, kw, sync=torch.cuda.synchronize, bf16=True)
+    return trl_rate(s, model_dir, kw, sync=_sync(device), bf16=True, use_cpu=device != "cuda")
+
+
+def _error(e: Exception) -> str:
+    """One line for the report, and the traceback on stderr for whoever reads the log."""
+    import traceback
+
+    traceback.print_exc()
+    return f"{type(e).__name__}: {str(e)[:300]}"
 
 
 def _free_gpu() -> None:
@@ -184,30 +205,104 @@ def _free_gpu() -> None:
     torch.cuda.empty_cache()
 
 
-def bench_cuda(s: BenchSettings, shapes: list[str] | None = None, work: Path | None = None) -> dict:
-    """Every shape x (QLoRA 4-bit, bf16 LoRA); refuses in one line without CUDA."""
+# What ``bench --device cuda --only`` may name: the shapes, and the SAIE vs SFT part.
+CUDA_PARTS = ("smollm2-135m", "qwen2-0.5b", "qwen2-1.5b", "saie")
+
+
+def _saie_cuda(s: BenchSettings, model_dir: Path, work: Path, device: str = "cuda") -> dict:
+    """SAIE vs SFT through the real loop with the learner on the GPU (bf16 LoRA) and the
+    partner on the CPU (llama.cpp): exact on-policy, and the fast path with overlap off
+    and on. The partner is a q8_0 GGUF of the same random model: weights do not matter
+    for speed, but random weights sampled at temperature 1 almost never end an answer or
+    a remark early, so every generation runs to its token limit (the slowest case)."""
+    from saie_lite.bench.parts import bench_saie
+    from saie_lite.gguf_writer import write_gguf
+
+    work.mkdir(parents=True, exist_ok=True)
+    partner = write_gguf(model_dir, work / "partner-q8_0.gguf", "q8_0", name="bench partner")
+    base = {
+        "learner.model": str(model_dir),
+        "learner.device": device,
+        "learner.dtype": "bfloat16",
+        "learner.quantize": "none",
+        "partner.model": str(partner),
+        # Greedy decoding of random weights repeats one token (or ends at once): the loop
+        # rightly skips such remarks as degenerate and nothing would train. Sampling at
+        # temperature 1 gives varied text of full length, so every discussion is trained.
+        "learner.temperature": 1.0,
+        "partner.temperature": 1.0,
+    }
+    fast = {"method.mode": "saie", "learner.snapshot_every": 4}
+    runs = {
+        "sft": {"method.mode": "sft"},
+        "saie": {"method.mode": "saie"},  # on-policy: answers from the GPU learner
+        "saie_fast": {**fast, "train.overlap": "off"},
+        "saie_fast_overlap": {**fast, "train.overlap": "on"},
+    }
+    return bench_saie(s, work / "runs", runs, base)
+
+
+def _shape_part(s: BenchSettings, name: str, root: Path, tokenizer_dir, out: dict, on_result):
+    """Ours then TRL on shape ``name``, QLoRA 4-bit then bf16 LoRA, into ``out``."""
+    model_dir = build_shape(name, root / name, tokenizer_dir)
+    for quantize in ("4bit", "none"):
+        label = f"{name} {'qlora-4bit' if quantize == '4bit' else 'lora-bf16'}"
+        try:
+            ours = _shape_run(s, model_dir, quantize, root / name)
+        except Exception as e:  # noqa: BLE001 - one failing setting must not hide the rest
+            out[label] = {"error": _error(e)}
+            _free_gpu()
+            on_result()
+            continue
+        _free_gpu()
+        out[label] = ours
+        on_result()
+        try:
+            trl = _trl_cuda(s, model_dir, quantize)
+        except Exception as e:  # noqa: BLE001
+            trl = {"error": _error(e)}
+        _free_gpu()
+        if "tokens_per_s" in trl:
+            ours["ratio_update_over_trl"] = ours["update"]["tokens_per_s"] / trl["tokens_per_s"]
+        out[label] = {**ours, "trl": trl}
+        on_result()
+    shutil.rmtree(root / name, ignore_errors=True)
+
+
+def _saie_part(s: BenchSettings, root: Path, tokenizer_dir, name: str = "smollm2-135m") -> dict:
+    try:
+        model_dir = build_shape(name, root / f"saie-{name}", tokenizer_dir)
+        return {"shape": name, **_saie_cuda(s, model_dir, root / f"saie-{name}")}
+    except Exception as e:  # noqa: BLE001
+        return {"shape": name, "error": _error(e)}
+
+
+def bench_cuda(
+    s: BenchSettings,
+    parts: list[str] | None = None,
+    work: Path | None = None,
+    out: dict | None = None,
+    on_result=lambda: None,
+) -> dict:
+    """The parts in order: a shape runs QLoRA 4-bit and bf16 LoRA, ``saie`` SAIE vs SFT
+    on the smallest shape; refuses in one line without CUDA. Results go into ``out`` as
+    they come, and ``on_result`` is called after each (the report is rewritten: a later
+    failure or a stopped run keeps what was measured)."""
     require_cuda()
     import torch
 
     from saie_lite.backends.torch_models import resolve_model_path
 
-    tokenizer_dir = resolve_model_path("embedded")
+    # Only the tokenizer of ``s.model`` is used (the embedded model's by default).
+    tokenizer_dir = resolve_model_path(s.model)
     root = Path(work or tempfile.mkdtemp(prefix="saie-bench-cuda-"))
-    out: dict = {"gpu": torch.cuda.get_device_name(0)}
-    for name in shapes or ["smollm2-135m", "qwen2-0.5b", "qwen2-1.5b"]:
-        model_dir = build_shape(name, root / name, tokenizer_dir)
-        for quantize in ("4bit", "none"):
-            label = f"{name} {'qlora-4bit' if quantize == '4bit' else 'lora-bf16'}"
-            try:
-                ours = _shape_run(s, model_dir, quantize, root / name)
-                _free_gpu()
-                trl = _trl_cuda(s, model_dir, quantize)
-                _free_gpu()
-            except Exception as e:  # noqa: BLE001 - one failing setting must not hide the rest
-                out[label] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-                continue
-            if "tokens_per_s" in trl:
-                ours["ratio_update_over_trl"] = ours["update"]["tokens_per_s"] / trl["tokens_per_s"]
-            out[label] = {**ours, "trl": trl}
-        shutil.rmtree(root / name, ignore_errors=True)
+    out = {} if out is None else out
+    out["gpu"] = torch.cuda.get_device_name(0)
+    for part in parts or list(CUDA_PARTS):  # in the order given
+        if part == "saie":
+            out["saie_vs_sft"] = _saie_part(s, root, tokenizer_dir)
+        else:
+            _shape_part(s, part, root, tokenizer_dir, out, on_result)
+        _free_gpu()
+        on_result()
     return out

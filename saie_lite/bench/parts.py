@@ -163,6 +163,9 @@ def trl_rate(
                 report_to=[],
                 dataloader_num_workers=0,
                 seed=0,
+                # SFTConfig turns activation checkpointing on by default; ours recomputes
+                # nothing, so "the same settings" means it off here too.
+                gradient_checkpointing=False,
                 **train_args,
             ),
             train_dataset=Dataset.from_list(rows),
@@ -322,9 +325,13 @@ def bench_generate(s: BenchSettings) -> dict:
     }
 
 
-def bench_saie(s: BenchSettings, run_root: Path) -> dict:
+def bench_saie(
+    s: BenchSettings, run_root: Path, runs: dict | None = None, base: dict | None = None
+) -> dict:
     """SAIE (both stances) against plain SFT through the real loop: wall time per example,
-    and the SAIE time split per discussion step."""
+    and the SAIE time split per discussion step. ``runs`` (name -> overrides, "sft" among
+    them) and ``base`` (overrides of every run) replace the CPU set (``bench --device
+    cuda`` passes its own)."""
     from saie_lite.store import Store
     from saie_lite.tasks import gsm8k
     from saie_lite.train.loop import train
@@ -332,7 +339,7 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
 
     examples = gsm8k.load("bundled")[0][: s.examples]
     out = {}
-    runs = {
+    runs = runs or {
         "sft": {"method.mode": "sft"},
         "saie": {"method.mode": "saie"},
         # the fast generation path: a snapshot refreshed every 4 updates
@@ -357,6 +364,7 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
             s,
             **{
                 "learner.backend": "torch",
+                **(base or {}),
                 **over,
                 "method.warmup_fraction": 0.0,
                 "train.batch_size": 4,
@@ -381,9 +389,10 @@ def bench_saie(s: BenchSettings, run_root: Path) -> dict:
         out[run] = {
             "seconds_per_example": wall / len(examples),
             "examples_per_minute": 60 * len(examples) / wall,
+            "overlapped_batches": summary.get("overlapped_batches", 0),
             **{f"{k}_seconds_per_step": v / steps for k, v in summary["seconds"].items()},
         }
-    for run in ("saie", "saie_fast", "saie_fast_q8", "saie_fast_q4"):
+    for run in [r for r in runs if r != "sft"]:
         out[f"ratio_{run}_over_sft"] = (
             out[run]["seconds_per_example"] / out["sft"]["seconds_per_example"]
         )

@@ -187,12 +187,13 @@ def markdown(r: dict) -> str:
 def _cuda_rows(c: dict, row) -> None:
     row(f"| GPU | {c.get('gpu', '-')} |")
     for label, x in c.items():
-        if not isinstance(x, dict):
+        if not isinstance(x, dict) or label == "saie_vs_sft":
             continue
         if "error" in x:
             row(f"| {label} | failed: {x['error']} |")
             continue
-        trl = x["trl"].get("tokens_per_s", x["trl"].get("skipped"))
+        t = x.get("trl", {"skipped": "not run"})
+        trl = t.get("tokens_per_s", t.get("skipped", t.get("error")))
         row(
             f"| {label}: update tokens/s ours / TRL SFTTrainer (target >= 1.5x) | "
             f"{_f(x['update']['tokens_per_s'])} / {_f(trl)} = "
@@ -200,13 +201,34 @@ def _cuda_rows(c: dict, row) -> None:
         )
         row(
             f"| {label}: SAIE update s/step, unshared -> shared prefix | "
-            f"{_f(x['saie_update_unshared']['seconds_per_step'], 2)} -> "
-            f"{_f(x['saie_update_shared']['seconds_per_step'], 2)} |"
+            f"{_f(x['saie_update_unshared']['seconds_per_step'], 3)} -> "
+            f"{_f(x['saie_update_shared']['seconds_per_step'], 3)} |"
         )
         row(f"| {label}: batched generation tokens/s | {_f(x['generate_tokens_per_s'])} |")
-        row(f"| {label}: peak GPU memory (GiB) | {_f(x['peak_gpu_memory_gb'], 2)} |")
+        row(f"| {label}: peak GPU memory (GiB) | {_f(x.get('peak_gpu_memory_gb', '-'), 2)} |")
         row(
             f"| {label}: checkpoint save/load, export merge (s) | "
             f"{'ok' if x['export_merge_ok'] else 'no merged model'}, "
             f"{_f(x['export_merge_seconds'], 1)} |"
         )
+    sv = c.get("saie_vs_sft")
+    if not sv:
+        return
+    if "error" in sv:
+        row(f"| SAIE vs SFT ({sv['shape']}, GPU learner, CPU partner) | failed: {sv['error']} |")
+        return
+    for run in [r for r in sv if r.startswith("ratio_")]:
+        name = run[len("ratio_") : -len("_over_sft")]
+        x = sv[name]
+        split = " / ".join(
+            _f(x.get(f"{k}_seconds_per_step", 0), 2) for k in ("generate", "remark", "update")
+        )
+        row(
+            f"| SAIE vs SFT ({sv['shape']}, GPU learner, CPU partner): {name} per example / sft "
+            f"(target <= 2x with overlap) | {_f(sv[run], 2)}x; generate / remark / update "
+            f"s per step {split}; batches overlapped {x.get('overlapped_batches', 0)} |"
+        )
+    row(
+        f"| SAIE vs SFT ({sv['shape']}): sft seconds per example | "
+        f"{_f(sv['sft']['seconds_per_example'], 3)} |"
+    )

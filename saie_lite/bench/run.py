@@ -19,7 +19,13 @@ from saie_lite.bench.report import machine, versions, write_report
 PARTS = ("saie", "update", "trl", "mlx", "generate", "levers")
 
 
-def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> dict:
+def run_bench(
+    s: BenchSettings,
+    parts: list[str],
+    out_dir: Path,
+    log=print,
+    cuda_parts: list[str] | None = None,
+) -> dict:
     report: dict = {
         "machine": machine(),
         "versions": versions(),
@@ -33,7 +39,13 @@ def run_bench(s: BenchSettings, parts: list[str], out_dir: Path, log=print) -> d
         "mlx": lambda: bench_mlx(s),
         "generate": lambda: bench_generate(s),
         "levers": lambda: bench_levers(s),
-        "cuda": lambda: bench_cuda(s),  # bench --device cuda
+        # bench --device cuda: fills its results as it goes, the report rewritten each time
+        "cuda": lambda: bench_cuda(
+            s,
+            cuda_parts,
+            out=report["results"].setdefault("cuda", {}),
+            on_result=lambda: write_report(report, out_dir),
+        ),
     }
     for part in parts:
         log(f"bench: {part} ...")

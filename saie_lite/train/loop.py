@@ -327,6 +327,7 @@ def train(
         "run_dir": str(run_dir),
         "next": next_commands(cfg, run_dir) if status == "finished" else [],
         "missing_remarks": ctx.missing_remarks,
+        "overlapped_batches": overlap.used,
     }
     cb.on_end(summary)
     return summary
