@@ -93,6 +93,11 @@ class LearnerConfig:
     lora_r: int = _f(8, "LoRA rank")
     lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = _f(0.0, "LoRA dropout")
+    gradient_checkpointing: bool = _f(
+        False,
+        "recompute activations in the backward pass (torch): less GPU memory for long "
+        "sequences or big models, about a third slower",
+    )
     lora_targets: str = _f("all-linear", "modules to adapt: 'all-linear' or comma list")
     lora_layers: int = _f(0, "mlx: adapt only the last N blocks; 0 = all")
     trust_remote_code: bool = _f(False, "allow model repos to run their own code (off)")

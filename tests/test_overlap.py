@@ -167,6 +167,7 @@ def test_fast_path_overlap_ends_with_the_same_adapter(tiny_model_dir, tmp_path, 
         "learner.model": str(tiny_model_dir),
         "learner.backend": "torch",
         "learner.device": device,
+        "learner.quantize": "none",  # auto would be 4-bit on CUDA: no snapshot from that
         "learner.max_new_tokens": 6,
         "learner.temperature": 0.8,
         "learner.snapshot_every": 2,

@@ -47,6 +47,7 @@ def learner(model_dir, share: bool, mb: int = 2, device: str = "cpu", dtype: str
             "learner.max_seq_len": 512,
             "learner.device": device,
             "learner.dtype": dtype,
+            "learner.quantize": "none",  # auto would be 4-bit on CUDA
             "train.micro_batch_size": mb,
             "train.share_prefix": share,
         }
@@ -176,3 +177,36 @@ def test_off_for_dropout_and_unsupported_models(tiny_model_dir):
     lr.cfg.learner.lora_dropout = 0.1
     assert not lr.shares_prefix()
     assert not torch_peft.packing_supported(type("C", (), {"model_type": "gemma2"})())
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir):
+    """``learner.gradient_checkpointing`` trades time for memory, never the result."""
+    base = learner(tiny_model_dir, False)
+    cfg = config.build(
+        overrides={
+            "learner.model": str(tiny_model_dir),
+            "learner.max_seq_len": 512,
+            "learner.dtype": "float32",
+            "train.micro_batch_size": 2,
+            "train.share_prefix": False,
+            "learner.gradient_checkpointing": True,
+        }
+    )
+    ckpt = torch_peft.TorchLearner(cfg)
+    assert ckpt.model.get_base_model().is_gradient_checkpointing
+    for p, q in zip(ckpt.params, base.params):
+        p.data = q.data.clone()
+    (s1, g1), (s2, g2) = grads_after_step(ckpt, batch()), grads_after_step(base, batch())
+    assert s1.loss == pytest.approx(s2.loss, rel=1e-6)
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], rtol=1e-5, atol=1e-7), n
+
+
+def test_a_gpu_plans_fewer_passes_than_a_cpu():
+    """On a GPU a pass costs kernel launches, not tokens: the same lengths that a CPU
+    splits into several micro-batches go through in one."""
+    from saie_lite.chat_tokens import GPU_MICRO_BATCH_OVERHEAD, MICRO_BATCH_OVERHEAD
+
+    lengths = [120, 140, 160, 190, 210, 230, 250, 256]
+    assert len(micro_batches(lengths, 8, overhead=MICRO_BATCH_OVERHEAD)) > 1
+    assert micro_batches(lengths, 8, overhead=GPU_MICRO_BATCH_OVERHEAD) == [(0, 8)]

@@ -157,6 +157,12 @@ def _shape_run(
         return _timed_steps(one, s.steps)
 
     out["update"] = timed(_sequences(s, s.batch))
+    # The lever: micro-batches planned with the CPU's per-pass cost (before) on this device.
+    from saie_lite.chat_tokens import MICRO_BATCH_OVERHEAD
+
+    planned, learner.pass_overhead = learner.pass_overhead, MICRO_BATCH_OVERHEAD
+    out["update_cpu_planned"] = timed(_sequences(s, s.batch))
+    learner.pass_overhead = planned
     stance = stance_sequences(s.batch)
     learner.cfg.learner.max_seq_len = max(s.max_len, 1024)  # as the CPU lever: whole discussions
     for label, share in (("saie_update_unshared", False), ("saie_update_shared", True)):

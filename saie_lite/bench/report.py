@@ -199,6 +199,12 @@ def _cuda_rows(c: dict, row) -> None:
             f"{_f(x['update']['tokens_per_s'])} / {_f(trl)} = "
             f"{_f(x.get('ratio_update_over_trl', '-'), 2)}x |"
         )
+        if "update_cpu_planned" in x:
+            row(
+                f"| {label}: update tokens/s, micro-batches planned for a CPU -> for a GPU | "
+                f"{_f(x['update_cpu_planned']['tokens_per_s'])} -> "
+                f"{_f(x['update']['tokens_per_s'])} |"
+            )
         row(
             f"| {label}: SAIE update s/step, unshared -> shared prefix | "
             f"{_f(x['saie_update_unshared']['seconds_per_step'], 3)} -> "
