@@ -197,7 +197,16 @@ def test_fast_path_overlap_ends_with_the_same_adapter(tiny_model_dir, tmp_path, 
         stored[mode] = rows
         assert ("saie-overlap_0" in threads) == (mode == "on"), threads
         learner._close()
-    assert stored["on"] == stored["off"]
+    (turns_on, steps_on, events_on), (turns_off, steps_off, events_off) = (
+        stored["on"],
+        stored["off"],
+    )
+    assert turns_on == turns_off and events_on == events_off
+    if device == "cpu":
+        assert steps_on == steps_off
+    else:  # an H200 run stored the same turns and losses equal to 1e-7 (float order)
+        assert [r[:3] + r[4:] for r in steps_on] == [r[:3] + r[4:] for r in steps_off]
+        assert [r[3] for r in steps_on] == pytest.approx([r[3] for r in steps_off], rel=1e-5)
     for name, value in adapters["off"].items():
         if device == "cpu":
             assert torch.equal(adapters["on"][name], value), name
