@@ -69,7 +69,14 @@ def test_bench_rejects_unknown_part(tmp_path):
     assert r.exit_code == 2
     assert (
         r.output.strip()
-        == "error: unknown bench part(s) warp; parts: saie, update, trl, mlx, generate, levers"
+        == "error: unknown cpu bench part(s) warp; parts: saie, update, trl, mlx, generate, levers"
+    )
+    # --device cuda has its own parts (shapes and saie), checked before CUDA is looked for
+    r = CliRunner().invoke(app, ["bench", "--device", "cuda", "--only", "update"])
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        "error: unknown cuda bench part(s) update; "
+        "parts: smollm2-135m, qwen2-0.5b, qwen2-1.5b, saie"
     )
 
 
