@@ -96,7 +96,7 @@ class LearnerConfig:
     gradient_checkpointing: bool = _f(
         False,
         "recompute activations in the backward pass (torch): less GPU memory for long "
-        "sequences or big models, about a third slower",
+        "sequences or big models, for one more forward pass per update",
     )
     lora_targets: str = _f("all-linear", "modules to adapt: 'all-linear' or comma list")
     lora_layers: int = _f(0, "mlx: adapt only the last N blocks; 0 = all")

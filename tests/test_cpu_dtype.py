@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from saie_lite.backends import cpu_dtype, torch_peft  # noqa: E402
+from saie_lite.backends import cpu_dtype, torch_setup  # noqa: E402
 
 
 @pytest.fixture
@@ -35,15 +35,15 @@ def test_auto_follows_the_measurement_and_caches_it(probe_env, monkeypatch, bf16
         }
 
     monkeypatch.setattr(cpu_dtype, "probe", fake_probe)
-    assert torch_peft.resolve_dtype("auto", "cpu") == choice
-    assert torch_peft.resolve_dtype("auto", "cpu") == choice
+    assert torch_setup.resolve_dtype("auto", "cpu") == choice
+    assert torch_setup.resolve_dtype("auto", "cpu") == choice
     assert len(calls) == 1  # measured once, then read from the cache
     cached = json.loads((probe_env / "machine" / "cpu-dtype.json").read_text())
     assert cached["machine"] == cpu_dtype.machine_key()
     assert cached["choice"] == str(choice).removeprefix("torch.")
     # another machine (or torch, or thread count) measures again
     (probe_env / "machine" / "cpu-dtype.json").write_text(json.dumps({**cached, "machine": "x"}))
-    torch_peft.resolve_dtype("auto", "cpu")
+    torch_setup.resolve_dtype("auto", "cpu")
     assert len(calls) == 2
 
 
@@ -51,8 +51,8 @@ def test_auto_follows_the_measurement_and_caches_it(probe_env, monkeypatch, bf16
 def test_environment_overrides_the_probe(probe_env, monkeypatch, forced, choice):
     monkeypatch.setenv("SAIE_LITE_CPU_BF16", forced)
     monkeypatch.setattr(cpu_dtype, "probe", lambda *a, **k: pytest.fail("probe ran"))
-    assert torch_peft.resolve_dtype("auto", "cpu") == choice
-    assert torch_peft.resolve_dtype("float16", "cpu") == torch.float16  # explicit wins
+    assert torch_setup.resolve_dtype("auto", "cpu") == choice
+    assert torch_setup.resolve_dtype("float16", "cpu") == torch.float16  # explicit wins
 
 
 def test_the_real_probe_measures_both_dtypes(probe_env):

@@ -6,7 +6,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from saie_lite import config  # noqa: E402
-from saie_lite.backends import torch_peft  # noqa: E402
+from saie_lite.backends import torch_peft, torch_setup  # noqa: E402
 from saie_lite.errors import UserError  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 
@@ -144,22 +144,22 @@ def test_quantize_and_device_choices(monkeypatch, have_bnb):
             (object() if have_bnb else None) if name == "bitsandbytes" else real(name, *a)
         ),
     )
-    assert torch_peft.resolve_quantize("auto", "cuda") is have_bnb
-    assert torch_peft.resolve_quantize("auto", "cpu") is False
+    assert torch_setup.resolve_quantize("auto", "cuda") is have_bnb
+    assert torch_setup.resolve_quantize("auto", "cpu") is False
     if not have_bnb:
         with pytest.raises(UserError) as e:
-            torch_peft.resolve_quantize("4bit", "cuda")
+            torch_setup.resolve_quantize("4bit", "cuda")
         assert str(e.value) == (
             "learner.quantize=4bit (QLoRA) needs bitsandbytes: pip install 'saie-lite[cuda]'"
         )
-    assert torch_peft.resolve_quantize("none", "cuda") is False
+    assert torch_setup.resolve_quantize("none", "cuda") is False
     with pytest.raises(UserError, match="needs a CUDA GPU, this run is on cpu"):
-        torch_peft.resolve_quantize("4bit", "cpu")
-    assert torch_peft.resolve_dtype("auto", "cpu", cpu_bf16=False) == torch.float32
-    assert torch_peft.resolve_dtype("auto", "cpu", cpu_bf16=True) == torch.bfloat16
-    assert torch_peft.resolve_dtype("auto", "mps") == torch.float32
-    assert torch_peft.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
-    q = torch_peft.quantization_config()
+        torch_setup.resolve_quantize("4bit", "cpu")
+    assert torch_setup.resolve_dtype("auto", "cpu", cpu_bf16=False) == torch.float32
+    assert torch_setup.resolve_dtype("auto", "cpu", cpu_bf16=True) == torch.bfloat16
+    assert torch_setup.resolve_dtype("auto", "mps") == torch.float32
+    assert torch_setup.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    q = torch_setup.quantization_config()
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4"
 
 

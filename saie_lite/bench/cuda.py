@@ -186,7 +186,7 @@ def _trl_cuda(s: BenchSettings, model_dir: Path, quantize: str, device: str = "c
     """TRL ``SFTTrainer`` on the same model, sequences, LoRA, dtype and quantization."""
     import torch
 
-    from saie_lite.backends.torch_peft import quantization_config
+    from saie_lite.backends.torch_setup import quantization_config
 
     kw: dict = {"dtype": torch.bfloat16, "device_map": {"": 0 if device == "cuda" else "cpu"}}
     if quantize == "4bit":
