@@ -230,9 +230,12 @@ def compare(
 
 @app.command()
 def ablate(
-    recipe: Path | None = typer.Option(None, "--recipe", "-r", help="YAML recipe, e.g. recipes/ablate-quick.yaml"),
+    recipe: Path | None = typer.Option(
+        None, "--recipe", "-r", help="YAML recipe, e.g. recipes/ablate-quick.yaml"
+    ),
     out: Path | None = typer.Option(
-        None, help="experiment directory (same one = resume); default $SAIE_LITE_HOME/ablations/<recipe>"
+        None,
+        help="experiment directory (same one = resume); default $SAIE_LITE_HOME/ablations/<recipe>",
     ),
     live: str = typer.Option("auto", help="auto | rich | plain"),
     set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value"),
@@ -253,7 +256,11 @@ def ablate(
     except UserError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        typer.secho("aborted; finished parts are kept, run the same command to continue", fg="yellow", err=True)
+        typer.secho(
+            "aborted; finished parts are kept, run the same command to continue",
+            fg="yellow",
+            err=True,
+        )
         raise typer.Exit(130) from None
     if res["status"] == "stopped":
         raise typer.Exit(130)
@@ -410,31 +417,11 @@ def bench(
     """Measure the time split, update and generation throughput against TRL, mlx-lm and llama.cpp."""
     import time as _time
 
-    from saie_lite.bench.run import PARTS, BenchSettings, run_bench
+    from saie_lite.bench.run import BenchSettings, choose_parts, run_bench
     from saie_lite.paths import home
 
     try:
-        if device not in ("cpu", "cuda"):
-            raise UserError(f"--device must be cpu or cuda, not {device!r}")
-        if device == "cuda":
-            from saie_lite.bench.cuda import CUDA_PARTS as known
-        else:
-            known = PARTS
-        default = ",".join(known) if device == "cuda" else "saie,update,trl,mlx,generate"
-        parts = [p.strip() for p in (only or default).split(",") if p.strip()]
-        bad = [p for p in parts if p not in known]
-        if not parts:
-            raise UserError(f"--only names no bench part; {device} parts: {', '.join(known)}")
-        if bad:
-            raise UserError(
-                f"unknown {device} bench part(s) {', '.join(bad)}; parts: {', '.join(known)}"
-            )
-        cuda_parts = None
-        if device == "cuda":
-            from saie_lite.bench.cuda import require_cuda
-
-            require_cuda()
-            parts, cuda_parts = ["cuda"], parts
+        parts, cuda_parts = choose_parts(device, only)
         settings = BenchSettings(model, examples, steps, batch, max_len, new_tokens)
         target = out or home() / "bench" / _time.strftime("%Y%m%d-%H%M%S")
         report = run_bench(settings, parts, Path(target), cuda_parts=cuda_parts)

@@ -40,7 +40,14 @@ def batch() -> list[TrainSequence]:
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def learner(model_dir, share: bool, mb: int = 2, device: str = "cpu", dtype: str = "float32"):
+def learner(
+    model_dir,
+    share: bool,
+    mb: int = 2,
+    device: str = "cpu",
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+):
     cfg = config.build(
         overrides={
             "learner.model": str(model_dir),
@@ -48,6 +55,7 @@ def learner(model_dir, share: bool, mb: int = 2, device: str = "cpu", dtype: str
             "learner.device": device,
             "learner.dtype": dtype,
             "learner.quantize": "none",  # auto would be 4-bit on CUDA
+            "learner.gradient_checkpointing": gradient_checkpointing,
             "train.micro_batch_size": mb,
             "train.share_prefix": share,
         }
@@ -182,20 +190,8 @@ def test_off_for_dropout_and_unsupported_models(tiny_model_dir):
 def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir):
     """``learner.gradient_checkpointing`` trades time for memory, never the result."""
     base = learner(tiny_model_dir, False)
-    cfg = config.build(
-        overrides={
-            "learner.model": str(tiny_model_dir),
-            "learner.max_seq_len": 512,
-            "learner.dtype": "float32",
-            "train.micro_batch_size": 2,
-            "train.share_prefix": False,
-            "learner.gradient_checkpointing": True,
-        }
-    )
-    ckpt = torch_peft.TorchLearner(cfg)
+    ckpt = learner(tiny_model_dir, False, gradient_checkpointing=True)  # same random adapter
     assert ckpt.model.get_base_model().is_gradient_checkpointing
-    for p, q in zip(ckpt.params, base.params):
-        p.data = q.data.clone()
     (s1, g1), (s2, g2) = grads_after_step(ckpt, batch()), grads_after_step(base, batch())
     assert s1.loss == pytest.approx(s2.loss, rel=1e-6)
     for n in g1:

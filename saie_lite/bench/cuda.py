@@ -123,6 +123,7 @@ def _shape_run(
 
     from saie_lite.backends.torch_peft import TorchLearner
     from saie_lite.bench.levers import stance_sequences
+    from saie_lite.chat_tokens import MICRO_BATCH_OVERHEAD
     from saie_lite.export.formats import merge_torch
     from saie_lite.tasks import gsm8k
 
@@ -158,8 +159,6 @@ def _shape_run(
 
     out["update"] = timed(_sequences(s, s.batch))
     # The lever: micro-batches planned with the CPU's per-pass cost (before) on this device.
-    from saie_lite.chat_tokens import MICRO_BATCH_OVERHEAD
-
     planned, learner.pass_overhead = learner.pass_overhead, MICRO_BATCH_OVERHEAD
     out["update_cpu_planned"] = timed(_sequences(s, s.batch))
     learner.pass_overhead = planned

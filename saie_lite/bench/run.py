@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from saie_lite.bench.cuda import bench_cuda
+from saie_lite.bench.cuda import CUDA_PARTS, bench_cuda, require_cuda
 from saie_lite.bench.levers import bench_levers
 from saie_lite.bench.parts import (
     BenchSettings,
@@ -15,8 +15,31 @@ from saie_lite.bench.parts import (
     bench_update_part,
 )
 from saie_lite.bench.report import machine, versions, write_report
+from saie_lite.errors import UserError
 
 PARTS = ("saie", "update", "trl", "mlx", "generate", "levers")
+CPU_DEFAULT = "saie,update,trl,mlx,generate"
+
+
+def choose_parts(device: str, only: str | None) -> tuple[list[str], list[str] | None]:
+    """``--device`` and ``--only`` -> (parts for ``run_bench``, the CUDA parts in order or
+    None). A wrong name is one line; ``cuda`` refuses without a GPU, after the names."""
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"--device must be cpu or cuda, not {device!r}")
+    known = CUDA_PARTS if device == "cuda" else PARTS
+    default = ",".join(CUDA_PARTS) if device == "cuda" else CPU_DEFAULT
+    parts = [p.strip() for p in (only or default).split(",") if p.strip()]
+    bad = [p for p in parts if p not in known]
+    if not parts:
+        raise UserError(f"--only names no bench part; {device} parts: {', '.join(known)}")
+    if bad:
+        raise UserError(
+            f"unknown {device} bench part(s) {', '.join(bad)}; parts: {', '.join(known)}"
+        )
+    if device == "cpu":
+        return parts, None
+    require_cuda()
+    return ["cuda"], parts
 
 
 def run_bench(
