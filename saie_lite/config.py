@@ -76,7 +76,7 @@ class LearnerConfig:
         "on-policy; N = answers from a llama.cpp snapshot of the merged learner, "
         "re-exported every N updates (faster; up to N-1 updates stale)",
     )
-    snapshot_quant: str = _f("q8_0", "snapshot GGUF type: q8_0 | q4_0 | f16")
+    snapshot_quant: str = _f("q8_0", "snapshot GGUF type: q8_0 | q4_0 | f16 | f32")
     generate_on: str = _f(
         "auto",
         "where learner answers come from: local (the learner itself) | snapshot (llama.cpp "
@@ -109,8 +109,8 @@ class LearnerConfig:
         _check(self.lora_r >= 1, "learner.lora_r must be >= 1")
         _check(self.snapshot_every >= 0, "learner.snapshot_every must be >= 0 (0 = off)")
         _check(
-            self.snapshot_quant in ("q8_0", "q4_0", "f16"),
-            "learner.snapshot_quant: q8_0 | q4_0 | f16",
+            self.snapshot_quant in ("q8_0", "q4_0", "f16", "f32"),
+            "learner.snapshot_quant: q8_0 | q4_0 | f16 | f32",
         )
         _check(
             self.generate_on in ("auto", "local", "snapshot", "vllm"),
@@ -141,7 +141,8 @@ class PartnerConfig:
     model: str = _f(
         "embedded",
         "llama_cpp: GGUF path, 'embedded' (the shipped Q4_1 file) or 'embedded-q8_0' / "
-        "'embedded-q4_0' (built once from its float weights; faster prompts on x86); "
+        "'embedded-q4_0' / 'embedded-f32' (built once from its float weights; faster "
+        "prompts on x86); "
         "openai: the server's model name",
     )
     n_ctx: int = _f(2048, "llama.cpp context window (set explicitly; never the 512 default)")

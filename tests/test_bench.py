@@ -43,6 +43,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
     )
     assert res["generate"]["fast_path_tokens_per_s"] > 0
     assert res["generate"]["fast_path_q4_0_tokens_per_s"] > 0
+    assert res["generate"]["fast_path_f32_tokens_per_s"] > 0
     assert 0 < res["update"]["fraction_of_matmul_bound_fp32"] < 1
     levers = res["levers"]
     for key in (
@@ -52,6 +53,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
         "batched_remark_seconds_each",
         "partner_q8_0_remark_seconds_each",
         "partner_q4_0_remark_seconds_each",
+        "partner_f32_remark_seconds_each",
         "shared_prefix_update_seconds_per_step",
     ):
         assert levers[key]["before"] > 0 and levers[key]["after"] > 0, key
@@ -147,3 +149,45 @@ def test_cuda_bench_parts_run_end_to_end_on_the_cpu(tiny_model_dir, tmp_path):
         assert saie[f"ratio_{run}_over_sft"] > 0, run
     # 4 examples in batches of 4 is one update: nothing to prepare during an earlier one
     assert saie["saie_fast"]["overlapped_batches"] == 0
+    for run in ("sft", "saie", "saie_fast"):
+        assert saie[run]["context_clipped_or_skipped"] == 0, run
+        assert saie[run]["trained_tokens_per_example"] > saie[run]["target_tokens_per_example"]
+
+
+def test_saie_part_trains_whole_discussions_and_counts_their_tokens(tiny_model_dir, tmp_path):
+    """The SAIE-vs-SFT part trains discussions at the run default's length whatever the
+    update part's cut, and reports what each mode trained per example."""
+    from saie_lite.bench import parts
+
+    s = parts.BenchSettings(examples=4, steps=1, batch=2, max_len=256, new_tokens=4)
+    base = {
+        "learner.model": str(tiny_model_dir),
+        "learner.dtype": "float32",
+        "partner.backend": "scripted",  # fixed remarks: every discussion is trained
+    }
+    runs = {
+        "sft": {"method.mode": "sft"},
+        "saie": {"method.mode": "saie"},
+        "saie_unshared": {"method.mode": "saie", "train.share_prefix": False},
+    }
+    out = parts.bench_saie(s, tmp_path / "whole", runs, base)
+    for run in runs:
+        assert out[run]["context_clipped_or_skipped"] == 0, run
+    sft, saie, unshared = out["sft"], out["saie"], out["saie_unshared"]
+    # both stances train on the reference after their remark: twice the plain targets
+    assert saie["target_tokens_per_example"] == 2 * sft["target_tokens_per_example"]
+    assert unshared["target_tokens_per_example"] == saie["target_tokens_per_example"]
+    # tokens of the trained sequences: packing computes the prefix once, but trains the
+    # same sequences
+    assert sft["trained_tokens_per_example"] < saie["trained_tokens_per_example"]
+    assert saie["trained_tokens_per_example"] == unshared["trained_tokens_per_example"]
+    assert out["ratio_saie_trained_tokens_over_sft"] == pytest.approx(
+        saie["trained_tokens_per_example"] / sft["trained_tokens_per_example"]
+    )
+    # at the update part's cut the same discussions would be clipped: the count says so
+    parts.DISCUSSION_MAX_LEN, keep = 0, parts.DISCUSSION_MAX_LEN
+    try:
+        cut = parts.bench_saie(s, tmp_path / "cut", {k: runs[k] for k in ("sft", "saie")}, base)
+    finally:
+        parts.DISCUSSION_MAX_LEN = keep
+    assert cut["saie"]["context_clipped_or_skipped"] > 0

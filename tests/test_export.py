@@ -115,6 +115,18 @@ def test_gguf_q8_0_stays_close(run_dir, merged, tmp_path):
     assert Path(gguf_path).stat().st_size < 0.7 * f16_size
 
 
+def test_gguf_f32_keeps_every_weight_in_float32_and_answers_as_torch(run_dir, merged, tmp_path):
+    import gguf
+
+    prompt, torch_tokens, _ = merged
+    path, _ = export(run_dir, "--to", "gguf", "--quant", "f32", "--out", str(tmp_path / "f32"))
+    tokens, meta = llama_greedy(path, prompt, len(torch_tokens))
+    assert meta["general.file_type"] == "0"  # LLAMA_FTYPE_ALL_F32
+    kinds = {t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+    assert kinds == {"F32"}, kinds
+    assert tokens == torch_tokens[: len(tokens)] and len(tokens) >= 8
+
+
 def test_gguf_q4_0_is_quantized_by_llama_cpp_and_answers_alike(run_dir, merged, tmp_path):
     import gguf
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import time
 
-from saie_lite.bench.parts import BenchSettings, _cfg, _gen_rate, _timed_steps, bench_update
+from saie_lite.bench.parts import (
+    DISCUSSION_MAX_LEN,
+    BenchSettings,
+    _cfg,
+    _gen_rate,
+    _timed_steps,
+    bench_update,
+)
 from saie_lite.protocols import TrainSequence
 
 
@@ -29,7 +36,7 @@ def bench_levers(s: BenchSettings) -> dict:
     seqs = stance_sequences(s.batch)
     # A discussion is longer than a plain example: train it at the run default's length
     # (1024), not the plain update's cut, which would drop most targets.
-    learner.cfg.learner.max_seq_len = max(s.max_len, 1024)
+    learner.cfg.learner.max_seq_len = max(s.max_len, DISCUSSION_MAX_LEN)
     timed = {}
     for label, share in (("before", False), ("after", True)):
         learner.cfg.train.share_prefix = share
@@ -50,7 +57,8 @@ def bench_levers(s: BenchSettings) -> dict:
     # 3. Remarks, three levers in turn on the same 8 prompts (4 answers x 2 stances):
     #    one at a time with the KV cache cleared before each prompt; one at a time with
     #    the shared prefix of an answer's stances reused; batched decoding; and then the
-    #    same model with q8_0 weights instead of the shipped Q4_1, then q4_0 instead of q8_0.
+    #    same model with q8_0 weights instead of the shipped Q4_1, then q4_0 or f32
+    #    instead of q8_0.
     try:
         from saie_lite.backends.llama_cpp import LlamaCppPartner
     except ImportError:
@@ -86,10 +94,12 @@ def bench_levers(s: BenchSettings) -> dict:
         return t
 
     quant, quant4 = requantized("embedded-q8_0"), requantized("embedded-q4_0")
+    f32 = requantized("embedded-f32")
     out["remark_seconds_each"] = {"before": cleared, "after": reused}
     out["batched_remark_seconds_each"] = {"before": reused, "after": batched}
     out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}
     out["partner_q4_0_remark_seconds_each"] = {"before": quant, "after": quant4}
+    out["partner_f32_remark_seconds_each"] = {"before": quant, "after": f32}
     return out
 
 

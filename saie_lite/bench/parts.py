@@ -29,6 +29,11 @@ class BenchSettings:
     lora_r: int = 8
 
 
+# learner.max_seq_len of the SAIE-vs-SFT part and of the shared-prefix lever: the run
+# default, at which no GSM8K discussion of the bundled rows is clipped.
+DISCUSSION_MAX_LEN = 1024
+
+
 def _cfg(s: BenchSettings, **over):
     return config_mod.build(
         overrides={
@@ -266,7 +271,8 @@ def _gen_rate(learner, chats: list, new_tokens: int) -> dict:
 
 def bench_generate(s: BenchSettings) -> dict:
     """Learner generation against llama.cpp single-stream on the same model: ours batched
-    on torch, and ours on the fast path (a q8_0 llama.cpp snapshot of the learner)."""
+    on torch, and ours on the fast path (a llama.cpp snapshot of the learner: q8_0, q4_0,
+    f32)."""
     import os
     import tempfile
 
@@ -286,10 +292,11 @@ def bench_generate(s: BenchSettings) -> dict:
     except ImportError:
         return {"ours_tokens_per_s": ours, "llama_cpp": "skipped: llama-cpp-python not installed"}
     cfg.learner.snapshot_every = 1
-    # The snapshot as q8_0 (the default) and as q4_0 (llama.cpp's quantizer; repacked at
-    # load on AVX2), each built once before it is timed (the build is reported apart).
+    # The snapshot as q8_0 (the default), as q4_0 (llama.cpp's quantizer; repacked at
+    # load on AVX2) and as f32, each built once before it is timed (the build is
+    # reported apart).
     fast, built = {}, {}
-    for quant in ("q8_0", "q4_0"):
+    for quant in ("q8_0", "q4_0", "f32"):
         cfg.learner.snapshot_quant = quant
         snap = SnapshotAnswers(learner, cfg, Path(tempfile.mkdtemp()) / "snapshot")
         snap.generate(chats[:1], 4)
@@ -319,11 +326,14 @@ def bench_generate(s: BenchSettings) -> dict:
         "fast_path_model": f"q8_0 snapshot, built in {built['q8_0']:.1f} s",
         "fast_path_q4_0_tokens_per_s": fast["q4_0"],
         "fast_path_q4_0_model": f"q4_0 snapshot, built in {built['q4_0']:.1f} s",
+        "fast_path_f32_tokens_per_s": fast["f32"],
+        "fast_path_f32_model": f"f32 snapshot, built in {built['f32']:.1f} s",
         "llama_cpp_tokens_per_s": ref,
         "llama_cpp_model": label,
         "ratio_ours_over_llama_cpp": ours / ref,
         "ratio_fast_path_over_llama_cpp": fast["q8_0"] / ref,
         "ratio_fast_path_q4_0_over_llama_cpp": fast["q4_0"] / ref,
+        "ratio_fast_path_f32_over_llama_cpp": fast["f32"] / ref,
     }
 
 
@@ -352,13 +362,13 @@ def bench_saie(
             "learner.snapshot_every": 4,
             "partner.model": "embedded-q8_0",
         },
-        # ... and both the snapshot and the partner as q4_0 (llama.cpp's fastest CPU
-        # kernels on AVX2: the weights are repacked at load)
-        "saie_fast_q4": {
+        # ... and both the snapshot and the partner as float32 GGUFs (on an AVX2 CPU
+        # llama.cpp evaluates prompts faster from f32 than from q8_0 or q4_0 weights)
+        "saie_fast_f32": {
             "method.mode": "saie",
             "learner.snapshot_every": 4,
-            "learner.snapshot_quant": "q4_0",
-            "partner.model": "embedded-q4_0",
+            "learner.snapshot_quant": "f32",
+            "partner.model": "embedded-f32",
         },
     }
     for run, over in runs.items():
@@ -372,6 +382,10 @@ def bench_saie(
                 "train.batch_size": 4,
                 "train.micro_batch_size": 4,
                 "partner.max_tokens": 48,
+                # The run default: a discussion (question, answer, remark, reference) is
+                # about twice a plain example, and the update part's cut (256) would clip
+                # answers and remarks and drop target tokens, making SAIE look cheaper.
+                "learner.max_seq_len": max(s.max_len, DISCUSSION_MAX_LEN),
             },
         )
         run_dir = run_root / run
@@ -382,20 +396,47 @@ def bench_saie(
         # One untimed update first: the first step after loading pays one-off costs
         # (allocator growth, kernel selection) that would bias whichever mode runs first.
         learner.train_step(_sequences(s, 1))
+        trained = _count_trained(learner)
         store = Store(run_dir / "saie.sqlite")
         t0 = time.perf_counter()
         summary = train(cfg, learner, partner, examples, store, run_dir)
         wall = time.perf_counter() - t0
+        clipped = store.db.execute("SELECT COUNT(*) FROM events WHERE kind = 'context'")
+        clipped = clipped.fetchone()[0]
         store.close()
         steps = max(1, summary["step"])
         out[run] = {
             "seconds_per_example": wall / len(examples),
             "examples_per_minute": 60 * len(examples) / wall,
             "overlapped_batches": summary.get("overlapped_batches", 0),
+            # what the update trained per example: tokens of its sequences (both stances
+            # in full; packing computes their shared prefix once) and target tokens; and
+            # how many examples the context policy clipped or skipped
+            "trained_tokens_per_example": trained["tokens"] / len(examples),
+            "target_tokens_per_example": trained["targets"] / len(examples),
+            "context_clipped_or_skipped": clipped,
             **{f"{k}_seconds_per_step": v / steps for k, v in summary["seconds"].items()},
         }
     for run in [r for r in runs if r != "sft"]:
         out[f"ratio_{run}_over_sft"] = (
             out[run]["seconds_per_example"] / out["sft"]["seconds_per_example"]
         )
+        out[f"ratio_{run}_trained_tokens_over_sft"] = (
+            out[run]["trained_tokens_per_example"] / out["sft"]["trained_tokens_per_example"]
+        )
     return out
+
+
+def _count_trained(learner) -> dict:
+    """Wrap ``learner.train_step`` to sum the tokens each update trains (from here on)."""
+    seen = {"tokens": 0, "targets": 0}
+    step = learner.train_step
+
+    def counted(sequences):
+        stats = step(sequences)
+        seen["tokens"] += stats.n_tokens
+        seen["targets"] += stats.n_target_tokens
+        return stats
+
+    learner.train_step = counted
+    return seen

@@ -86,7 +86,7 @@ def markdown(r: dict) -> str:
             "saie": "SAIE",
             "saie_fast": "SAIE, fast path (snapshot every 4)",
             "saie_fast_q8": "SAIE, fast path + q8_0 partner",
-            "saie_fast_q4": "SAIE, fast path, q4_0 snapshot + q4_0 partner",
+            "saie_fast_f32": "SAIE, fast path, f32 snapshot + f32 partner",
         }
         for run, label in labels.items():
             if run in sa:
@@ -99,6 +99,22 @@ def markdown(r: dict) -> str:
                     f"| {label} / SFT wall time per example (target <= 2.5x) | "
                     f"{_f(sa[f'ratio_{run}_over_sft'], 2)}x |"
                 )
+                if f"ratio_{run}_trained_tokens_over_sft" in sa:
+                    row(
+                        f"| {label} / SFT tokens of the trained sequences per example | "
+                        f"{_f(sa[f'ratio_{run}_trained_tokens_over_sft'], 2)}x |"
+                    )
+        clipped = {
+            k: v["context_clipped_or_skipped"]
+            for k, v in sa.items()
+            if "context_clipped_or_skipped" in v
+        }
+        if clipped:
+            row(
+                "| examples clipped or skipped by the context policy | "
+                + ", ".join(f"{k} {v}" for k, v in clipped.items())
+                + " |"
+            )
     if "update" in res:
         u = res["update"]
         row(f"| update tokens/s, ours fp32 | {_f(u['float32']['tokens_per_s'])} |")
@@ -146,11 +162,12 @@ def markdown(r: dict) -> str:
                 f"| learner generation tokens/s, fast path ({g['fast_path_model']}) | "
                 f"{_f(g['fast_path_tokens_per_s'])} |"
             )
-        if "fast_path_q4_0_tokens_per_s" in g:
-            row(
-                f"| learner generation tokens/s, fast path ({g['fast_path_q4_0_model']}) | "
-                f"{_f(g['fast_path_q4_0_tokens_per_s'])} |"
-            )
+        for quant in ("q4_0", "f32"):
+            if f"fast_path_{quant}_tokens_per_s" in g:
+                row(
+                    f"| learner generation tokens/s, fast path ({g[f'fast_path_{quant}_model']}) | "
+                    f"{_f(g[f'fast_path_{quant}_tokens_per_s'])} |"
+                )
         row(
             f"| llama.cpp tokens/s, single stream, {g.get('llama_cpp_model', '-')} | "
             f"{_f(g.get('llama_cpp_tokens_per_s', '-'))} |"
@@ -173,6 +190,7 @@ def markdown(r: dict) -> str:
             ("batched_remark_seconds_each", "seconds per remark: batched decoding"),
             ("partner_q8_0_remark_seconds_each", "seconds per remark: partner Q4_1 -> q8_0"),
             ("partner_q4_0_remark_seconds_each", "seconds per remark: partner q8_0 -> q4_0"),
+            ("partner_f32_remark_seconds_each", "seconds per remark: partner q8_0 -> f32"),
         ):
             x = lv.get(key)
             if isinstance(x, dict):
