@@ -412,21 +412,44 @@ class TorchLearner(ChatTokenLearner):
         """The base weights with the adapter folded in, as float32 numpy arrays under
         the base model's own tensor names; the live model is not modified (merging and
         unmerging in place would drift the frozen base by rounding on every refresh)."""
-        from peft.tuners.lora import LoraLayer
+        out = self._base_state()
+        for key, (a, b) in self._lora_pairs().items():
+            out[key] = out[key] + (b @ a).to(out[key].dtype)
+        return {k: v.float().cpu().numpy() for k, v in out.items()}
 
+    def base_weights(self) -> dict:
+        """The frozen base weights alone (no adapter), like ``merged_weights``."""
+        return {k: v.float().cpu().numpy() for k, v in self._base_state().items()}
+
+    def lora_factors(self) -> dict:
+        """``{base weight name: (A, B)}`` as float32 numpy arrays with the adapter's
+        scaling folded into B, so that the base weight plus ``B @ A`` is the merged one."""
+        return {
+            k: (a.float().cpu().numpy(), b.float().cpu().numpy())
+            for k, (a, b) in self._lora_pairs().items()
+        }
+
+    def _base_state(self) -> dict:
         base = self.model.get_base_model()
         out = {
-            name.replace(".base_layer.", "."): t
+            name.replace(".base_layer.", "."): t.detach()
             for name, t in base.state_dict().items()
             if "lora_" not in name
         }
-        for name, module in base.named_modules():
-            if isinstance(module, LoraLayer) and "default" in module.lora_A:
-                key = f"{name}.weight"
-                out[key] = out[key] + module.get_delta_weight("default").to(out[key].dtype)
         if getattr(base.config, "tie_word_embeddings", False):
             out.pop("lm_head.weight", None)  # llama.cpp reuses the embedding
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+        return out
+
+    def _lora_pairs(self) -> dict:
+        from peft.tuners.lora import LoraLayer
+
+        pairs = {}
+        for name, module in self.model.get_base_model().named_modules():
+            if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                a = module.lora_A["default"].weight.detach().float()
+                b = module.lora_B["default"].weight.detach().float()
+                pairs[f"{name}.weight"] = (a, b * module.scaling["default"])
+        return pairs
 
     # -- persistence --------------------------------------------------------------
     def save_adapter(self, directory: Path) -> None:

@@ -77,6 +77,12 @@ class LearnerConfig:
         "re-exported every N updates (faster; up to N-1 updates stale)",
     )
     snapshot_quant: str = _f("q8_0", "snapshot GGUF type: q8_0 | q4_0 | f16 | f32")
+    snapshot_refresh: str = _f(
+        "merge",
+        "how the snapshot follows the learner: merge (re-export the merged model) | "
+        "adapter (export the base once, then only the LoRA adapter, applied by llama.cpp "
+        "at run time: a refresh costs milliseconds, so snapshot_every=1 stays cheap)",
+    )
     generate_on: str = _f(
         "auto",
         "where learner answers come from: local (the learner itself) | snapshot (llama.cpp "
@@ -111,6 +117,10 @@ class LearnerConfig:
         _check(
             self.snapshot_quant in ("q8_0", "q4_0", "f16", "f32"),
             "learner.snapshot_quant: q8_0 | q4_0 | f16 | f32",
+        )
+        _check(
+            self.snapshot_refresh in ("merge", "adapter"),
+            "learner.snapshot_refresh: merge | adapter",
         )
         _check(
             self.generate_on in ("auto", "local", "snapshot", "vllm"),

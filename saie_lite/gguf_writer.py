@@ -5,6 +5,10 @@ q4_0 is made by llama.cpp's own quantizer from an f16 file written here first: i
 chooses the per-tensor types (the tied embedding/output stays at higher precision),
 and on x86 with AVX2 llama.cpp repacks q4_0 weights at load for its fastest CPU kernels.
 
+``write_lora_gguf`` writes a LoRA adapter alone in llama.cpp's adapter format, to be
+applied at run time to a GGUF of the base model (the fast generation path refreshes it
+after every update for the cost of a few megabytes).
+
 Supported: ``LlamaForCausalLM`` (SmolLM2, Llama, TinyLlama, ...) and
 ``Qwen2ForCausalLM``. Other architectures are refused with the list of these.
 """
@@ -112,6 +116,59 @@ def _tokenizer_fields(model_dir: Path, n_vocab: int = 0) -> dict:
     return {"tokens": tokens, "types": kinds, "merges": merges}
 
 
+def _arch(config: dict) -> str:
+    archs = config.get("architectures") or ["?"]
+    if archs[0] not in SUPPORTED:
+        raise UserError(
+            f"GGUF export supports {', '.join(SUPPORTED)}; this model is {archs[0]}: "
+            "export --to hf and convert it with llama.cpp's converter"
+        )
+    return SUPPORTED[archs[0]]
+
+
+def _names(arch: str, n_layer: int):
+    import gguf
+
+    return gguf.get_tensor_name_map(
+        gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2, n_layer
+    )
+
+
+def write_lora_gguf(model_dir: Path, out: Path, factors: dict) -> Path:
+    """A LoRA adapter as a llama.cpp adapter GGUF. ``factors`` maps each adapted base
+    weight's Hugging Face name to ``(A, B)`` (float32, ``A``: rank x in, ``B``: out x
+    rank) with the adapter's scaling already folded into ``B``; llama.cpp then adds
+    ``B @ A`` times alpha / rank, so alpha is written as the rank."""
+    import gguf
+
+    config = json.loads((model_dir / "config.json").read_text())
+    arch = _arch(config)
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads", n_head)
+    names = _names(arch, config["num_hidden_layers"])
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    rank = next(iter(factors.values()))[0].shape[0] if factors else 1
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))
+    for hf_name, (a, b) in factors.items():
+        # B's rows are the weight's output rows: permuted as the weight's are (see below)
+        if arch == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
+            b = permute_qk(b, n_head)
+        elif arch == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
+            b = permute_qk(b, n_kv)
+        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise UserError(f"GGUF adapter: no GGUF name for tensor {hf_name}")
+        w.add_tensor(f"{new}.lora_a", np.ascontiguousarray(a, dtype=np.float32))
+        w.add_tensor(f"{new}.lora_b", np.ascontiguousarray(b, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
+
+
 def write_gguf(
     model_dir: Path,
     out: Path,
@@ -138,13 +195,7 @@ def write_gguf(
         finally:
             f16.unlink(missing_ok=True)
     config = json.loads((model_dir / "config.json").read_text())
-    archs = config.get("architectures") or ["?"]
-    if archs[0] not in SUPPORTED:
-        raise UserError(
-            f"GGUF export supports {', '.join(SUPPORTED)}; this model is {archs[0]}: "
-            "export --to hf and convert it with llama.cpp's converter"
-        )
-    arch = SUPPORTED[archs[0]]
+    arch = _arch(config)
     n_layer = config["num_hidden_layers"]
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads", n_head)
@@ -154,7 +205,7 @@ def write_gguf(
     theta = config.get("rope_theta", rope.get("rope_theta", 10000.0))
 
     w = gguf.GGUFWriter(str(out), arch)
-    w.add_name(name or archs[0])
+    w.add_name(name or config["architectures"][0])
     w.add_context_length(config.get("max_position_embeddings", 2048))
     w.add_embedding_length(hidden)
     w.add_block_count(n_layer)
@@ -194,9 +245,7 @@ def write_gguf(
     if template:
         w.add_chat_template(template)
 
-    names = gguf.get_tensor_name_map(
-        gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2, n_layer
-    )
+    names = _names(arch, n_layer)
     if weights is None:
         weights = {}
         for f in sorted(model_dir.glob("*.safetensors")):

@@ -44,6 +44,13 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
     assert res["generate"]["fast_path_tokens_per_s"] > 0
     assert res["generate"]["fast_path_q4_0_tokens_per_s"] > 0
     assert res["generate"]["fast_path_f32_tokens_per_s"] > 0
+    assert res["generate"]["fast_path_f32_adapter_tokens_per_s"] > 0
+    assert set(res["generate"]["snapshot_refresh_seconds"]) == {
+        "q8_0",
+        "q4_0",
+        "f32",
+        "f32_adapter",
+    }
     assert 0 < res["update"]["fraction_of_matmul_bound_fp32"] < 1
     levers = res["levers"]
     for key in (

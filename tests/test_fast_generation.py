@@ -81,6 +81,81 @@ def test_snapshot_refreshes_every_n_updates_and_is_reused_on_resume(tiny_model_d
     assert again.path.stat().st_mtime_ns == written and again.snap_step == 2
 
 
+def test_lora_factors_and_base_weights_rebuild_the_merged_weights(tiny_model_dir):
+    learner = torch_peft.TorchLearner(_cfg(tiny_model_dir))
+    learner.train_step(SEQS)
+    merged, base, factors = learner.merged_weights(), learner.base_weights(), learner.lora_factors()
+    assert set(base) == set(merged) and set(factors) <= set(base)
+    assert any("q_proj" in k for k in factors) and any("down_proj" in k for k in factors)
+    for name, value in merged.items():
+        rebuilt = base[name] + (factors[name][1] @ factors[name][0] if name in factors else 0)
+        assert abs(rebuilt - value).max() < 1e-6, name
+
+
+def _trained_until_it_answers_differently(cfg):
+    """A tiny learner whose greedy answer no longer equals its base model's."""
+    learner = torch_peft.TorchLearner(cfg)
+    with learner.model.disable_adapter():
+        base_answer = learner.generate([CHAT], 8)
+    for _ in range(6):
+        learner.train_step(SEQS)
+        if learner.generate([CHAT], 8) != base_answer:
+            return learner, base_answer
+    raise AssertionError("training did not change the greedy answer")
+
+
+def test_adapter_snapshot_answers_as_the_merged_snapshot_and_the_learner(tiny_model_dir, tmp_path):
+    over = {"learner.snapshot_every": 1, "learner.snapshot_quant": "f32"}
+    cfg = _cfg(tiny_model_dir, **over)
+    learner, base_answer = _trained_until_it_answers_differently(cfg)
+    merged = SnapshotAnswers(learner, cfg, tmp_path / "merged")
+    by_adapter = SnapshotAnswers(
+        learner,
+        _cfg(tiny_model_dir, **over, **{"learner.snapshot_refresh": "adapter"}),
+        tmp_path / "adapter",
+    )
+    theirs = learner.generate([CHAT], 8)
+    assert by_adapter.generate([CHAT], 8) == merged.generate([CHAT], 8) == theirs != base_answer
+    # the adapter file is small: the base weights are not in it
+    assert by_adapter.adapter_path.stat().st_size < 0.2 * by_adapter.path.stat().st_size
+    assert by_adapter.path.name == "base-f32.gguf" and merged.path.name == "learner-f32.gguf"
+    merged._close()
+    by_adapter._close()
+
+
+def test_adapter_refresh_rewrites_the_adapter_only_and_is_reused_on_resume(
+    tiny_model_dir, tmp_path
+):
+    cfg = _cfg(
+        tiny_model_dir,
+        **{
+            "learner.snapshot_every": 2,
+            "learner.snapshot_quant": "f32",
+            "learner.snapshot_refresh": "adapter",
+        },
+    )
+    learner = torch_peft.TorchLearner(cfg)
+    snap = SnapshotAnswers(learner, cfg, tmp_path / "snapshot")
+    meta = tmp_path / "snapshot" / "snapshot.json"
+    first = snap.generate([CHAT], 6)
+    base_written = snap.path.stat().st_mtime_ns
+    assert json.loads(meta.read_text()) == {"step": 0, "quant": "f32", "refresh": "adapter"}
+    for _ in range(4):
+        snap.train_step([TrainSequence(CHAT, "zzz zzz zzz")])
+    snap.generate([CHAT], 6)  # step 4: a fresh adapter on the same base
+    assert snap.refreshes == 2 and json.loads(meta.read_text())["step"] == 4
+    assert snap.path.stat().st_mtime_ns == base_written
+    adapter_written = snap.adapter_path.stat().st_mtime_ns
+    # a resumed run at step 5 takes the step-4 adapter as it was written
+    learner.step = 5
+    again = SnapshotAnswers(learner, cfg, tmp_path / "snapshot")
+    assert again.generate([CHAT], 6) == snap.generate([CHAT], 6)
+    assert again.adapter_path.stat().st_mtime_ns == adapter_written and again.snap_step == 4
+    assert isinstance(first[0], str)
+    again._close()
+    snap._close()
+
+
 def test_snapshot_refuses_qlora_and_seq2seq(tiny_model_dir, tmp_path):
     learner = torch_peft.TorchLearner(_cfg(tiny_model_dir))
     learner.quantized = True

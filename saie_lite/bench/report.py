@@ -87,6 +87,7 @@ def markdown(r: dict) -> str:
             "saie_fast": "SAIE, fast path (snapshot every 4)",
             "saie_fast_q8": "SAIE, fast path + q8_0 partner",
             "saie_fast_f32": "SAIE, fast path, f32 snapshot + f32 partner",
+            "saie_fast_adapter": "SAIE, fast path refreshed every update (f32 base + adapter)",
         }
         for run, label in labels.items():
             if run in sa:
@@ -162,7 +163,7 @@ def markdown(r: dict) -> str:
                 f"| learner generation tokens/s, fast path ({g['fast_path_model']}) | "
                 f"{_f(g['fast_path_tokens_per_s'])} |"
             )
-        for quant in ("q4_0", "f32"):
+        for quant in ("q4_0", "f32", "f32_adapter"):
             if f"fast_path_{quant}_tokens_per_s" in g:
                 row(
                     f"| learner generation tokens/s, fast path ({g[f'fast_path_{quant}_model']}) | "

@@ -7,6 +7,11 @@ loaded into llama.cpp; the snapshot is rebuilt every N updates. Answers are ther
 up to N-1 updates stale: N=1 is on-policy up to quantization, larger N trades that for
 speed. Updates still run on the torch learner; nothing else in the loop changes.
 
+With ``learner.snapshot_refresh: adapter`` the base model is exported once and each
+refresh writes only the LoRA adapter (megabytes, milliseconds), which llama.cpp applies
+at run time on top of the base weights; decoding pays a little for the unmerged adapter,
+so a merged snapshot is cheaper when it is rebuilt rarely (bench: the refresh levers).
+
 Snapshots are taken at multiples of N and kept in the run directory, so a resumed run
 generates from the same snapshot the uninterrupted run would have used.
 """
@@ -48,6 +53,8 @@ class SnapshotAnswers:
         self.inner = learner
         self.every = lc.snapshot_every
         self.quant = lc.snapshot_quant
+        self.by_adapter = lc.snapshot_refresh == "adapter"
+        self.adapter = None  # the llama.cpp adapter set on the decoder's context
         self.dir = Path(directory)
         self.n_ctx = lc.max_seq_len + lc.max_new_tokens
         self.n_threads = cfg.partner.n_threads or os.cpu_count() or 1
@@ -70,7 +77,13 @@ class SnapshotAnswers:
     # -- the snapshot -------------------------------------------------------------
     @property
     def path(self) -> Path:
-        return self.dir / f"learner-{self.quant}.gguf"
+        """The GGUF llama.cpp loads: the merged learner, or the base model alone."""
+        kind = "base" if self.by_adapter else "learner"
+        return self.dir / f"{kind}-{self.quant}.gguf"
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.dir / "learner-lora.gguf"
 
     def _meta(self) -> dict:
         try:
@@ -84,34 +97,83 @@ class SnapshotAnswers:
             return
         t0 = time.perf_counter()
         meta = self._meta()
-        if not (
-            meta.get("step") == want and meta.get("quant") == self.quant and self.path.is_file()
-        ):
-            self._write(want)
-        self._load()
+        kept = meta.get("step") == want and meta.get("quant") == self.quant
+        if self.by_adapter:
+            if self.llm is None:
+                if not self.path.is_file():  # written whole or not at all (os.replace)
+                    self._write_file(self.path, self.inner.base_weights())
+                self._load()
+            if not (kept and meta.get("refresh") == "adapter" and self.adapter_path.is_file()):
+                self._write_adapter(want)
+            self._set_adapter()
+        else:
+            if not (kept and meta.get("refresh", "merge") == "merge" and self.path.is_file()):
+                self._close()  # the file is mapped by llama.cpp: close before replacing
+                self._write_file(self.path, self.inner.merged_weights(), step=want)
+            self._load()
         self.snap_step = want
         self.refreshes += 1
         self.refresh_seconds += time.perf_counter() - t0
 
-    def _write(self, step: int) -> None:
+    def _record(self, step: int | None, write) -> None:
+        # The metadata goes first and comes back last: a crash in between leaves no
+        # record, so a resumed run rebuilds instead of trusting a mismatched file.
+        meta = self.dir / "snapshot.json"
+        meta.unlink(missing_ok=True)
+        write()
+        if step is not None:
+            refresh = "adapter" if self.by_adapter else "merge"
+            meta.write_text(json.dumps({"step": step, "quant": self.quant, "refresh": refresh}))
+
+    def _write_file(self, path: Path, weights: dict, step: int | None = None) -> None:
         from saie_lite.gguf_writer import write_gguf
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
         write_gguf(
             self.inner.model_dir,
             tmp,
             self.quant,
             name="saie-lite learner snapshot",
             hint=self.hint,
-            weights=self.inner.merged_weights(),
+            weights=weights,
         )
-        self._close()
-        # The metadata goes first and comes back last: a crash in between leaves no
-        # record, so a resumed run rebuilds instead of trusting a mismatched file.
-        (self.dir / "snapshot.json").unlink(missing_ok=True)
-        os.replace(tmp, self.path)
-        (self.dir / "snapshot.json").write_text(json.dumps({"step": step, "quant": self.quant}))
+        self._record(step, lambda: os.replace(tmp, path))
+
+    def _write_adapter(self, step: int) -> None:
+        from saie_lite.gguf_writer import write_lora_gguf
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.adapter_path.with_suffix(f".tmp{os.getpid()}")
+        write_lora_gguf(self.inner.model_dir, tmp, self.inner.lora_factors())
+        self._record(step, lambda: os.replace(tmp, self.adapter_path))
+
+    def _set_adapter(self) -> None:
+        """Load the adapter file and put it on the decoder's context in place of the
+        previous one (freed once it is off the context)."""
+        import ctypes
+
+        import llama_cpp
+
+        new = llama_cpp.llama_adapter_lora_init(
+            self.llm._model.model, str(self.adapter_path).encode()
+        )
+        if not new:
+            raise UserError(
+                f"llama.cpp could not load the snapshot adapter {self.adapter_path}: "
+                "delete the snapshot folder to rebuild it"
+            )
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(new)
+        scales = (ctypes.c_float * 1)(1.0)
+        if llama_cpp.llama_set_adapters_lora(self.decoder.ctx.ctx, adapters, 1, scales) != 0:
+            llama_cpp.llama_adapter_lora_free(new)
+            raise UserError(
+                f"llama.cpp refused the snapshot adapter {self.adapter_path}: delete the "
+                "snapshot folder to rebuild it"
+            )
+        if self.adapter is not None:
+            llama_cpp.llama_adapter_lora_free(self.adapter)
+        self.adapter = new
 
     def _load(self) -> None:
         from llama_cpp import Llama
@@ -137,7 +199,12 @@ class SnapshotAnswers:
         if self.decoder is not None:
             self.decoder.close()
             self.decoder = None
-        if self.llm is not None:  # the file is mapped by llama.cpp: close before replacing
+        if self.adapter is not None:  # off the context now that it is gone
+            import llama_cpp
+
+            llama_cpp.llama_adapter_lora_free(self.adapter)
+            self.adapter = None
+        if self.llm is not None:
             self.llm.close()
             self.llm = None
 
