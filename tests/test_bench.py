@@ -191,6 +191,16 @@ def test_saie_part_trains_whole_discussions_and_counts_their_tokens(tiny_model_d
     assert out["ratio_saie_trained_tokens_over_sft"] == pytest.approx(
         saie["trained_tokens_per_example"] / sft["trained_tokens_per_example"]
     )
+    from saie_lite.bench.report import markdown
+
+    machine = {"system": "Linux", "machine": "x86_64", "cpus": 2, "python": "3"}
+    report = {"machine": machine, "versions": {}, "settings": {}, "peak_rss_mb": 1.0}
+    md = markdown({**report, "results": {"saie": out}})
+    assert "| examples clipped or skipped by the context policy | sft 0, saie 0" in md
+    assert "| SAIE / SFT tokens of the trained sequences per example |" in md
+    # the update is part of the wall time
+    assert 0 < out["ratio_saie_update_over_sft"] < out["ratio_saie_over_sft"]
+    assert "| SAIE: its update alone / SFT per example |" in md
     # at the update part's cut the same discussions would be clipped: the count says so
     parts.DISCUSSION_MAX_LEN, keep = 0, parts.DISCUSSION_MAX_LEN
     try:

@@ -100,6 +100,11 @@ def markdown(r: dict) -> str:
                     f"| {label} / SFT wall time per example (target <= 2.5x) | "
                     f"{_f(sa[f'ratio_{run}_over_sft'], 2)}x |"
                 )
+                if f"ratio_{run}_update_over_sft" in sa:
+                    row(
+                        f"| {label}: its update alone / SFT per example | "
+                        f"{_f(sa[f'ratio_{run}_update_over_sft'], 2)}x |"
+                    )
                 if f"ratio_{run}_trained_tokens_over_sft" in sa:
                     row(
                         f"| {label} / SFT tokens of the trained sequences per example | "
@@ -108,7 +113,7 @@ def markdown(r: dict) -> str:
         clipped = {
             k: v["context_clipped_or_skipped"]
             for k, v in sa.items()
-            if "context_clipped_or_skipped" in v
+            if isinstance(v, dict) and "context_clipped_or_skipped" in v
         }
         if clipped:
             row(
