@@ -151,11 +151,14 @@ def test_partner_error_on_the_worker_surfaces_after_the_update(tmp_path):
     assert results["on"] == results["off"]
 
 
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_fast_path_overlap_ends_with_the_same_adapter(tiny_model_dir, tmp_path, device):
-    """Sampled answers (temperature 0.8) from a snapshot refreshed every 2 updates: the
-    batch after update 3 is prepared during it, with the seed it gets without overlap.
-    On CUDA too, where overlap is on by default (skipped without a GPU)."""
+@pytest.mark.parametrize(
+    "device,refresh", [("cpu", "merge"), ("cpu", "adapter"), ("cuda", "merge")]
+)
+def test_fast_path_overlap_ends_with_the_same_adapter(tiny_model_dir, tmp_path, device, refresh):
+    """Sampled answers (temperature 0.8) from a snapshot refreshed every 2 updates (a
+    merged snapshot, or the base with the adapter applied by llama.cpp): the batch after
+    update 3 is prepared during it, with the seed it gets without overlap. On CUDA too,
+    where overlap is on by default (skipped without a GPU)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("llama_cpp")
     if device == "cuda" and not torch.cuda.is_available():
@@ -172,6 +175,7 @@ def test_fast_path_overlap_ends_with_the_same_adapter(tiny_model_dir, tmp_path, 
         "learner.temperature": 0.8,
         "learner.snapshot_every": 2,
         "learner.snapshot_quant": "f16",
+        "learner.snapshot_refresh": refresh,
         "method.turns": 1,
         "partner.max_tokens": 8,
         "train.lr": 0.02,

@@ -124,10 +124,12 @@ def test_fast_generation_recipe_trains_from_snapshots(tmp_path):
         args += ["--set", kv]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    # updates: 1 warm-up, then discussions at learner steps 1 and 2; with snapshot_every=2
-    # the step-2 answers come from a snapshot re-exported after update 2
+    # updates: 1 warm-up, then discussions at learner steps 1 and 2; the step-2 answers
+    # come from the adapter exported after update 2, on the base exported once
     meta = json.loads((run / "snapshot" / "snapshot.json").read_text())
-    assert meta == {"step": 2, "quant": "q8_0"}
+    assert meta == {"step": 2, "quant": "f32", "refresh": "adapter"}
+    assert (run / "snapshot" / "base-f32.gguf").is_file()
+    assert (run / "snapshot" / "learner-lora.gguf").is_file()
     store = Store(run / "saie.sqlite")
     answers = [t for (t,) in store.db.execute("SELECT text FROM turns WHERE role='learner'")]
     store.close()
