@@ -25,11 +25,12 @@ def embedded_requantized(quant: str) -> Path:
     """The embedded model re-quantized to ``quant`` (q8_0, q4_0 or f32), built once from
     its float cache.
 
-    On x86 CPUs llama.cpp evaluates prompts about twice as fast with q8_0 weights as
-    with the shipped Q4_1 file, and q4_0 is repacked at load for llama.cpp's fastest
-    CPU kernels on AVX2; f32 (540 MB) evaluates prompts faster still on an AVX2 CPU.
-    Remark prompts are long (problem, reference, answer) while remarks are short
-    (bench: the partner-weight levers).
+    Remark prompts are long (problem, reference, answer) while remarks are short, so the
+    partner's speed is mostly prompt evaluation, which depends on the CPU's kernels for
+    each weight type: on the AVX2 machine of the README's bench, prompts run 1.6x faster
+    from f32 than from q8_0, q8_0 is a little faster than the shipped Q4_1 file, and
+    q4_0 (repacked at load for the AVX2 kernels) no faster than q8_0. ``bench --only
+    levers`` measures them on yours.
     """
     from saie_lite.gguf_writer import write_gguf
     from saie_lite.paths import embedded_learner_dir

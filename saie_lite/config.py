@@ -73,8 +73,8 @@ class LearnerConfig:
     snapshot_every: int = _f(
         0,
         "fast generation path (torch): 0 = answers from the learner itself, exactly "
-        "on-policy; N = answers from a llama.cpp snapshot of the merged learner, "
-        "re-exported every N updates (faster; up to N-1 updates stale)",
+        "on-policy; N = answers from a llama.cpp snapshot of the learner, refreshed every "
+        "N updates (faster; up to N-1 updates stale; see snapshot_refresh)",
     )
     snapshot_quant: str = _f("q8_0", "snapshot GGUF type: q8_0 | q4_0 | f16 | f32")
     snapshot_refresh: str = _f(

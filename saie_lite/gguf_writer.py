@@ -149,8 +149,10 @@ def write_lora_gguf(model_dir: Path, out: Path, factors: dict) -> Path:
     w = gguf.GGUFWriter(str(out), arch)
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    rank = next(iter(factors.values()))[0].shape[0] if factors else 1
-    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(rank))
+    ranks = {a.shape[0] for a, _ in factors.values()}
+    if len(ranks) > 1:  # one alpha per file: llama.cpp scales every layer by alpha / rank
+        raise UserError(f"GGUF adapter: layers of different LoRA ranks {sorted(ranks)}")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(ranks.pop() if ranks else 1))
     for hf_name, (a, b) in factors.items():
         # B's rows are the weight's output rows: permuted as the weight's are (see below)
         if arch == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
@@ -263,8 +265,8 @@ def write_gguf(
         data = data.astype(np.float32)
         if data.ndim == 1 or quant == "f32":
             # norms and biases stay float32. A whole f32 file is for speed, not size: on
-            # an AVX2 CPU llama.cpp evaluates prompts ~1.5x faster from float32 weights
-            # than from q8_0 (bench: the snapshot and partner-weight levers).
+            # an AVX2 CPU llama.cpp evaluates prompts ~1.6x faster from float32 weights
+            # than from q8_0 (README, Benchmarks: "Why float32 weights").
             w.add_tensor(new, data)
         elif quant == "q8_0" and data.shape[-1] % 32 == 0:
             q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)

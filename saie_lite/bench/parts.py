@@ -300,15 +300,17 @@ def bench_generate(s: BenchSettings) -> dict:
     for quant, how in (("q8_0", "merge"), ("q4_0", "merge"), ("f32", "merge"), ("f32", "adapter")):
         cfg.learner.snapshot_quant, cfg.learner.snapshot_refresh = quant, how
         key = quant if how == "merge" else f"{quant}_adapter"
-        snap = SnapshotAnswers(learner, cfg, Path(tempfile.mkdtemp()) / "snapshot")
-        snap.generate(chats[:1], 4)
-        fast[key] = _gen_rate(snap, chats, s.new_tokens)["tokens_per_s"]
-        learner.step += 1  # the next update's snapshot
-        t0 = time.perf_counter()
-        snap.refresh_if_due()
-        refresh[key] = time.perf_counter() - t0
-        learner.step -= 1
-        snap._close()
+        # the snapshot files are hundreds of megabytes each: gone with the measurement
+        with tempfile.TemporaryDirectory(prefix="saie-bench-") as tmp:
+            snap = SnapshotAnswers(learner, cfg, Path(tmp) / "snapshot")
+            snap.generate(chats[:1], 4)
+            fast[key] = _gen_rate(snap, chats, s.new_tokens)["tokens_per_s"]
+            learner.step += 1  # the next update's snapshot
+            t0 = time.perf_counter()
+            snap.refresh_if_due()
+            refresh[key] = time.perf_counter() - t0
+            learner.step -= 1
+            snap._close()
     if s.model == EMBEDDED:
         gguf, label = embedded_gguf(), "Q4_1 (the embedded GGUF)"
     else:
@@ -431,10 +433,11 @@ def bench_saie(
             "overlapped_batches": summary.get("overlapped_batches", 0),
             # what the update trained per example: tokens of its sequences (both stances
             # in full; packing computes their shared prefix once) and target tokens; and
-            # how many examples the context policy clipped or skipped
+            # how many notes the context policy left (a turn clipped or an example
+            # skipped: one per turn and stance)
             "trained_tokens_per_example": trained["tokens"] / len(examples),
             "target_tokens_per_example": trained["targets"] / len(examples),
-            "context_clipped_or_skipped": clipped,
+            "context_policy_notes": clipped,
             "update_seconds_per_example": summary["seconds"]["update"] / len(examples),
             **{f"{k}_seconds_per_step": v / steps for k, v in summary["seconds"].items()},
         }

@@ -111,13 +111,13 @@ def markdown(r: dict) -> str:
                         f"{_f(sa[f'ratio_{run}_trained_tokens_over_sft'], 2)}x |"
                     )
         clipped = {
-            k: v["context_clipped_or_skipped"]
+            k: v["context_policy_notes"]
             for k, v in sa.items()
-            if isinstance(v, dict) and "context_clipped_or_skipped" in v
+            if isinstance(v, dict) and "context_policy_notes" in v
         }
         if clipped:
             row(
-                "| examples clipped or skipped by the context policy | "
+                "| context-policy notes (turns clipped or examples skipped) | "
                 + ", ".join(f"{k} {v}" for k, v in clipped.items())
                 + " |"
             )

@@ -1,16 +1,18 @@
 """The fast generation path (``learner.snapshot_every: N``).
 
 Learner answers are the largest cost of an online method on a CPU. Here they come from
-a quantized llama.cpp snapshot of the learner: the adapter is folded into the base
-weights (in memory), written as a GGUF with the base model's tokenizer and template, and
-loaded into llama.cpp; the snapshot is rebuilt every N updates. Answers are therefore
+a llama.cpp snapshot of the learner (``learner.snapshot_quant``: q8_0, q4_0, f16, f32):
+the adapter is folded into the base weights (in memory), written as a GGUF with the base
+model's tokenizer and template, and loaded into llama.cpp; the snapshot is rebuilt every
+N updates. Answers are therefore
 up to N-1 updates stale: N=1 is on-policy up to quantization, larger N trades that for
 speed. Updates still run on the torch learner; nothing else in the loop changes.
 
 With ``learner.snapshot_refresh: adapter`` the base model is exported once and each
 refresh writes only the LoRA adapter (megabytes, milliseconds), which llama.cpp applies
 at run time on top of the base weights; decoding pays a little for the unmerged adapter,
-so a merged snapshot is cheaper when it is rebuilt rarely (bench: the refresh levers).
+so a merged snapshot is cheaper when it is rebuilt rarely (``bench --only generate``:
+refresh seconds and tokens/s per snapshot kind).
 
 Snapshots are taken at multiples of N and kept in the run directory, so a resumed run
 generates from the same snapshot the uninterrupted run would have used.
@@ -50,6 +52,15 @@ class SnapshotAnswers:
                 "learner.quantize=none or learner.snapshot_every=0"
             )
         lc = cfg.learner
+        if lc.snapshot_refresh == "adapter":
+            import llama_cpp
+
+            if not hasattr(llama_cpp, "llama_set_adapters_lora"):
+                raise UserError(
+                    "learner.snapshot_refresh=adapter needs a newer llama-cpp-python "
+                    f"(this is {getattr(llama_cpp, '__version__', '?')}; 0.3.36 works): "
+                    "pip install -U llama-cpp-python, or set learner.snapshot_refresh=merge"
+                )
         self.inner = learner
         self.every = lc.snapshot_every
         self.quant = lc.snapshot_quant
@@ -116,14 +127,19 @@ class SnapshotAnswers:
         self.refresh_seconds += time.perf_counter() - t0
 
     def _record(self, step: int | None, write) -> None:
-        # The metadata goes first and comes back last: a crash in between leaves no
-        # record, so a resumed run rebuilds instead of trusting a mismatched file.
+        """``write()`` puts a finished file in place. The file that holds the learner's
+        weights at ``step`` (merged model or adapter) is recorded in snapshot.json; the
+        record goes first and comes back last, so a crash in between leaves none and a
+        resumed run rebuilds instead of trusting a mismatched file. The adapter mode's
+        base (``step`` None) holds no update and needs no record: it is replaced whole."""
+        if step is None:
+            write()
+            return
         meta = self.dir / "snapshot.json"
         meta.unlink(missing_ok=True)
         write()
-        if step is not None:
-            refresh = "adapter" if self.by_adapter else "merge"
-            meta.write_text(json.dumps({"step": step, "quant": self.quant, "refresh": refresh}))
+        refresh = "adapter" if self.by_adapter else "merge"
+        meta.write_text(json.dumps({"step": step, "quant": self.quant, "refresh": refresh}))
 
     def _write_file(self, path: Path, weights: dict, step: int | None = None) -> None:
         from saie_lite.gguf_writer import write_gguf
