@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from saie_lite.bench.cuda import CUDA_PARTS, bench_cuda, require_cuda
+from saie_lite.bench.generation import bench_generate
 from saie_lite.bench.levers import bench_levers
 from saie_lite.bench.parts import (
     BenchSettings,
-    bench_generate,
     bench_mlx,
     bench_saie,
     bench_trl,

@@ -1,0 +1,90 @@
+"""``saie-lite bench --only generate``: learner generation against llama.cpp, and what
+each kind of fast-path snapshot costs to refresh and to decode from."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from saie_lite.bench.parts import BenchSettings, _cfg, _gen_rate, _sequences
+
+
+def bench_generate(s: BenchSettings) -> dict:
+    """Learner generation against llama.cpp single-stream on the same model: ours batched
+    on torch, and ours on the fast path (a llama.cpp snapshot of the learner: q8_0, q4_0,
+    f32 merged, f32 base + adapter), with what one snapshot refresh costs."""
+    import os
+    import tempfile
+
+    from saie_lite.backends.torch_peft import TorchLearner
+    from saie_lite.paths import EMBEDDED, embedded_gguf
+
+    # Both sides get the same job: answers with no early stop, up to new_tokens each.
+    cfg = _cfg(s, **{"learner.backend": "torch", "learner.stop_at_answer": False})
+    learner = TorchLearner(cfg)
+    chats = [q.context for q in _sequences(s, s.batch)]
+    learner.generate(chats[:1], 4)
+    ours = _gen_rate(learner, chats, s.new_tokens)["tokens_per_s"]
+    try:
+        from llama_cpp import Llama
+
+        from saie_lite.train.fast_generation import SnapshotAnswers
+    except ImportError:
+        return {"ours_tokens_per_s": ours, "llama_cpp": "skipped: llama-cpp-python not installed"}
+    cfg.learner.snapshot_every = 1
+    # The snapshot as q8_0 (the default), as q4_0 (llama.cpp's quantizer; repacked at
+    # load on AVX2) and as f32, merged; and as an f32 base with the adapter applied at
+    # run time. Each is built once before it is timed; then one refresh (what every
+    # snapshot_every updates costs) is timed apart.
+    fast, refresh = {}, {}
+    for quant, how in (("q8_0", "merge"), ("q4_0", "merge"), ("f32", "merge"), ("f32", "adapter")):
+        cfg.learner.snapshot_quant, cfg.learner.snapshot_refresh = quant, how
+        key = quant if how == "merge" else f"{quant}_adapter"
+        # the snapshot files are hundreds of megabytes each: gone with the measurement
+        with tempfile.TemporaryDirectory(prefix="saie-bench-") as tmp:
+            snap = SnapshotAnswers(learner, cfg, Path(tmp) / "snapshot")
+            snap.generate(chats[:1], 4)
+            fast[key] = _gen_rate(snap, chats, s.new_tokens)["tokens_per_s"]
+            learner.step += 1  # the next update's snapshot
+            t0 = time.perf_counter()
+            snap.refresh_if_due()
+            refresh[key] = time.perf_counter() - t0
+            learner.step -= 1
+            snap._close()
+    if s.model == EMBEDDED:
+        gguf, label = embedded_gguf(), "Q4_1 (the embedded GGUF)"
+    else:
+        from saie_lite.backends.torch_models import resolve_model_path
+        from saie_lite.gguf_writer import write_gguf
+
+        gguf = Path(tempfile.mkdtemp()) / "ref-f16.gguf"
+        write_gguf(Path(resolve_model_path(s.model)), gguf, "f16")
+        label = "f16 (exported)"
+    # All cores, as the partner and the snapshot use (llama-cpp-python defaults to half).
+    llm = Llama(str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
+    n, t0 = 0, time.perf_counter()
+    for chat in chats:
+        out = llm.create_chat_completion(messages=chat, max_tokens=s.new_tokens, temperature=0.0)
+        n += out["usage"]["completion_tokens"]
+    ref = n / (time.perf_counter() - t0)
+    llm.close()
+    return {
+        "ours_tokens_per_s": ours,
+        "fast_path_tokens_per_s": fast["q8_0"],
+        "fast_path_model": f"q8_0 snapshot, refreshed in {refresh['q8_0']:.2f} s",
+        "fast_path_q4_0_tokens_per_s": fast["q4_0"],
+        "fast_path_q4_0_model": f"q4_0 snapshot, refreshed in {refresh['q4_0']:.2f} s",
+        "fast_path_f32_tokens_per_s": fast["f32"],
+        "fast_path_f32_model": f"f32 snapshot, refreshed in {refresh['f32']:.2f} s",
+        "fast_path_f32_adapter_tokens_per_s": fast["f32_adapter"],
+        "fast_path_f32_adapter_model": (
+            f"f32 base + LoRA adapter, refreshed in {refresh['f32_adapter']:.2f} s"
+        ),
+        "snapshot_refresh_seconds": refresh,
+        "llama_cpp_tokens_per_s": ref,
+        "llama_cpp_model": label,
+        "ratio_ours_over_llama_cpp": ours / ref,
+        "ratio_fast_path_over_llama_cpp": fast["q8_0"] / ref,
+        "ratio_fast_path_q4_0_over_llama_cpp": fast["q4_0"] / ref,
+        "ratio_fast_path_f32_over_llama_cpp": fast["f32"] / ref,
+    }
