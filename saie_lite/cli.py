@@ -379,9 +379,7 @@ def logs_export(
 def export(
     run_dir: Path = typer.Argument(..., help="a training run directory"),
     to: str = typer.Option("gguf", help="hf | gguf | mlx"),
-    quant: str = typer.Option(
-        "f16", help="gguf: f16 | q8_0 | q4_0 | f32 (q4_0 needs llama-cpp-python)"
-    ),
+    quant: str = typer.Option("f16", help="gguf: f16 | f32 | q8_0 | q4_0 (q4_0 via llama.cpp)"),
     out: Path | None = typer.Option(None, help="output directory (default RUN/export/...)"),
 ) -> None:
     """Export the trained learner: merged safetensors, GGUF (+ Ollama Modelfile), or MLX."""

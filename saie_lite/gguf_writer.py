@@ -126,12 +126,37 @@ def _arch(config: dict) -> str:
     return SUPPORTED[archs[0]]
 
 
-def _names(arch: str, n_layer: int):
+def _tensor_namer(config: dict, arch: str, what: str):
+    """``(hf_name, rows) -> (gguf_name, rows)``: the GGUF tensor name, and the rows of a
+    llama q or k projection permuted to GGUF's rotary layout (``rows`` is the weight, or
+    a LoRA B whose rows are the weight's output rows)."""
     import gguf
 
-    return gguf.get_tensor_name_map(
-        gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2, n_layer
+    n_head = config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads", n_head)
+    names = gguf.get_tensor_name_map(
+        gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.QWEN2,
+        config["num_hidden_layers"],
     )
+
+    def name(hf_name: str, rows: np.ndarray) -> tuple[str, np.ndarray]:
+        if arch == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
+            rows = permute_qk(rows, n_head)
+        elif arch == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
+            rows = permute_qk(rows, n_kv)
+        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise UserError(f"GGUF {what}: no GGUF name for tensor {hf_name}")
+        return new, rows
+
+    return name
+
+
+def _finish(w) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
 
 
 def write_lora_gguf(model_dir: Path, out: Path, factors: dict) -> Path:
@@ -143,9 +168,7 @@ def write_lora_gguf(model_dir: Path, out: Path, factors: dict) -> Path:
 
     config = json.loads((model_dir / "config.json").read_text())
     arch = _arch(config)
-    n_head = config["num_attention_heads"]
-    n_kv = config.get("num_key_value_heads", n_head)
-    names = _names(arch, config["num_hidden_layers"])
+    name = _tensor_namer(config, arch, "adapter")
     w = gguf.GGUFWriter(str(out), arch)
     w.add_type(gguf.GGUFType.ADAPTER)
     w.add_string(gguf.Keys.Adapter.TYPE, "lora")
@@ -154,20 +177,10 @@ def write_lora_gguf(model_dir: Path, out: Path, factors: dict) -> Path:
         raise UserError(f"GGUF adapter: layers of different LoRA ranks {sorted(ranks)}")
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(ranks.pop() if ranks else 1))
     for hf_name, (a, b) in factors.items():
-        # B's rows are the weight's output rows: permuted as the weight's are (see below)
-        if arch == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
-            b = permute_qk(b, n_head)
-        elif arch == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
-            b = permute_qk(b, n_kv)
-        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            raise UserError(f"GGUF adapter: no GGUF name for tensor {hf_name}")
+        new, b = name(hf_name, b)  # B's rows are the weight's: permuted as they are
         w.add_tensor(f"{new}.lora_a", np.ascontiguousarray(a, dtype=np.float32))
         w.add_tensor(f"{new}.lora_b", np.ascontiguousarray(b, dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
     return out
 
 
@@ -247,7 +260,7 @@ def write_gguf(
     if template:
         w.add_chat_template(template)
 
-    names = _names(arch, n_layer)
+    name = _tensor_namer(config, arch, "export")
     if weights is None:
         weights = {}
         for f in sorted(model_dir.glob("*.safetensors")):
@@ -255,13 +268,7 @@ def write_gguf(
     for hf_name, data in weights.items():
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue
-        if arch == "llama" and hf_name.endswith("self_attn.q_proj.weight"):
-            data = permute_qk(data, n_head)
-        elif arch == "llama" and hf_name.endswith("self_attn.k_proj.weight"):
-            data = permute_qk(data, n_kv)
-        new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            raise UserError(f"GGUF export: no GGUF name for tensor {hf_name}")
+        new, data = name(hf_name, data)
         data = data.astype(np.float32)
         if data.ndim == 1 or quant == "f32":
             # norms and biases stay float32. A whole f32 file is for speed, not size: on
@@ -273,10 +280,7 @@ def write_gguf(
             w.add_tensor(new, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             w.add_tensor(new, data.astype(np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
     return out
 
 

@@ -293,6 +293,9 @@ class Store:
         q = "SELECT COUNT(*) FROM turns WHERE role = 'partner' AND missing IS NOT NULL"
         return self.db.execute(q).fetchone()[0]
 
+    def count_events(self, kind: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM events WHERE kind = ?", (kind,)).fetchone()[0]
+
     def count(self, table: str) -> int:
         assert table in ("turns", "steps", "remark_cache", "events", "eval_items", "debates")
         return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]

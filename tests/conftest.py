@@ -121,6 +121,32 @@ def tiny_t5_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A 2-layer random Qwen2 (q/k/v biases, grouped-query attention, tied embedding)
+    sharing the tiny BPE tokenizer."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-qwen2")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    cfg = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    Qwen2ForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
+    return out
+
+
 def _free_port() -> int:
     import socket
 

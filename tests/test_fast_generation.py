@@ -122,34 +122,12 @@ def _last_logits(learner, snap=None, adapter: bool = True):
     return np.array(dec._logits(len(ids) - 1))
 
 
-def _tiny_qwen2(tiny_model_dir, out):
-    """A 2-layer random Qwen2 (q/k/v biases, no q/k row permutation in GGUF)."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    Qwen2ForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
-    return out
-
-
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_adapter_snapshot_computes_what_the_merged_snapshot_and_the_learner_do(
-    tiny_model_dir, tmp_path, arch
+    tiny_model_dir, tiny_qwen2_dir, tmp_path, arch
 ):
     # Logits, not greedy tokens: a near-tie could flip a token on another CPU's kernels.
-    model = tiny_model_dir if arch == "llama" else _tiny_qwen2(tiny_model_dir, tmp_path / "q")
+    model = tiny_model_dir if arch == "llama" else tiny_qwen2_dir
     over = {"learner.snapshot_every": 1, "learner.snapshot_quant": "f32"}
     cfg = _cfg(model, **over)
     learner = _trained(cfg)

@@ -342,8 +342,7 @@ def bench_saie(
         t0 = time.perf_counter()
         summary = train(cfg, learner, partner, examples, store, run_dir)
         wall = time.perf_counter() - t0
-        clipped = store.db.execute("SELECT COUNT(*) FROM events WHERE kind = 'context'")
-        clipped = clipped.fetchone()[0]
+        clipped = store.count_events("context")
         store.close()
         steps = max(1, summary["step"])
         out[run] = {
