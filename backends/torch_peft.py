@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from saie_lite.backends.packed_attention import packed_forward, row_layout
 from saie_lite.backends.torch_models import quiet_transformers, resolve_model_path
 from saie_lite.backends.torch_setup import (
     hide_bitsandbytes,
@@ -105,6 +106,9 @@ class TorchLearner(ChatTokenLearner):
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.split_head = None if self.seq2seq else target_only_head(self.model.get_base_model())
         self.plan_micro_batches = True  # bench switches this off to measure the lever
+        # Packed rows' attention block by block (backends/packed_attention.py): on a CPU
+        # it skips the masked blocks; on a GPU the extra kernel launches would cost more.
+        self.blockwise_attention = self.device == "cpu"
         self.pass_overhead = (
             MICRO_BATCH_OVERHEAD if self.device == "cpu" else GPU_MICRO_BATCH_OVERHEAD
         )
@@ -344,9 +348,27 @@ class TorchLearner(ChatTokenLearner):
         if self.model.get_base_model().config._attn_implementation == "eager":
             mask = torch.zeros(mask.shape, device=dev).masked_fill(~mask, torch.finfo().min)
         decoder, head = self.split_head
-        hidden = decoder(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
-        ).last_hidden_state
+        base = self.model.get_base_model()
+        layouts = [row_layout(r.segments + [-1] * (width - len(r.ids))) for r in rows]
+        if (
+            self.blockwise_attention
+            and base.config._attn_implementation == "sdpa"
+            # a checkpointed layer would recompute under plain sdpa, whose saved
+            # tensors differ from the blockwise forward's (torch refuses that)
+            and not base.is_gradient_checkpointing
+            and all(layouts)
+        ):
+            with packed_forward(base.config):
+                out = decoder(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    position_ids=pos,
+                    use_cache=False,
+                    packed_layout=layouts,
+                )
+        else:
+            out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+        hidden = out.last_hidden_state
         flat = [b * width + i for b, r in enumerate(rows) for i, _ in r.predict]
         targets = torch.tensor([t for r in rows for _, t in r.predict], device=dev)
         picked = hidden.reshape(-1, hidden.size(-1))[torch.tensor(flat, device=dev)]

@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from saie_lite import config  # noqa: E402
-from saie_lite.backends import torch_peft  # noqa: E402
+from saie_lite.backends import packed_attention, torch_peft  # noqa: E402
 from saie_lite.chat_tokens import IGNORE, micro_batches, pack_shared  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 
@@ -77,13 +77,31 @@ def grads_after_step(lr, seqs):
     return stats, {n: p.grad.clone() for n, p in lr.model.named_parameters() if p.requires_grad}
 
 
-def assert_same_update(model_dir, seqs, mb=2, attn="sdpa", device="cpu"):
+def count_blockwise_rows(monkeypatch) -> list[int]:
+    """Counts rows computed by the block-by-block attention (packed_attention._row)."""
+    calls = [0]
+    row = packed_attention._row
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return row(*args, **kwargs)
+
+    monkeypatch.setattr(packed_attention, "_row", counted)
+    return calls
+
+
+def assert_same_update(model_dir, seqs, mb=2, attn="sdpa", device="cpu", monkeypatch=None):
     shared, plain = learner(model_dir, True, mb, device), learner(model_dir, False, mb, device)
     for lr in (shared, plain):
         lr.model.get_base_model().set_attn_implementation(attn)
         assert lr.model.get_base_model().config._attn_implementation == attn
     assert shared.shares_prefix() and not plain.shares_prefix()
+    calls = count_blockwise_rows(monkeypatch) if monkeypatch else None
     (s1, g1), (s2, g2) = grads_after_step(shared, seqs), grads_after_step(plain, seqs)
+    if calls is not None:  # a CPU learner under sdpa computes packed rows block by block
+        assert calls[0] > 0 if (attn, device) == ("sdpa", "cpu") else calls[0] == 0
+    # the packed pass leaves the model's own attention implementation as it was
+    assert shared.model.get_base_model().config._attn_implementation == attn
     assert s1.loss == pytest.approx(s2.loss, rel=1e-5)
     assert (s1.n_target_tokens, s1.n_tokens) == (s2.n_target_tokens, s2.n_tokens)
     assert g1.keys() == g2.keys() and len(g1) > 0
@@ -92,8 +110,8 @@ def assert_same_update(model_dir, seqs, mb=2, attn="sdpa", device="cpu"):
         assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6), n
 
 
-def test_shared_prefix_update_equals_unshared_llama(tiny_model_dir):
-    assert_same_update(tiny_model_dir, batch())
+def test_shared_prefix_update_equals_unshared_llama(tiny_model_dir, monkeypatch):
+    assert_same_update(tiny_model_dir, batch(), monkeypatch=monkeypatch)
 
 
 @CUDA
@@ -115,16 +133,78 @@ def test_shared_prefix_update_close_to_unshared_on_cuda_bf16(tiny_model_dir):
         assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.99, n
 
 
-def test_shared_prefix_update_equals_unshared_eager_attention(tiny_model_dir):
-    assert_same_update(tiny_model_dir, batch(), attn="eager")
+def test_shared_prefix_update_equals_unshared_eager_attention(tiny_model_dir, monkeypatch):
+    assert_same_update(tiny_model_dir, batch(), attn="eager", monkeypatch=monkeypatch)
 
 
 def test_shared_prefix_update_equals_unshared_one_micro_batch(tiny_model_dir):
     assert_same_update(tiny_model_dir, batch(), mb=8)
 
 
-def test_shared_prefix_update_equals_unshared_qwen2(tiny_qwen2_dir):
-    assert_same_update(tiny_qwen2_dir, batch())
+def test_shared_prefix_update_equals_unshared_qwen2(tiny_qwen2_dir, monkeypatch):
+    assert_same_update(tiny_qwen2_dir, batch(), monkeypatch=monkeypatch)
+
+
+def test_shared_prefix_update_with_the_full_mask_equals_blockwise(tiny_model_dir, monkeypatch):
+    """The GPU's path (one masked sdpa call per layer) gives the CPU's update too."""
+    blockwise, masked = learner(tiny_model_dir, True), learner(tiny_model_dir, True)
+    masked.blockwise_attention = False
+    calls = count_blockwise_rows(monkeypatch)
+    (s1, g1) = grads_after_step(blockwise, batch())
+    used = calls[0]
+    (s2, g2) = grads_after_step(masked, batch())
+    assert used > 0 and calls[0] == used  # only the first learner went block by block
+    assert s1.loss == pytest.approx(s2.loss, rel=1e-5)
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6), n
+
+
+def masked_reference(q, k, v, segments):
+    """sdpa under the packed rows' block mask, as _packed_loss_sum builds it."""
+    seg = torch.tensor(segments)
+    width = len(segments)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & ((seg[:, None] == seg[None, :]) | (seg[None, :] == 0)) & (seg[None] >= 0)
+    allowed |= torch.eye(width, dtype=torch.bool)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, enable_gqa=True
+    )
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        [0] * 5 + [1] * 4 + [2] * 6,  # prefix, two stances
+        [0] * 3 + [1] * 2 + [2] * 3 + [3] * 2 + [-1] * 3,  # three continuations, padding
+        [1] * 4 + [2] * 5,  # no common prefix
+        [0] * 7 + [-1] * 2,  # a single sequence (its own prefix), padded
+    ],
+)
+def test_blockwise_attention_equals_the_block_mask(segments):
+    """Outputs and q/k/v gradients equal the masked computation at every real position
+    (grouped-query heads: 4 query heads over 2 key/value heads)."""
+    lay = packed_attention.row_layout(segments)
+    assert lay is not None
+    gen = torch.Generator().manual_seed(0)
+    n = len(segments)
+    q, k, v = (torch.randn(1, h, n, 8, generator=gen, requires_grad=True) for h in (4, 2, 2))
+    real = torch.tensor([s >= 0 for s in segments])
+    got, _ = packed_attention.packed_sdpa(None, q, k, v, None, packed_layout=[lay])
+    got = got.transpose(1, 2)  # back to [batch, heads, length, dim]
+    want = masked_reference(q, k, v, segments)
+    assert torch.allclose(got[:, :, real], want[:, :, real], atol=1e-6)
+    weights = torch.randn(want.shape, generator=gen) * real[None, None, :, None]
+    g_got = torch.autograd.grad((got * weights).sum(), (q, k, v))
+    g_want = torch.autograd.grad((want * weights).sum(), (q, k, v))
+    for a, b in zip(g_got, g_want):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_row_layout_refuses_rows_it_cannot_split():
+    assert packed_attention.row_layout([0, 0, 1, 1, 2, -1]) == packed_attention.RowLayout(2, (2, 1))
+    assert packed_attention.row_layout([0, 1, 0, 1]) is None  # prefix token after a stance
+    assert packed_attention.row_layout([0, 1, 2, 1]) is None  # a stance split in two
+    assert packed_attention.row_layout([0, 1, -1, 2]) is None  # a token after padding
 
 
 def test_a_wrong_mask_is_caught(tiny_model_dir):
@@ -179,6 +259,17 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir):
     assert s1.loss == pytest.approx(s2.loss, rel=1e-6)
     for n in g1:
         assert torch.allclose(g1[n], g2[n], rtol=1e-5, atol=1e-7), n
+
+
+def test_gradient_checkpointing_with_the_shared_prefix(tiny_model_dir):
+    """Checkpointed layers recompute under plain sdpa and the full mask, after the
+    blockwise forward: the update is the same."""
+    base = learner(tiny_model_dir, True)
+    ckpt = learner(tiny_model_dir, True, gradient_checkpointing=True)
+    (s1, g1), (s2, g2) = grads_after_step(ckpt, batch()), grads_after_step(base, batch())
+    assert s1.loss == pytest.approx(s2.loss, rel=1e-5)
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6), n
 
 
 def test_a_gpu_plans_fewer_passes_than_a_cpu():

@@ -45,6 +45,16 @@ def bench_levers(s: BenchSettings) -> dict:
         k: v["seconds_per_step"] for k, v in timed.items()
     }
     out["shared_prefix_update_tokens_per_s"] = {k: v["tokens_per_s"] for k, v in timed.items()}
+    # 1c. The packed rows' attention: one masked sdpa call per layer, then block by block
+    #     (the prefix causal, each stance against prefix + itself; CPU learners only).
+    if learner.blockwise_attention:
+        timed = {}
+        for label, blockwise in (("before", False), ("after", True)):
+            learner.blockwise_attention = blockwise
+            timed[label] = _timed_steps(lambda: learner.train_step(seqs).n_tokens, s.steps)
+        out["blockwise_attention_update_seconds_per_step"] = {
+            k: v["seconds_per_step"] for k, v in timed.items()
+        }
     learner.cfg.learner.max_seq_len = s.max_len
     # 2. Early stop at the final answer, torch batched generation of 192-token answers.
     chats = [gsm8k.learner_chat(e.question) for e in gsm8k.load("bundled")[0][: s.batch]]

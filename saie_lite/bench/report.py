@@ -191,6 +191,10 @@ def markdown(r: dict) -> str:
                 "shared_prefix_update_seconds_per_step",
                 "SAIE update seconds per step: stance sequences share their prefix",
             ),
+            (
+                "blockwise_attention_update_seconds_per_step",
+                "SAIE update seconds per step: packed rows' attention block by block",
+            ),
             ("early_stop_generate_seconds", "answer batch seconds: early stop at the final answer"),
             ("remark_seconds_each", "seconds per remark: shared-prefix KV reuse"),
             ("batched_remark_seconds_each", "seconds per remark: batched decoding"),
