@@ -83,6 +83,11 @@ class LearnerConfig:
         "adapter (export the base once, then only the LoRA adapter, applied by llama.cpp "
         "at run time: a refresh costs milliseconds, so snapshot_every=1 stays cheap)",
     )
+    snapshot_gpu_layers: int = _f(
+        0,
+        "layers of the llama.cpp snapshot offloaded to CUDA/Metal (needs a GPU build of "
+        "llama-cpp-python); -1 = all, 0 = CPU",
+    )
     generate_on: str = _f(
         "auto",
         "where learner answers come from: local (the learner itself) | snapshot (llama.cpp "
@@ -118,6 +123,7 @@ class LearnerConfig:
             self.snapshot_quant in ("q8_0", "q4_0", "f16", "f32"),
             "learner.snapshot_quant: q8_0 | q4_0 | f16 | f32",
         )
+        _check(self.snapshot_gpu_layers >= -1, "learner.snapshot_gpu_layers must be >= -1")
         _check(
             self.snapshot_refresh in ("merge", "adapter"),
             "learner.snapshot_refresh: merge | adapter",

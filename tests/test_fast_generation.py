@@ -73,12 +73,16 @@ def test_snapshot_refreshes_every_n_updates_and_is_reused_on_resume(tiny_model_d
     snap.generate([CHAT], 4)
     assert snap.refreshes == 2 and json.loads(meta.read_text())["step"] == 2
     assert snap.step == learner.step == 2  # everything but generation is the learner's
+    assert snap.llm.model_params.n_gpu_layers == 0  # learner.snapshot_gpu_layers' default
     # A resumed run at step 3 loads the step-2 snapshot instead of re-exporting.
     written = snap.path.stat().st_mtime_ns
     learner.step = 3
+    cfg.learner.snapshot_gpu_layers = -1  # all layers: a CPU build of llama.cpp keeps them
     again = SnapshotAnswers(learner, cfg, tmp_path / "snapshot")
     again.generate([CHAT], 4)
     assert again.path.stat().st_mtime_ns == written and again.snap_step == 2
+    # llama-cpp-python passes -1 on as "every layer" (INT32_MAX)
+    assert again.llm.model_params.n_gpu_layers in (-1, 2**31 - 1)
 
 
 def test_lora_factors_on_the_base_weights_give_peft_merge(tiny_model_dir):

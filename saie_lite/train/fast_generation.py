@@ -69,6 +69,7 @@ class SnapshotAnswers:
         self.dir = Path(directory)
         self.n_ctx = lc.max_seq_len + lc.max_new_tokens
         self.n_threads = cfg.partner.n_threads or os.cpu_count() or 1
+        self.gpu_layers = lc.snapshot_gpu_layers
         self.hint = lc.model + (" smollm2" if lc.model == "embedded" else "")
         self.llm = None
         self.decoder = None
@@ -204,6 +205,9 @@ class SnapshotAnswers:
             n_ctx=512,
             n_threads=self.n_threads,
             n_batch=512,
+            # On a GPU build of llama.cpp the snapshot decodes there; a CPU build
+            # ignores it. A LoRA adapter loaded later follows its layers' device.
+            n_gpu_layers=self.gpu_layers,
             verbose=False,
         )
         # A batch of answers decodes together: one step reads the weights once for all.
