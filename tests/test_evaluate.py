@@ -182,9 +182,7 @@ def test_repeated_question_keeps_its_own_id(tmp_path, gsm8k_rows):
 
 def test_compare_refuses_old_and_broken_summaries(tmp_path):
     out = tmp_path / "a"
-    r = runner.invoke(
-        app, ["eval", "--backend", "scripted", "--limit", "3", "--out", str(out)]
-    )
+    r = runner.invoke(app, ["eval", "--backend", "scripted", "--limit", "3", "--out", str(out)])
     assert r.exit_code == 0, r.output
     good = json.loads((out / "summary.json").read_text())
     cases = {
@@ -221,9 +219,7 @@ def test_compare_refuses_old_and_broken_summaries(tmp_path):
     )
     # Running the same eval again rewrites an old summary with content ids, redoing nothing.
     (out / "summary.json").write_text(json.dumps(cases["old"][0]))
-    r = runner.invoke(
-        app, ["eval", "--backend", "scripted", "--limit", "3", "--out", str(out)]
-    )
+    r = runner.invoke(app, ["eval", "--backend", "scripted", "--limit", "3", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert json.loads((out / "summary.json").read_text())["items"] == good["items"]
 

@@ -86,12 +86,7 @@ def test_no_module_imports_one_that_imports_it_back():
 
 
 def test_lower_layers_never_import_higher_ones():
-    bad = [
-        f"{m} -> {d}"
-        for m, deps in _graph().items()
-        for d in deps
-        if _layer(d) > _layer(m)
-    ]
+    bad = [f"{m} -> {d}" for m, deps in _graph().items() for d in deps if _layer(d) > _layer(m)]
     assert bad == []
 
 

@@ -336,7 +336,9 @@ def test_one_refused_remark_is_recorded_missing_and_training_goes_on(tmp_path):
     # the other three discussions of that batch were trained on
     first = [h for h in learner.history if h["call"] == "train_step"][0]
     assert len(first["sequences"]) == 3
-    assert f"note: {rows[0][0]} turn 1 ({rows[0][1]}): no remark ({reason}), discussion skipped" in out
+    assert (
+        f"note: {rows[0][0]} turn 1 ({rows[0][1]}): no remark ({reason}), discussion skipped" in out
+    )
     assert "| 1 missing remark eta" in out
     assert "missing remarks: 1 (partner gave no text; those discussions were skipped)" in out
     # the missing remark was not cached: a resumed run would ask for it again
@@ -347,8 +349,13 @@ def test_one_refused_remark_is_recorded_missing_and_training_goes_on(tmp_path):
 def test_missing_share_over_the_limit_stops(tmp_path):
     with pytest.raises(PartnerError) as e:
         _one_refusal_run(tmp_path, 0.2)
-    assert "returned a refusal: 'I still will not.' for 1 of 4 remarks of this batch, more " in str(e.value)
-    assert "partner.max_missing_share=0.2 (after 2 attempts each); checkpoint saved at update 0" in str(e.value)
+    assert "returned a refusal: 'I still will not.' for 1 of 4 remarks of this batch, more " in str(
+        e.value
+    )
+    assert (
+        "partner.max_missing_share=0.2 (after 2 attempts each); checkpoint saved at update 0"
+        in str(e.value)
+    )
     assert checkpoint.latest(tmp_path) is not None
 
 

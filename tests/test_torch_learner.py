@@ -267,7 +267,11 @@ def test_real_bf16_learner_scores_choices_in_float32():
         pytest.skip("shared data not beside the checkout")
     exs = commonsense_qa.load(str(data))[0][:3]
     cfg = cfg_mod.build(
-        overrides={"learner.model": "embedded", "learner.dtype": "bfloat16", "learner.device": "cpu"}
+        overrides={
+            "learner.model": "embedded",
+            "learner.dtype": "bfloat16",
+            "learner.device": "cpu",
+        }
     )
     learner = torch_peft.TorchLearner(cfg)
     chats = [commonsense_qa.learner_chat(e.question) for e in exs]

@@ -59,9 +59,7 @@ def main() -> None:
                 chats.append(chat)
                 keys.append((x, a, stance))
         remarks = partner.remark(chats, args.max_tokens)
-        diags = [
-            (st, remark_diagnostics(gsm8k, r, a, st)) for (x, a, st), r in zip(keys, remarks)
-        ]
+        diags = [(st, remark_diagnostics(gsm8k, r, a, st)) for (x, a, st), r in zip(keys, remarks)]
         r = rates(diags)
         same = sum(remarks[i] == remarks[i + 1] for i in range(0, len(remarks), 2))
         print(f"{label}: {rates_line(r)}")

@@ -93,13 +93,13 @@ def compare(a: dict, b: dict, shared_only: bool = False) -> dict:
     # Continuous metrics both evaluations hold for every shared item: paired t-test and
     # Wilcoxon signed-rank, with the mean difference B - A and its interval.
     names = [
-        m for m in ("nll", "rouge") if all(m in (ia[i].get("metrics") or {}) for i in ids)
+        m
+        for m in ("nll", "rouge")
+        if all(m in (ia[i].get("metrics") or {}) for i in ids)
         and all(m in (ib[i].get("metrics") or {}) for i in ids)
     ]
     out["metrics"] = {
-        m: paired_continuous(
-            [ia[i]["metrics"][m] for i in ids], [ib[i]["metrics"][m] for i in ids]
-        )
+        m: paired_continuous([ia[i]["metrics"][m] for i in ids], [ib[i]["metrics"][m] for i in ids])
         for m in names
     }
     return out

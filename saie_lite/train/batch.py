@@ -71,7 +71,9 @@ def get_remarks(
             if not isinstance(text, MissingRemark) and not is_degenerate(text):
                 store.cache_remark(keys[i], partner.name, chats[i], text)
                 found[i] = text
-    return [f if f is not None else "" for f in found], [i not in fetched for i in range(len(chats))]
+    return [f if f is not None else "" for f in found], [
+        i not in fetched for i in range(len(chats))
+    ]
 
 
 def account_missing(ctx: RunContext, remarks: list[str]) -> None:

@@ -183,4 +183,3 @@ def load(
 def _why(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return f"unreadable ({text[:120]})"
-
