@@ -104,8 +104,13 @@ def _register() -> None:
     global _registered
     if not _registered:
         from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
 
         AttentionInterface.register(NAME, packed_sdpa)
+        # Masks are built as for sdpa: a forward pass given a 2D padding mask while the
+        # name is set would otherwise get no mask at all (transformers skips masks for
+        # names it does not know), and plain sdpa would then ignore the padding.
+        AttentionMaskInterface.register(NAME, AttentionMaskInterface._global_mapping["sdpa"])
         _registered = True
 
 
@@ -113,7 +118,9 @@ def _register() -> None:
 def packed_forward(config):
     """While open, the model's attention runs through ``packed_sdpa`` (pass
     ``packed_layout=`` to the forward call); the configured implementation is restored
-    on exit, so every other caller sees it unchanged."""
+    on exit. The switch is the model's, not the thread's: no other forward pass of the
+    same model may run meanwhile (none does: the loop's overlap worker only prepares
+    discussions whose answers come from a llama.cpp snapshot, never from this model)."""
     _register()
     before = config._attn_implementation
     config._attn_implementation = NAME

@@ -355,7 +355,7 @@ class TorchLearner(ChatTokenLearner):
             and base.config._attn_implementation == "sdpa"
             # a checkpointed layer would recompute under plain sdpa, whose saved
             # tensors differ from the blockwise forward's (torch refuses that)
-            and not base.is_gradient_checkpointing
+            and not checkpointing(base)
             and all(layouts)
         ):
             with packed_forward(base.config):
@@ -542,6 +542,12 @@ def packing_supported(config) -> bool:
         and getattr(config, "_attn_implementation", None) in ("sdpa", "eager")
         and not getattr(config, "use_sliding_window", False)
     )
+
+
+def checkpointing(model) -> bool:
+    """Whether activation checkpointing is on (transformers 5 renamed the property)."""
+    on = getattr(model, "is_activation_checkpointing", None)
+    return bool(model.is_gradient_checkpointing if on is None else on)
 
 
 def masked_ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -200,6 +200,26 @@ def test_blockwise_attention_equals_the_block_mask(segments):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_blockwise_attention_in_half_precision(dtype):
+    """``learner.dtype: auto`` can pick bf16 on a CPU with bf16 units: in half precision
+    the blockwise path is as close to a float32 reference as the masked call is."""
+    segments = [0] * 6 + [1] * 5 + [2] * 7 + [-1] * 2
+    lay = packed_attention.row_layout(segments)
+    gen = torch.Generator().manual_seed(3)
+    n = len(segments)
+    q, k, v = (torch.randn(1, h, n, 16, generator=gen) for h in (4, 2, 2))
+    real = torch.tensor([s >= 0 for s in segments])
+    ref = masked_reference(q, k, v, segments)[:, :, real]
+    half = [t.to(dtype) for t in (q, k, v)]
+    got, _ = packed_attention.packed_sdpa(None, *half, None, packed_layout=[lay])
+    got = got.transpose(1, 2)[:, :, real].float()
+    masked = masked_reference(*half, segments)[:, :, real].float()
+    err_blockwise = (got - ref).abs().max()
+    err_masked = (masked - ref).abs().max()
+    assert err_blockwise <= 2 * err_masked + 1e-3, (err_blockwise, err_masked)
+
+
 def test_row_layout_refuses_rows_it_cannot_split():
     assert packed_attention.row_layout([0, 0, 1, 1, 2, -1]) == packed_attention.RowLayout(2, (2, 1))
     assert packed_attention.row_layout([0, 1, 0, 1]) is None  # prefix token after a stance
@@ -261,12 +281,18 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir):
         assert torch.allclose(g1[n], g2[n], rtol=1e-5, atol=1e-7), n
 
 
-def test_gradient_checkpointing_with_the_shared_prefix(tiny_model_dir):
-    """Checkpointed layers recompute under plain sdpa and the full mask, after the
-    blockwise forward: the update is the same."""
+def test_gradient_checkpointing_with_the_shared_prefix(tiny_model_dir, monkeypatch):
+    """Under activation checkpointing the packed rows keep the one masked sdpa call (a
+    checkpointed layer's recompute must save what its forward pass saved): the prefix is
+    still shared, no row goes block by block, and the update is the same."""
     base = learner(tiny_model_dir, True)
     ckpt = learner(tiny_model_dir, True, gradient_checkpointing=True)
-    (s1, g1), (s2, g2) = grads_after_step(ckpt, batch()), grads_after_step(base, batch())
+    assert ckpt.shares_prefix() and torch_peft.checkpointing(ckpt.model.get_base_model())
+    calls = count_blockwise_rows(monkeypatch)
+    s1, g1 = grads_after_step(ckpt, batch())
+    assert calls[0] == 0
+    s2, g2 = grads_after_step(base, batch())
+    assert calls[0] > 0  # the learner without checkpointing went block by block
     assert s1.loss == pytest.approx(s2.loss, rel=1e-5)
     for n in g1:
         assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-6), n

@@ -205,8 +205,8 @@ class SnapshotAnswers:
             n_ctx=512,
             n_threads=self.n_threads,
             n_batch=512,
-            # On a GPU build of llama.cpp the snapshot decodes there; a CPU build
-            # ignores it. A LoRA adapter loaded later follows its layers' device.
+            # On a GPU build of llama.cpp the snapshot decodes there (llama.cpp puts a
+            # LoRA adapter's tensors with their layers); a CPU build ignores it.
             n_gpu_layers=self.gpu_layers,
             verbose=False,
         )
