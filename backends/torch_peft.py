@@ -337,7 +337,8 @@ class TorchLearner(ChatTokenLearner):
         ids = torch.tensor([r.ids + [pad] * (width - len(r.ids)) for r in rows], device=dev)
         pos = torch.tensor([r.positions + [0] * (width - len(r.ids)) for r in rows], device=dev)
         # Padding gets segment -1 and sees only itself (a fully masked row would give NaN).
-        seg = torch.tensor([r.segments + [-1] * (width - len(r.ids)) for r in rows], device=dev)
+        segments = [r.segments + [-1] * (width - len(r.ids)) for r in rows]
+        seg = torch.tensor(segments, device=dev)
         causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
         same = seg[:, :, None] == seg[:, None, :]
         allowed = causal & (same | (seg[:, None, :] == 0)) & (seg[:, None, :] >= 0)
@@ -345,19 +346,12 @@ class TorchLearner(ChatTokenLearner):
         # sdpa takes a boolean mask whatever the activations' dtype (a QLoRA model mixes
         # float32 and bf16); eager attention adds the mask, so it gets a float one.
         mask = allowed[:, None]
-        if self.model.get_base_model().config._attn_implementation == "eager":
+        base = self.model.get_base_model()
+        if base.config._attn_implementation == "eager":
             mask = torch.zeros(mask.shape, device=dev).masked_fill(~mask, torch.finfo().min)
         decoder, head = self.split_head
-        base = self.model.get_base_model()
-        layouts = [row_layout(r.segments + [-1] * (width - len(r.ids))) for r in rows]
-        if (
-            self.blockwise_attention
-            and base.config._attn_implementation == "sdpa"
-            # a checkpointed layer would recompute under plain sdpa, whose saved
-            # tensors differ from the blockwise forward's (torch refuses that)
-            and not checkpointing(base)
-            and all(layouts)
-        ):
+        layouts = [row_layout(x) for x in segments]
+        if self.attends_blockwise() and all(layouts):
             with packed_forward(base.config):
                 out = decoder(
                     input_ids=ids,
@@ -384,6 +378,17 @@ class TorchLearner(ChatTokenLearner):
             and self.cfg.learner.lora_dropout == 0
             and self.split_head is not None
             and packing_supported(self.model.get_base_model().config)
+        )
+
+    def attends_blockwise(self) -> bool:
+        """Whether packed rows' attention runs block by block (packed_attention.py)."""
+        base = self.model.get_base_model()
+        return (
+            self.blockwise_attention
+            and base.config._attn_implementation == "sdpa"
+            # a checkpointed layer would recompute under plain sdpa, whose saved
+            # tensors differ from the blockwise forward's (torch refuses that)
+            and not checkpointing(base)
         )
 
     def train_step(self, sequences: list[TrainSequence]) -> StepStats:

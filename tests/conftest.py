@@ -95,56 +95,67 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+def _random_model_dir(tokenizer_dir: Path, factory, name: str, build) -> Path:
+    """A random model from ``build(tokenizer)`` (seed 0), saved with the tiny tokenizer."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoTokenizer
+
+    out = factory.mktemp(name)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    build(tok).save_pretrained(out, safe_serialization=True)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A 2+2-layer random T5 (encoder-decoder) sharing the tiny BPE tokenizer."""
-    torch = pytest.importorskip("torch")
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+    pytest.importorskip("torch")
+    from transformers import T5Config, T5ForConditionalGeneration
 
-    out = tmp_path_factory.mktemp("tiny-t5")
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    cfg = T5Config(
-        vocab_size=len(tok),
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        decoder_start_token_id=tok.pad_token_id,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    T5ForConditionalGeneration(cfg).save_pretrained(out, safe_serialization=True)
-    return out
+    def build(tok):
+        return T5ForConditionalGeneration(
+            T5Config(
+                vocab_size=len(tok),
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_decoder_layers=2,
+                num_heads=4,
+                decoder_start_token_id=tok.pad_token_id,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
+        )
+
+    return _random_model_dir(tiny_model_dir, tmp_path_factory, "tiny-t5", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A 2-layer random Qwen2 (q/k/v biases, grouped-query attention, tied embedding)
     sharing the tiny BPE tokenizer."""
-    torch = pytest.importorskip("torch")
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    pytest.importorskip("torch")
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    out = tmp_path_factory.mktemp("tiny-qwen2")
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    cfg = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    Qwen2ForCausalLM(cfg).save_pretrained(out, safe_serialization=True)
-    return out
+    def build(tok):
+        return Qwen2ForCausalLM(
+            Qwen2Config(
+                vocab_size=len(tok),
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+                tie_word_embeddings=True,
+            )
+        )
+
+    return _random_model_dir(tiny_model_dir, tmp_path_factory, "tiny-qwen2", build)
 
 
 def _free_port() -> int:

@@ -50,9 +50,7 @@ def bench_levers(s: BenchSettings) -> dict:
     #     (the prefix causal, each stance against prefix + itself; CPU learners only).
     #     The gain is a few percent, less than this shared VM drifts between blocks of
     #     steps, so the two settings alternate step by step.
-    learner.cfg.train.share_prefix = True
-    attn = learner.model.get_base_model().config._attn_implementation
-    if learner.blockwise_attention and learner.shares_prefix() and attn == "sdpa":
+    if learner.shares_prefix() and learner.attends_blockwise():  # share_prefix on from 1b
         learner.train_step(seqs)  # warm-up
         spent = {"before": 0.0, "after": 0.0}
         for _ in range(s.steps):
