@@ -70,7 +70,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
         assert blockwise["before"] > 0 and blockwise["after"] > 0
     else:
         assert blockwise is None
-    assert ("tokens_per_s" in res["trl"]) or ("skipped" in res["trl"])
+    _check_trl(res["trl"])
     assert report["versions"]["torch"] and report["peak_rss_mb"] > 0
     md = (out / "bench.md").read_text()
     assert "| update tokens/s, ours fp32 |" in md
@@ -97,11 +97,20 @@ def test_bench_rejects_unknown_part(tmp_path):
     )
 
 
-def test_bench_cuda_refused_in_one_line_without_a_gpu(tmp_path):
+def _check_trl(part: dict) -> None:
+    """TRL measured where it is installed; "skipped" only where it is not."""
+    import importlib.util
+
+    if importlib.util.find_spec("trl"):
+        assert part.get("tokens_per_s", 0) > 0, part
+    else:
+        assert "skipped" in part
+
+
+def test_bench_cuda_refused_in_one_line_without_a_gpu(tmp_path, monkeypatch):
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # same verdict with a GPU
     r = CliRunner().invoke(app, ["bench", "--device", "cuda", "--out", str(tmp_path)])
     assert r.exit_code == 2
     lines = r.output.strip().splitlines()
@@ -158,7 +167,7 @@ def test_cuda_bench_parts_run_end_to_end_on_the_cpu(tiny_model_dir, tmp_path):
     assert ours["saie_update_shared"]["seconds_per_step"] > 0
     assert ours["export_merge_ok"] and (tmp_path / "merged-none" / "config.json").is_file()
     trl = _trl_cuda(s, model_dir, "none", device="cpu")
-    assert trl.get("tokens_per_s", 0) > 0 or "skipped" in trl
+    _check_trl(trl)
     saie = _saie_cuda(s, model_dir, tmp_path / "saie", device="cpu")
     for run in ("saie", "saie_fast", "saie_fast_overlap"):
         assert saie[f"ratio_{run}_over_sft"] > 0, run

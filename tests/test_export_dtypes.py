@@ -83,7 +83,19 @@ def test_mlx_from_each_dtype(run_in, tmp_path):
     out = tmp_path / "mlx"
     r = runner.invoke(app, ["export", str(run), "--to", "mlx", "--out", str(out)])
     assert r.exit_code == 0, r.output
+    hf = tmp_path / "hf"
+    assert runner.invoke(app, ["export", str(run), "--to", "hf", "--out", str(hf)]).exit_code == 0
+    import mlx.core as mx
     from mlx_lm import load
+    from transformers import AutoModelForCausalLM
 
     model, tok = load(str(out))
-    assert model is not None and tok is not None
+    # The same weights in both exports: evaluated in float32 on both sides, the MLX
+    # model's logits equal the merged HF model's (a mis-converted tensor would not).
+    model.set_dtype(mx.float32)
+    ids = tok.encode("What is 12 times 3?")
+    got = np.array(model(mx.array([ids]))[0, -1])
+    ref = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits[0, -1].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-3)

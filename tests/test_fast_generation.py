@@ -211,11 +211,17 @@ def test_snapshot_record_of_an_older_run_is_reused_and_a_changed_refresh_rebuild
     other._close()
 
 
-def test_snapshot_refuses_qlora_and_seq2seq(tiny_model_dir, tmp_path):
+def test_snapshot_refuses_qlora_and_seq2seq(tiny_model_dir, tiny_t5_dir, tmp_path):
     learner = torch_peft.TorchLearner(_cfg(tiny_model_dir))
     learner.quantized = True
     with pytest.raises(UserError, match="cannot merge a 4-bit"):
         SnapshotAnswers(learner, _cfg(tiny_model_dir), tmp_path)
+    # llama.cpp runs decoder-only models: a T5 learner keeps torch generation
+    t5 = torch_peft.TorchLearner(_cfg(tiny_t5_dir))
+    assert t5.seq2seq
+    with pytest.raises(UserError, match="decoder-only model"):
+        SnapshotAnswers(t5, _cfg(tiny_t5_dir), tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_answer_end_for_early_stop():

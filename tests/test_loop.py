@@ -56,7 +56,8 @@ def test_discussion_sequence_masks_context_and_targets_reference(examples, tmp_p
     roles = [m["role"] for m in seq.context]
     assert roles == ["system", "user", "assistant", "user"]
     assert seq.context[2]["content"] == "I think 1.\n#### 1"
-    assert "Well done" in seq.context[3]["content"] or "Are you sure" in seq.context[3]["content"]
+    want = {"supportive": "Well done", "adversarial": "Are you sure"}[seq.kind]
+    assert want in seq.context[3]["content"]  # the remark of the sequence's own stance
     assert seq.target.endswith(
         "#### " + next(e.answer for e in examples if e.question == seq.context[1]["content"])
     )

@@ -67,7 +67,13 @@ def cfg_with(**over):
 
 def test_eval_stores_metrics_per_item_with_intervals(tmp_path):
     exs = gsm8k.load("bundled")[0][:4]
-    agent = ScriptedLearner()
+    nlls = {ex.reference: v for ex, v in zip(exs, (0.7, 1.3, 2.9, 0.4))}
+
+    class KnownNLL(ScriptedLearner):
+        def nll(self, chats, targets):  # each reference's own value, whatever the order
+            return [nlls[t] for t in targets]
+
+    agent = KnownNLL()
     agent.enqueue(exs[0].reference, "nothing here", "The answer is 3.", exs[3].reference)
     store = Store(tmp_path / "saie.sqlite")
     s = evaluate(cfg_with(), gsm8k, exs, [agent], store, "e", tmp_path)
@@ -75,7 +81,8 @@ def test_eval_stores_metrics_per_item_with_intervals(tmp_path):
     rows = store.eval_items("e")
     assert [r["metrics"]["rouge"] for r in rows][0] == 1.0  # the reference itself
     assert rows[1]["metrics"]["rouge"] == 0.0
-    assert rows[0]["metrics"]["nll"] == pytest.approx((1 + len(exs[0].reference.split()) % 5) / 1)
+    assert [r["metrics"]["nll"] for r in rows] == [0.7, 1.3, 2.9, 0.4]  # each item its own
+    assert s["metrics"]["nll"]["mean"] == pytest.approx(1.325)
     r = s["metrics"]["rouge"]
     assert r["n"] == 4 and r["ci95"][0] < r["mean"] < r["ci95"][1]
     saved = json.loads((tmp_path / "summary.json").read_text())

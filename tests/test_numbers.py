@@ -93,7 +93,9 @@ def test_gsm8k_gold_of_any_length():
 def test_no_slow_input(text):
     t0 = time.perf_counter()
     numbers.extract_strict(text), numbers.extract_flexible(text), numbers.answer_end(text)
-    assert time.perf_counter() - t0 < 1.0
+    # milliseconds when linear; a backtracking pattern takes minutes on 100k characters,
+    # so a generous bound still catches it on a busy machine
+    assert time.perf_counter() - t0 < 10.0
 
 
 def test_answer_end_for_early_stop():

@@ -473,7 +473,9 @@ def test_choice_reading_is_fast_on_adversarial_input():
     for spec in ("choice", "exact", "contains"):
         check = make_check(spec)
         check.score(text, "b"), check.answer_end(text)
-    assert time.perf_counter() - t0 < 1.0
+    # milliseconds when linear; a backtracking pattern takes minutes on 100k characters,
+    # so a generous bound still catches it on a busy machine
+    assert time.perf_counter() - t0 < 10.0
 
 
 def test_presets_read_the_same_through_the_own_data_path():
@@ -489,9 +491,7 @@ def test_presets_read_the_same_through_the_own_data_path():
     for reply in ("so 5\n#### 1,234.00", f"The answer is {preset[0].answer}", "no idea"):
         assert task.score(reply, own[0].answer) == gsm8k.score(reply, preset[0].answer)
 
-    csqa = Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense_qa" / "dev.jsonl"
-    if not csqa.is_file():
-        pytest.skip("shared data not beside the checkout")
+    csqa = Path(__file__).parent / "data" / "csqa_sample.jsonl"
     preset = commonsense_qa.load(str(csqa))[0]
     _, own, _, data = load(csqa, answer_field="answerKey")
     assert data.check == "choice"

@@ -126,9 +126,29 @@ def test_logs_remarks_refuses_a_non_run(tmp_path):
     assert r.exit_code == 2 and r.output.count("\n") == 1
 
 
-@pytest.mark.parametrize("kind", ["plain", "quiet"])
+@pytest.mark.parametrize("kind", ["plain", "rich"])
 def test_views_accept_exchanges_without_diagnostics(kind):
-    from saie_lite.ui.train_view import make_view
+    """A discussion exchange from a run stored before remark diagnostics existed (no
+    ``diagnostics`` key) is shown in full, with no warning and nothing tallied."""
+    from rich.console import Console
 
-    v = make_view(kind)
-    v.on_exchange({"phase": "warmup", "example": gsm8k.load("bundled")[0][0], "target": "x"})
+    from saie_lite.ui.train_view import PlainView, RichView
+
+    out = io.StringIO()
+    v = PlainView(out) if kind == "plain" else RichView(Console(file=out, width=200))
+    ex = gsm8k.load("bundled")[0][0]
+    v.on_exchange(
+        {
+            "phase": "discussion",
+            "example": ex,
+            "answer": "so it is 7\n#### 7",
+            "correct": False,
+            "remarks": [("supportive", "Nice work, 7 it is.", False),
+                        ("adversarial", "Check the sum again.", True)],
+            "target": ex.reference,
+        }
+    )  # fmt: skip
+    text = out.getvalue()
+    assert "so it is 7" in text and "WRONG" in text
+    assert "Nice work, 7 it is." in text and "Check the sum again." in text
+    assert "warning" not in text and v.tally.diags == []

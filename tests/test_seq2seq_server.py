@@ -50,6 +50,14 @@ def test_t5_learner_masks_trains_and_generates(tiny_t5_dir):
     assert losses[-1] < losses[0]
     outs = learner.generate([CTX, CTX[:2]], 8)
     assert len(outs) == 2 and learner.tokens_generated > 0
+    # each batched reply is the trained model's own greedy reply to that chat alone
+    import torch
+
+    for chat, got in zip([CTX, CTX[:2]], outs):
+        ids = torch.tensor([learner.chat.prompt_ids(chat)])
+        with torch.no_grad():
+            ref = learner.model.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
+        assert got == learner.tok.decode(ref[0], skip_special_tokens=True).strip()
 
 
 def test_t5_with_scripted_partner_through_the_loop(tiny_t5_dir, tmp_path):

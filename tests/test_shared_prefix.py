@@ -120,13 +120,16 @@ def test_shared_prefix_update_equals_unshared_on_cuda(tiny_model_dir, attn):
     assert_same_update(tiny_model_dir, batch(), attn=attn, device="cuda")
 
 
-@CUDA
-def test_shared_prefix_update_close_to_unshared_on_cuda_bf16(tiny_model_dir):
-    """bf16, as the GPU runs train: equal up to bf16 rounding (the two paths sum in a
-    different order), far closer than a wrong mask (test below) moves the loss."""
-    shared, plain = (learner(tiny_model_dir, sh, 2, "cuda", "bfloat16") for sh in (True, False))
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_shared_prefix_update_close_to_unshared_bf16(tiny_model_dir, device, monkeypatch):
+    """bf16, as a GPU (or a CPU with bf16 units under `dtype: auto`) trains: equal up to
+    bf16 rounding (the two paths sum in a different order), far closer than a wrong mask
+    (test below) moves the loss. On the CPU the packed rows go block by block."""
+    shared, plain = (learner(tiny_model_dir, sh, 2, device, "bfloat16") for sh in (True, False))
     assert shared.shares_prefix()
+    calls = count_blockwise_rows(monkeypatch)
     (s1, g1), (s2, g2) = grads_after_step(shared, batch()), grads_after_step(plain, batch())
+    assert calls[0] > 0 if device == "cpu" else calls[0] == 0
     assert s1.loss == pytest.approx(s2.loss, rel=1e-2)
     for n in g1:
         a, b = g1[n].float().flatten(), g2[n].float().flatten()
