@@ -46,6 +46,7 @@ class TorchLearner(ChatTokenLearner):
         if not self.quantized:
             hide_bitsandbytes()
         from peft import LoraConfig, get_peft_model
+        from safetensors import SafetensorError
         from transformers import (
             AutoConfig,
             AutoModelForCausalLM,
@@ -69,9 +70,14 @@ class TorchLearner(ChatTokenLearner):
             self.seq2seq = bool(getattr(arch, "is_encoder_decoder", False))
             auto = AutoModelForSeq2SeqLM if self.seq2seq else AutoModelForCausalLM
             base = auto.from_pretrained(path, **kwargs)
-        except (OSError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"could not load learner model {lc.model!r}: {first[:200]}") from None
+        except (OSError, ValueError, SafetensorError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")
+            if isinstance(e, SafetensorError):
+                first = f"a weights file is damaged or incomplete ({first})"
+            raise UserError(
+                f"could not load learner model {lc.model!r}: {first[:200]}; a local model "
+                "needs config.json, tokenizer files and complete *.safetensors weights"
+            ) from None
         if not self.quantized:
             base.to(self.device)
         else:

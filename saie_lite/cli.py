@@ -35,6 +35,11 @@ class _App(typer.Typer):
                         f"{e.strerror or type(e).__name__}{where}: check the path, its "
                         "permissions and free space, then run the command again"
                     )
+                except Exception as e:
+                    line = _storage_failure(e)
+                    if line is None:
+                        raise  # a bug: its traceback is what a report needs
+                    fail(line)
 
             return register(guarded)
 
@@ -46,6 +51,24 @@ app = _App(
     no_args_is_help=True,
     help="saie-lite: fine-tune a small LM from supportive and adversarial discussions (SAIE).",
 )
+
+
+def _storage_failure(
+    e: Exception,
+    again: str = "run the command again; a stopped train run goes on with "
+    "saie-lite train --resume RUN_DIR",
+) -> str | None:
+    """One line for the storage errors that are not ``OSError``: SQLite's (a full disk
+    under a run's database) and safetensors' (a full disk, a damaged weights file)."""
+    import sqlite3
+
+    if isinstance(e, sqlite3.Error):
+        what = f"database error ({e})"
+    elif type(e).__name__ == "SafetensorError":  # safetensors is imported only by some commands
+        what = f"a weights file could not be read or written ({e})"
+    else:
+        return None
+    return f"{what}: free disk space (or restore the damaged file), then {again}"
 
 
 def fail(message: str) -> None:
@@ -109,6 +132,7 @@ def train(
         "run.dir": str(resume or run_dir) if (resume or run_dir) else None,
         "run.live": live,
     }
+    target = None
     try:
         # A flag left out must not undo the same key given with --set.
         given = {k: v for k, v in flags.items() if v is not None}
@@ -134,6 +158,13 @@ def train(
         summary = start_training(cfg, target, bool(resume), dry_run, make_view(cfg.run.live))
     except UserError as e:
         fail(str(e))
+    except Exception as e:
+        # the updates made so far are checkpointed (train.loop): say how to go on
+        again = f"saie-lite train --resume {target}" if target else "run the command again"
+        line = _storage_failure(e, again)
+        if line is None:
+            raise
+        fail(line)
     except KeyboardInterrupt:
         typer.secho("aborted; the last checkpoint is intact", fg="yellow", err=True)
         raise typer.Exit(130) from None
@@ -421,6 +452,11 @@ def bench(
     from saie_lite.paths import home
 
     try:
+        for name, value, low in (("--examples", examples, 1), ("--steps", steps, 1),
+                                 ("--batch", batch, 1), ("--max-len", max_len, 32),
+                                 ("--new-tokens", new_tokens, 1)):  # fmt: skip
+            if value < low:
+                raise UserError(f"{name} must be >= {low}, got {value}")
         parts, cuda_parts = choose_parts(device, only)
         settings = BenchSettings(model, examples, steps, batch, max_len, new_tokens)
         target = out or home() / "bench" / _time.strftime("%Y%m%d-%H%M%S")

@@ -8,6 +8,7 @@ defaults. Every field carries its help text in ``metadata`` and is range-checked
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,7 @@ class LearnerConfig:
         _check(self.max_new_tokens >= 1, "learner.max_new_tokens must be >= 1")
         _check(self.temperature >= 0, "learner.temperature must be >= 0")
         _check(self.lora_r >= 1, "learner.lora_r must be >= 1")
+        _check(self.lora_alpha >= 1, "learner.lora_alpha must be >= 1")
         _check(self.snapshot_every >= 0, "learner.snapshot_every must be >= 0 (0 = off)")
         _check(
             self.snapshot_quant in ("q8_0", "q4_0", "f16", "f32"),
@@ -142,6 +144,7 @@ class LearnerConfig:
             "learner.generate_on=vllm needs learner.vllm_url (the server's /v1 URL)",
         )
         _check(self.vllm_concurrency >= 1, "learner.vllm_concurrency must be >= 1")
+        _check_url(self.vllm_url, "learner.vllm_url")
         _check(self.lora_layers >= 0, "learner.lora_layers must be >= 0")
         _check(0 <= self.lora_dropout < 1, "learner.lora_dropout must be in [0, 1)")
         _check(self.quantize in ("auto", "4bit", "none"), "learner.quantize: auto | 4bit | none")
@@ -198,6 +201,7 @@ class PartnerConfig:
         _check(1 <= self.concurrency <= 64, "partner.concurrency must be in [1, 64]")
         _check(1 <= self.parallel <= 64, "partner.parallel must be in [1, 64]")
         _check(0.0 <= self.max_missing_share <= 1.0, "partner.max_missing_share must be in [0, 1]")
+        _check_url(self.url, "partner.url")
         # Never echo the value: a user who pasted the key itself here must not see it
         # printed, logged or written to config.yaml.
         _check(
@@ -449,6 +453,12 @@ class RunConfig:
     dir: str = _f("", "run directory; empty = $SAIE_LITE_HOME/runs/<timestamp>-<mode>")
     live: str = _f("auto", "live view: auto (rich on a terminal) | rich | plain | quiet")
 
+    def validate(self) -> None:
+        _check(self.live in LIVE_VIEWS, f"run.live: {' | '.join(LIVE_VIEWS)}, got {self.live!r}")
+
+
+LIVE_VIEWS = ("auto", "rich", "plain", "quiet")
+
 
 @dataclass
 class Config:
@@ -497,6 +507,24 @@ def check_pattern(pattern: str):
     return compiled
 
 
+def _check_url(url: str, key: str) -> None:
+    """A server URL is checked with the rest of the config, before anything is written,
+    not at the first request (after the warm-up, in a train run)."""
+    if not url:
+        return
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises on a port that is not a number in 0..65535
+    except ValueError as e:
+        raise UserError(f"config: {key} {url!r} is not a valid URL ({e})") from None
+    _check(
+        parts.scheme in ("http", "https") and bool(parts.hostname),
+        f"{key} {url!r} is not an http(s) URL: give e.g. http://127.0.0.1:8080/v1",
+    )
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(f"config: {message}")
@@ -513,11 +541,17 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             return False
         raise UserError(f"config: {key} expects true/false, got {value!r}")
     if isinstance(current, (int, float)):
+        kind = "a number" if isinstance(current, float) else "an integer"
+        # YAML gives lists, mappings, null (a key with no value) and true/false as such;
+        # none of them is a number, though Python would read true as 1.
+        if isinstance(value, (bool, list, dict)) or value is None:
+            raise UserError(f"config: {key} expects {kind}, got {value!r}")
         try:
             number = float(value) if isinstance(current, float) else int(str(value), 10)
         except ValueError:
-            kind = "a number" if isinstance(current, float) else "an integer"
             raise UserError(f"config: {key} expects {kind}, got {value!r}") from None
+        if not math.isfinite(number):
+            raise UserError(f"config: {key} expects a finite number, got {value!r}")
         return number
     if isinstance(current, str):
         if isinstance(value, (dict, list)):
@@ -531,6 +565,10 @@ def apply(cfg: Config, updates: dict[str, Any], source: str = "") -> Config:
     where = f" (in {source})" if source else ""
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
     for top, value in updates.items():
+        if not isinstance(top, str):  # YAML reads `1: 2` as an integer key
+            raise UserError(
+                f"config: unknown section {top!r}{where}; valid sections: {', '.join(sections)}"
+            )
         if "." in top:
             sec, key = top.split(".", 1)
             value = {key: value}

@@ -91,6 +91,11 @@ def local_or_hub(name: str) -> str:
             f"learner model not found: {name} (give a local model directory, a hub id, "
             "or 'embedded')"
         )
+    if p.is_file():  # a weights file (.safetensors, .gguf) is not a model by itself
+        raise UserError(
+            f"learner model {name} is a file: give its directory (config.json, tokenizer "
+            "and weights together), a hub id, or 'embedded'"
+        )
     return str(p) if p.exists() else name
 
 

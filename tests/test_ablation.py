@@ -110,8 +110,13 @@ def test_ablate_refuses_changed_settings_and_overlapping_rows(tmp_path):
     buf = io.StringIO()
     res = run_ablation(cfg(**{"ablate.systems": "sft"}), out, PlainAblateView(buf))
     assert [r["system"] for r in res["rows"]] == ["sft"] and "train " not in buf.getvalue()
-    with pytest.raises(UserError, match="same rows"):
-        run_ablation(cfg(**{"data.split": "dev"}), tmp_path / "x", PlainAblateView(io.StringIO()))
+    # dev rows are carved out of the file: every training split but nodev holds them
+    for split in ("dev", "all", "train"):
+        with pytest.raises(UserError, match="would share rows"):
+            run_ablation(
+                cfg(**{"data.split": split}), tmp_path / "x", PlainAblateView(io.StringIO())
+            )
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_ablate_writes_outputs_and_bad_input_is_one_line(tmp_path):

@@ -97,6 +97,16 @@ def test_bench_rejects_unknown_part(tmp_path):
     )
 
 
+def test_bench_settings_and_out_are_checked_before_measuring(tmp_path):
+    r = CliRunner().invoke(app, ["bench", "--only", "update", "--steps", "0"])
+    assert r.exit_code == 2 and r.output.strip() == "error: --steps must be >= 1, got 0"
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    r = CliRunner().invoke(app, ["bench", "--only", "update", "--out", str(afile)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1  # at once, not after measuring
+    assert "bench: update" not in r.output and str(afile) in r.output
+
+
 def _check_trl(part: dict) -> None:
     """TRL measured where it is installed; "skipped" only where it is not."""
     import importlib.util

@@ -54,6 +54,46 @@ def test_type_and_range_checks():
         config.build(overrides={"method.mode": "debate"})
 
 
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("train:\n  lr: [1]\n", "config: train.lr expects a number, got [1]"),
+        ("train:\n  lr:\n", "config: train.lr expects a number, got None"),
+        ("train:\n  lr: {a: 1}\n", "config: train.lr expects a number, got {'a': 1}"),
+        ("train:\n  lr: true\n", "config: train.lr expects a number, got True"),
+        ("train:\n  lr: .inf\n", "config: train.lr expects a finite number, got inf"),
+        ("train:\n  batch_size: [2]\n", "config: train.batch_size expects an integer, got [2]"),
+        ("1: 2\n", "config: unknown section 1"),
+        ("learner:\n  lora_alpha: -3\n", "config: learner.lora_alpha must be >= 1"),
+        ("run:\n  live: fancy\n", "config: run.live: auto | rich | plain | quiet, got 'fancy'"),
+    ],
+)
+def test_recipe_values_of_the_wrong_kind_are_one_line(tmp_path, text, line):
+    r = tmp_path / "r.yaml"
+    r.write_text(text)
+    with pytest.raises(UserError) as e:
+        config.build(r)
+    assert str(e.value).startswith(line)
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("notaurl", "is not an http(s) URL"),
+        ("ftp://x/v1", "is not an http(s) URL"),
+        ("http://", "is not an http(s) URL"),
+        ("http://[::1", "is not a valid URL (Invalid IPv6 URL)"),
+        ("http://h:99999/v1", "is not a valid URL (Port out of range"),
+    ],
+)
+def test_server_urls_are_checked_with_the_config(url, why):
+    for key in ("partner.url", "learner.vllm_url"):
+        with pytest.raises(UserError) as e:
+            config.build(overrides={key: url})
+        assert str(e.value).startswith(f"config: {key} {url!r} {why}")
+    assert config.build(overrides={"partner.url": "https://h:8080/v1"}).partner.url
+
+
 def test_parse_sets():
     assert config.parse_sets(["train.lr=1e-3", "learner.model=a=b"]) == {
         "train.lr": "1e-3",

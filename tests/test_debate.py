@@ -53,3 +53,35 @@ def test_debate_agents_see_each_other_and_vote():
     assert [len(r.turns) for r in res] == [6, 6]
     # last round item a: 4, 5, 5 -> 5; item b: 6, 1, 2 -> tie, earliest agent -> 6
     assert [r.final_key for r in res] == ["5", "6"]
+
+
+def test_debate_bad_input_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from saie_lite.cli import app
+
+    binary = tmp_path / "q.txt"
+    binary.write_bytes(b"What is 2+2?\n\xd0\xff\x00\x01")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    agents = ["--agents", "scripted:a,scripted:b", "--live", "plain"]
+    cases = [
+        (["--file", binary], f"question file {binary} is not UTF-8 text (bad byte at offset 13)"),
+        (["--file", empty], f"question file {empty} has no questions: give one per line"),
+        (["-q", "  "], "--question is empty: give a question, or leave it out to type them"),
+        (["-q", "x", "--stance", "abc:adversarial"], "--stance takes 'adversarial' or "
+         "'N:adversarial' (N in 1..2), got 'abc:adversarial'"),
+        (["-q", "x", "--stance", "0:adversarial"], "--stance names agent 0; agents are "
+         "numbered 1..2"),
+        (["-q", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1 and "
+         "--temperature >= 0"),
+        (["-q", "x", "--temperature", "-2"], "--max-new-tokens must be >= 1 and "
+         "--temperature >= 0"),
+    ]  # fmt: skip
+    for args, line in cases:
+        r = CliRunner().invoke(app, ["debate", *map(str, args), *agents])
+        assert r.exit_code == 2, (args, r.output)
+        assert r.output.strip().startswith(f"error: {line}"), (args, r.output)
+        assert r.output.count("\n") == 1
+    r = CliRunner().invoke(app, ["debate", "-q", "x", "--agents", "scripted:a", "--live", "x"])
+    assert r.exit_code == 2 and r.output.strip() == "error: --live: auto | rich | plain, got 'x'"

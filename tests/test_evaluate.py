@@ -202,13 +202,43 @@ def test_compare_refuses_old_and_broken_summaries(tmp_path):
             "flexible_correct): give the summary.json that 'saie-lite eval' wrote",
         ),
     }
+
+    def damaged(field, value, index=1):
+        items = [dict(i, metrics=dict(i.get("metrics", {}))) for i in good["items"]]
+        if field == "id":
+            items[index]["id"] = value
+        elif field.startswith("metrics."):
+            items[index]["metrics"][field[8:]] = value
+        else:
+            items[index][field] = value
+        return dict(good, items=items)
+
+    dup = good["items"][0]["id"]
+    cases |= {
+        "nll_null": (damaged("metrics.nll", None), "item 2 has metric nll None, not a number"),
+        "nll_text": (damaged("metrics.nll", "abc"), "item 2 has metric nll 'abc', not a number"),
+        "correct_text": (
+            damaged("strict_correct", "yes"),
+            "item 2 has strict_correct 'yes', not true/false",
+        ),
+        "id_null": (damaged("id", None), "item 2 has id None, not a text id"),
+    }
+    cases = {
+        k: (c, f"{line}: re-run the evaluation to rewrite it" if "item 2" in line else line)
+        for k, (c, line) in cases.items()
+    }
+    cases["id_twice"] = (
+        damaged("id", dup),
+        "lists an item id twice: re-run the evaluation to rewrite it",
+    )
     for name, (content, line) in cases.items():
         d = tmp_path / name
         d.mkdir()
         (d / "summary.json").write_text(json.dumps(content))
         r = runner.invoke(app, ["compare", str(out), str(d)])
         assert r.exit_code == 2, name
-        assert r.output.strip() == f"error: {d / 'summary.json'} {line}", name
+        sep = ": " if line.startswith("item") else " "
+        assert r.output.strip() == f"error: {d / 'summary.json'}{sep}{line}", name
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "summary.json").write_bytes(b"\xff\xfe{not json")
     r = runner.invoke(app, ["compare", str(out), str(tmp_path / "bad")])

@@ -380,3 +380,73 @@ def test_eval_clips_a_question_far_past_the_context_and_keeps_the_item(tmp_path)
     assert any("how many apples" in c[-1]["content"] for c in prompts)  # clipped, not dropped
     assert [n.endswith(", clipped") and n.startswith(examples[1].id) for n in notes] == [True]
     assert summary["n"] == 3
+
+
+def test_database_full_mid_run_is_one_line_and_keeps_the_updates(tmp_path, monkeypatch):
+    """SQLite's 'database or disk is full' (not an OSError) while the second batch's
+    remarks are cached: one line, exit 2, and update 1 checkpointed so --resume goes on
+    (save_every is 4 here: without the save on failure it would be lost)."""
+    import sqlite3
+
+    calls = [0]
+    cache = Store.cache_remark
+
+    def full_later(self, *a, **k):
+        calls[0] += 1
+        if calls[0] > 4:  # the first batch's 4 remarks fit, the next batch's do not
+            raise sqlite3.OperationalError("database or disk is full")
+        return cache(self, *a, **k)
+
+    monkeypatch.setattr(Store, "cache_remark", full_later)
+    run = tmp_path / "run"
+    r = invoke(
+        "train", "--dry-run", "--limit", "8", "--live", "quiet", "--run-dir", run,
+        "--set", "train.batch_size=2", "--set", "train.save_every=4",
+        "--set", "method.warmup_fraction=0",
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    last = r.output.strip().splitlines()[-1]  # after the quiet view's header line
+    assert "Traceback" not in r.output and last == (
+        "error: database error (database or disk is full): free disk space (or restore the "
+        f"damaged file), then saie-lite train --resume {run}"
+    )
+    saved = checkpoint.latest(run)
+    assert saved is not None and checkpoint.check_files(saved)["step"] == 1
+    monkeypatch.setattr(Store, "cache_remark", cache)
+    r = resume(run)
+    assert r.exit_code == 0, r.output
+    assert "finished: 4 updates" in r.output
+
+
+def test_learner_directory_with_damaged_weights_is_one_line(tmp_path, tiny_model_dir):
+    import shutil
+
+    bad = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, bad)
+    (st,) = bad.glob("*.safetensors")
+    st.write_bytes(st.read_bytes()[:4096])  # a download cut short
+    r = invoke(
+        "train", "--backend", "torch", "--model", bad, "--partner", "scripted", "--limit", "2",
+        "--live", "quiet", "--run-dir", tmp_path / "run",
+    )  # fmt: skip
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "a weights file is damaged or incomplete" in r.output
+    r = invoke(
+        "train", "--backend", "torch", "--model", st, "--partner", "scripted", "--live", "quiet",
+        "--run-dir", tmp_path / "r2",
+    )  # fmt: skip
+    assert r.exit_code == 2 and "is a file: give its directory" in r.output
+
+
+def test_readers_of_a_run_pass_over_a_truncated_checkpoint(stopped_run):
+    """export, eval --run and debate run: take the newest checkpoint whose files are
+    whole, as resume does, and say so."""
+    ckpt = stopped_run / "checkpoints" / "step-000003"
+    (ckpt / "scripted.json").write_bytes(b"")
+    notes = []
+    assert checkpoint.usable(stopped_run, notes.append).name == "step-000002"
+    assert notes == ["checkpoint step-000003: scripted.json is empty: using step-000002 instead"]
+    for name in ("step-000001", "step-000002"):
+        (stopped_run / "checkpoints" / name / "scripted.json").write_bytes(b"")
+    with pytest.raises(UserError, match="no usable checkpoint"):
+        checkpoint.usable(stopped_run)

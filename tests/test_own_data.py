@@ -511,3 +511,29 @@ def test_hub_name_goes_to_datasets_with_its_config(monkeypatch):
     _, (ex,), _, data = load("someone/chats", split="train", hub_config="v2")
     assert seen == {"path": "someone/chats", "name": "v2", "split": "train"}
     assert (ex.question, ex.reference, data.check) == ("Hi?", "Hello.", "exact")
+
+
+def test_local_files_refuse_unknown_splits_types_and_directories(tmp_path, monkeypatch):
+    """An existing file is never looked up on the hub; a split a local file cannot have
+    is refused, not read as every row."""
+    from saie_lite.tasks.common import load_rows, splits_overlap
+
+    good = tmp_path / "qa.jsonl"
+    good.write_text('{"question": "q", "answer": "1"}\n')
+    assert len(load_rows(str(good), "all", None, None)) == 1
+    with pytest.raises(UserError, match="no split 'test': use dev"):
+        load_rows(str(good), "test", None, None)
+    tsv = tmp_path / "qa.tsv"
+    tsv.write_text("question\tanswer\nq\t1\n")
+    with pytest.raises(UserError, match=r"unsupported type \(\.tsv\)"):
+        load_rows(str(tsv), "all", None, None)
+    with pytest.raises(UserError, match="is a directory"):
+        load_rows(str(tmp_path), "all", None, None)
+    # a relative name of an existing file without a data suffix is local too
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "noext").write_text("x\n")
+    with pytest.raises(UserError, match=r"unsupported type \(no suffix\)"):
+        load_rows("noext", "all", None, None)
+    assert splits_overlap("bundled", "all", "dev") and not splits_overlap("x.csv", "nodev", "dev")
+    assert not splits_overlap("openai/gsm8k", "train", "test")
+    assert splits_overlap("openai/gsm8k", "test", "test")

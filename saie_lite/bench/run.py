@@ -70,6 +70,7 @@ def run_bench(
             on_result=lambda: write_report(report, out_dir),
         ),
     }
+    write_report(report, out_dir)  # an --out that cannot be written fails now, not after the parts
     for part in parts:
         log(f"bench: {part} ...")
         report["results"][part] = jobs[part]()

@@ -185,15 +185,18 @@ def units_done(out: Path, systems: list[str], n_eval: int) -> int:
 
 def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
     from saie_lite.paths import writable_dir
+    from saie_lite.tasks.common import splits_overlap
     from saie_lite.train.loop import schedule
     from saie_lite.train.runs import prepare_examples, resolve_backend
 
     systems = cfg.ablate.system_list
     trained = [s for s in systems if s != "base"]
-    if cfg.data.split == cfg.ablate.eval_split and cfg.data.split in ("dev", "all", "train"):
+    if splits_overlap(cfg.data.path, cfg.data.split, cfg.ablate.eval_split):
         raise UserError(
-            f"training and evaluation would use the same rows (data.split={cfg.data.split}, "
-            f"ablate.eval_split={cfg.ablate.eval_split}): set data.split=nodev"
+            f"training and evaluation would share rows (data.split={cfg.data.split}, "
+            f"ablate.eval_split={cfg.ablate.eval_split}): with a local file or the bundled "
+            "rows, train on data.split=nodev and evaluate on dev; on the hub, name two "
+            "different splits"
         )
     resolve_backend(cfg, view.note)
     writable_dir(out, "ablation directory", "pass another --out, or set SAIE_LITE_HOME")

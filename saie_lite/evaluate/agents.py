@@ -9,6 +9,7 @@ registered learner or partner backend (``llama_cpp:embedded``, ``torch:embedded`
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 from saie_lite.config import Config
@@ -18,7 +19,7 @@ from saie_lite.errors import UserError
 def load_learner(cfg: Config, run_dir: Path | None = None):
     """The configured learner; with ``run_dir``, that run's learner and latest adapter."""
     from saie_lite.registry import factory
-    from saie_lite.train.checkpoint import latest
+    from saie_lite.train.checkpoint import usable
     from saie_lite.train.runs import saved_config
 
     if cfg.learner.backend == "auto":
@@ -32,7 +33,7 @@ def load_learner(cfg: Config, run_dir: Path | None = None):
         from saie_lite.config import apply
 
         apply(cfg, {"learner": saved.get("learner", {}), "train": saved.get("train", {})})
-        ckpt = latest(run_dir)
+        ckpt = usable(run_dir, note=lambda m: print(f"note: {m}", file=sys.stderr))
         if ckpt is None:
             raise UserError(f"{run_dir} has no checkpoint yet: train it first")
     learner = factory("learners", cfg.learner.backend)(cfg)

@@ -55,12 +55,32 @@ def load_summary(path: Path) -> dict:
             f"{p} is not a saie-lite evaluation summary (no items with id, strict_correct and "
             "flexible_correct): give the summary.json that 'saie-lite eval' wrote"
         )
+    for n, item in enumerate(items, 1):  # a hand-edited or damaged file: say which item
+        bad = _bad_item(item)
+        if bad:
+            raise UserError(f"{p}: item {n} {bad}: re-run the evaluation to rewrite it")
+    ids = [i["id"] for i in items]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{p} lists an item id twice: re-run the evaluation to rewrite it")
     if s.get("item_ids") != ID_SCHEME:
         raise UserError(
             f"{p} was written before items had content ids, so it cannot be paired safely: "
             "run the same 'saie-lite eval' again to rewrite it (finished items are not redone)"
         )
     return s
+
+
+def _bad_item(item: dict) -> str | None:
+    """What is wrong with one summary item, or None."""
+    if not isinstance(item["id"], str) or not item["id"]:
+        return f"has id {item['id']!r}, not a text id"
+    for f in ("strict_correct", "flexible_correct"):
+        if not isinstance(item[f], (bool, int)) or item[f] not in (0, 1):
+            return f"has {f} {item[f]!r}, not true/false"
+    for name, value in (item.get("metrics") or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"has metric {name} {value!r}, not a number"
+    return None
 
 
 def compare(a: dict, b: dict, shared_only: bool = False) -> dict:

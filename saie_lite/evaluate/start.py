@@ -90,7 +90,17 @@ def _questions(question: str | None, file: Path | None):
     if file:
         if not Path(file).is_file():
             raise UserError(f"question file not found: {file}")
-        yield from (q.strip() for q in Path(file).read_text().splitlines() if q.strip())
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(
+                f"question file {file} is not UTF-8 text (bad byte at offset {e.start}): "
+                "give one question per line"
+            ) from None
+        questions = [q.strip() for q in text.splitlines() if q.strip()]
+        if not questions:
+            raise UserError(f"question file {file} has no questions: give one per line")
+        yield from questions
         return
     interactive = sys.stdin.isatty()
     while True:
@@ -115,9 +125,13 @@ def parse_stances(stance: str | None, n: int) -> list[str | None]:
     idx, _, kind = stance.rpartition(":")
     if kind != "adversarial":
         raise UserError(f"--stance takes 'adversarial' or 'N:adversarial', got {stance!r}")
+    if idx and not idx.isdigit():
+        raise UserError(
+            f"--stance takes 'adversarial' or 'N:adversarial' (N in 1..{n}), got {stance!r}"
+        )
     i = int(idx) - 1 if idx else n - 1
     if not 0 <= i < n:
-        raise UserError(f"--stance names agent {i + 1}, but there are {n} agents")
+        raise UserError(f"--stance names agent {i + 1}; agents are numbered 1..{n}")
     stances[i] = "adversarial"
     return stances
 
@@ -134,6 +148,10 @@ def start_debate(
 
     if rounds < 0 or rounds > 10:
         raise UserError("--rounds must be in [0, 10]")
+    if max_new < 1 or temperature < 0:
+        raise UserError("--max-new-tokens must be >= 1 and --temperature >= 0")
+    if question is not None and not question.strip():
+        raise UserError("--question is empty: give a question, or leave it out to type them")
     specs = [s for s in agents.split(",") if s.strip()]
     if not specs:
         raise UserError("--agents must name at least one agent")

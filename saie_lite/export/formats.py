@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,11 +21,11 @@ FORMATS = ("hf", "gguf", "mlx")
 
 def _run_config(run_dir: Path):
     from saie_lite import config as config_mod
-    from saie_lite.train.checkpoint import latest
+    from saie_lite.train.checkpoint import usable
     from saie_lite.train.runs import saved_config
 
     cfg = config_mod.build(base=saved_config(run_dir))
-    ckpt = latest(run_dir)
+    ckpt = usable(run_dir, note=lambda m: print(f"note: {m}", file=sys.stderr))
     if ckpt is None:
         raise UserError(f"{run_dir} has no checkpoint yet: train it first")
     return cfg, ckpt

@@ -32,12 +32,31 @@ DEV_SEED = 2024
 DEV_SIZE = 500
 
 
+LOCAL_SPLITS = ("dev", "nodev", "all", "train")  # train: all rows, the hub default's name
+
+
 def is_local(path: str) -> bool:
+    """A file on this machine: a data suffix, a path-like name, or anything that exists
+    (an existing file of another type is refused as such, not looked up on the hub)."""
     p = Path(path).expanduser()
-    return p.suffix in LOCAL_SUFFIXES or path.startswith((".", "/", "~"))
+    return p.suffix in LOCAL_SUFFIXES or path.startswith((".", "/", "~")) or p.exists()
+
+
+def splits_overlap(path: str, train_split: str, eval_split: str) -> bool:
+    """Whether training on ``train_split`` would see rows of ``eval_split``. Local files
+    (and the bundled rows) are carved here: only dev and nodev are disjoint. Hub splits
+    are the dataset's own: distinct names are distinct rows."""
+    if path == "bundled" or is_local(path):
+        return {train_split, eval_split} != {"dev", "nodev"}
+    return train_split == eval_split
 
 
 def carve(rows: list, split: str) -> list:
+    if split not in LOCAL_SPLITS:
+        raise UserError(
+            f"a local data file has no split {split!r}: use dev (held-out rows) | nodev "
+            "(the rest) | all"
+        )
     if split not in ("dev", "nodev"):
         return rows
     order = list(range(len(rows)))
@@ -58,9 +77,16 @@ def load_rows(path: str, split: str, hub_config: str | None, bundled: str | None
     p = Path(path).expanduser()
     try:
         if is_local(path):
+            if p.is_dir():
+                raise UserError(f"data path {p} is a directory: give a data file in it")
             if not p.is_file():
                 raise UserError(
                     f"data file not found: {p} (give a .jsonl/.parquet file or a hub name)"
+                )
+            if p.suffix not in LOCAL_SUFFIXES:
+                raise UserError(
+                    f"data file {p} has an unsupported type ({p.suffix or 'no suffix'}): "
+                    f"save it as {' / '.join(LOCAL_SUFFIXES)}"
                 )
             if p.suffix != ".parquet" and not p.read_bytes().strip():
                 raise UserError(f"no rows in {path!r}: the file is empty")

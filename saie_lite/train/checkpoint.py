@@ -117,6 +117,28 @@ def latest(run_dir: Path) -> Path | None:
     return next((p for p in candidates(run_dir) if _complete(p)), None)
 
 
+def usable(run_dir: Path, note: Callable[[str], None] | None = None) -> Path | None:
+    """The newest checkpoint whose files are all there at their recorded sizes, for the
+    commands that only read a run (export, eval --run, debate run:); ``note`` hears about
+    newer ones passed over. ``load`` (resume) goes further and loads each in turn."""
+    tried: list[str] = []
+    for path in candidates(run_dir):
+        try:
+            check_files(path)
+        except ValueError as e:
+            tried.append(f"{path.name}: {e}")
+            continue
+        if tried and note is not None:
+            note(f"checkpoint {'; '.join(tried)}: using {path.name} instead")
+        return path
+    if tried:
+        raise UserError(
+            f"no usable checkpoint in {_ckpt_root(run_dir)} ({'; '.join(tried)}): restore "
+            "the files, or resume the run to train again"
+        )
+    return None
+
+
 def check_files(path: Path) -> dict:
     """state.json, and every file it lists at its recorded size. Raises ValueError naming
     the broken file."""

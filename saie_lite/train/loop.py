@@ -314,6 +314,15 @@ def train(
             f"{e}; checkpoint saved at update {state.step}, once it is back: "
             f"saie-lite train --resume {run_dir}"
         ) from None
+    except Exception:
+        # Any other failure (a full disk under the database, a model fault): keep the
+        # updates already made, so that --resume goes on from them.
+        if state.step != last_saved:
+            try:
+                save()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+        raise
     finally:
         overlap.close()
     if state.step != last_saved or checkpoint.latest(run_dir) is None:

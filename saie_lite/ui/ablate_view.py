@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from saie_lite.errors import UserError
+
 # What one unit of each kind costs relative to the others, used only until a kind has
 # been timed: a plain (SFT or warm-up) update, a discussion update (answers, two
 # remarks per answer, the longer two-stance update) and one evaluated item. From the
@@ -144,6 +146,8 @@ class RichAblateView(PlainAblateView):
 
 
 def make_ablate_view(kind: str = "auto"):
+    if kind not in ("auto", "rich", "plain"):
+        raise UserError(f"--live: auto | rich | plain, got {kind!r}")
     if kind == "rich" or (kind == "auto" and sys.stdout.isatty()):
         return RichAblateView()
     return PlainAblateView()

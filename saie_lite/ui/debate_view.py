@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sys
 
+from saie_lite.errors import UserError
+
 
 class PlainDebateView:
     def __init__(self, stream=None):
@@ -115,6 +117,8 @@ class RichDebateView:
 
 
 def make_debate_view(kind: str):
+    if kind not in ("auto", "rich", "plain"):
+        raise UserError(f"--live: auto | rich | plain, got {kind!r}")
     if kind == "rich" or (kind == "auto" and sys.stdout.isatty()):
         return RichDebateView()
     return PlainDebateView()
