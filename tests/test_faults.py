@@ -450,3 +450,24 @@ def test_readers_of_a_run_pass_over_a_truncated_checkpoint(stopped_run):
         (stopped_run / "checkpoints" / name / "scripted.json").write_bytes(b"")
     with pytest.raises(UserError, match="no usable checkpoint"):
         checkpoint.usable(stopped_run)
+
+
+def test_resume_refuses_an_emptied_or_partial_saved_config(stopped_run):
+    """An emptied config.yaml would otherwise resume on every default (another data set,
+    another size) without a word."""
+    saved = stopped_run / "config.yaml"
+    for text, line in (
+        ("", f"{saved} is damaged (no learner, partner, data, method, train, eval, ablate, run "
+             "section): restore it from a backup, or start a new run"),
+        ("train:\n  lr: 0.1\n", f"{saved} is damaged (no learner, partner, data, method, eval, "
+         "ablate, run section): restore it from a backup, or start a new run"),
+    ):  # fmt: skip
+        saved.write_text(text)
+        r = resume(stopped_run)
+        assert r.exit_code == 2 and r.output.strip() == f"error: {line}"
+    (stopped_run / "config.yaml").unlink()
+    r = invoke("export", stopped_run, "--to", "hf")
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"error: {stopped_run} has no config.yaml: is it a saie-lite run directory?"
+    )

@@ -521,8 +521,9 @@ def test_local_files_refuse_unknown_splits_types_and_directories(tmp_path, monke
     good = tmp_path / "qa.jsonl"
     good.write_text('{"question": "q", "answer": "1"}\n')
     assert len(load_rows(str(good), "all", None, None)) == 1
-    with pytest.raises(UserError, match="no split 'test': use dev"):
-        load_rows(str(good), "test", None, None)
+    assert len(load_rows(str(good), "validation", None, None)) == 1  # the file is one split
+    with pytest.raises(UserError, match="no split 'foo': use dev"):
+        load_rows(str(good), "foo", None, None)
     tsv = tmp_path / "qa.tsv"
     tsv.write_text("question\tanswer\nq\t1\n")
     with pytest.raises(UserError, match=r"unsupported type \(\.tsv\)"):
@@ -537,3 +538,44 @@ def test_local_files_refuse_unknown_splits_types_and_directories(tmp_path, monke
     assert splits_overlap("bundled", "all", "dev") and not splits_overlap("x.csv", "nodev", "dev")
     assert not splits_overlap("openai/gsm8k", "train", "test")
     assert splits_overlap("openai/gsm8k", "test", "test")
+
+
+def test_broken_jsonl_lines_are_skipped_and_counted(tmp_path):
+    """One broken line costs one row, not the file; a column whose type changes between
+    rows (text, then a number) is read as it is."""
+    f = tmp_path / "qa.jsonl"
+    f.write_bytes(
+        b'{"question": "2+2?", "answer": "4"}\n'
+        b'{"question": "3+3?", "answer": 6}\n'
+        b'{"question": "broken", "answer": \n'
+        b"\n"
+        b'{"question": "caf\xe9?", "answer": "1"}\n'
+        b"[1, 2]\n"
+        b'{"question": "5+5?", "answer": "10"}\n'
+    )
+    task, exs, skipped, _ = load(f)
+    assert [(e.question, e.answer) for e in exs] == [("2+2?", "4"), ("3+3?", "6"), ("5+5?", "10")]
+    assert skipped == {
+        "line is not valid JSON": 1,
+        "line is not UTF-8 text": 1,
+        "row is not an object": 1,
+    }
+    f.write_text("not json\n{also not\n")
+    with pytest.raises(UserError, match=r"no usable .* rows .*'line is not valid JSON': 2"):
+        load(f)
+
+
+def test_csv_from_a_spreadsheet_header_only_and_long_rows(tmp_path):
+    f = tmp_path / "qa.csv"
+    # Excel's UTF-8 CSV starts with a byte-order mark; the first column is still 'question'
+    f.write_bytes("\ufeffquestion,answer\n2+2?,4\n".encode())
+    _, exs, skipped, _ = load(f)
+    assert [(e.question, e.answer) for e in exs] == [("2+2?", "4")] and skipped == {}
+    # a row with more cells than the header is skipped; the others keep their columns
+    f.write_text('question,answer\na,1,extra,cols\nb\n"c ""q""",3\n')
+    _, exs, skipped, _ = load(f)
+    assert [(e.question, e.answer) for e in exs] == [('c "q"', "3")]
+    assert skipped == {"row has more cells than the header": 1, "empty answer": 1}
+    f.write_text("question,answer\n")
+    with pytest.raises(UserError, match="the file has a header line only"):
+        load(f)

@@ -2,11 +2,13 @@
 
 Local files get reproducible held-out splits, so a user with only a training file can
 tune on one part and evaluate on another: ``split: dev`` is ``DEV_SIZE`` rows chosen with
-``DEV_SEED``; ``split: nodev`` is every other row; any other split name means all rows.
+``DEV_SEED``; ``split: nodev`` is every other row; ``all`` (or a hub split name: the
+file is one split) means all rows, and any other name is refused.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,7 +34,9 @@ DEV_SEED = 2024
 DEV_SIZE = 500
 
 
-LOCAL_SPLITS = ("dev", "nodev", "all", "train")  # train: all rows, the hub default's name
+# A local file is one split: the hub's usual split names (the presets' defaults) and
+# 'all' read every row; dev and nodev carve it.
+LOCAL_SPLITS = ("dev", "nodev", "all", "train", "validation", "test")
 
 
 def is_local(path: str) -> bool:
@@ -91,15 +95,9 @@ def load_rows(path: str, split: str, hub_config: str | None, bundled: str | None
             if p.suffix != ".parquet" and not p.read_bytes().strip():
                 raise UserError(f"no rows in {path!r}: the file is empty")
             if p.suffix == ".csv":
-                rows = list(
-                    datasets.load_dataset(
-                        "csv",
-                        data_files=str(p),
-                        split="train",
-                        features=csv_features(p),
-                        keep_default_na=False,
-                    )
-                )
+                rows = read_csv(p)
+            elif p.suffix == ".jsonl":
+                rows = read_jsonl(p)
             else:
                 kind = "parquet" if p.suffix == ".parquet" else "json"
                 rows = list(datasets.load_dataset(kind, data_files=str(p), split="train"))
@@ -114,27 +112,63 @@ def load_rows(path: str, split: str, hub_config: str | None, bundled: str | None
         raise UserError(f"could not load data {path!r}: {first[:200]}") from None
 
 
-def csv_features(p: Path):
-    """Every CSV column read as text ('007' stays '007', an empty cell stays ''), after
-    checking the file with the csv module, which names the line of a broken quote
-    (``datasets`` only says that generation failed)."""
+@dataclass(frozen=True)
+class BadLine:
+    """A JSONL line that is not a JSON value: skipped and counted like a bad row."""
+
+    reason: str
+
+
+def read_jsonl(p: Path) -> list:
+    """One row per non-blank line. Read here, not through ``datasets``, whose JSON reader
+    fails the whole file on one broken line (without naming it) and on a column whose
+    type changes between rows; a broken line is one skipped row."""
+    rows: list = []
+    with p.open("rb") as f:
+        for raw in f:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                rows.append(BadLine("line is not UTF-8 text"))
+                continue
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                rows.append(BadLine("line is not valid JSON"))
+    return rows
+
+
+def read_csv(p: Path) -> list:
+    """Rows of a CSV file as text cells ('007' stays '007', an empty cell stays ''), read
+    with the csv module: it names the line of a broken quote (``datasets`` only says that
+    generation failed), a spreadsheet's byte-order mark does not stick to the first
+    column's name, and a row with more cells than the header is one skipped row (pandas
+    would silently shift every row's columns)."""
     import csv
 
-    import datasets
-
-    with p.open(newline="", encoding="utf-8") as f:
+    rows: list = []
+    with p.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, strict=True)
         try:
             header = next(reader, None)
-            for _ in reader:
-                pass
+            if not header:
+                raise UserError(f"no rows in {str(p)!r}: the file is empty")
+            for cells in reader:
+                if not any(c.strip() for c in cells):
+                    continue  # a blank line
+                if len(cells) > len(header):
+                    rows.append(BadLine("row has more cells than the header"))
+                    continue
+                rows.append(dict(zip(header, cells + [""] * (len(header) - len(cells)))))
         except csv.Error as e:
             raise UserError(
                 f"CSV {p.name} is broken near line {reader.line_num}: {e} (is a quote left open?)"
             ) from None
-    if not header:
-        raise UserError(f"no rows in {str(p)!r}: the file is empty")
-    return datasets.Features({name: datasets.Value("string") for name in header})
+    if not rows:
+        raise UserError(f"no rows in {str(p)!r}: the file has a header line only")
+    return rows
 
 
 def parse_all(
@@ -144,7 +178,10 @@ def parse_all(
     examples: list[Example] = []
     skipped: dict[str, int] = {}
     for i, row in enumerate(rows):
-        parsed = parse_row(row, i) if isinstance(row, dict) else "row is not an object"
+        if isinstance(row, dict):
+            parsed = parse_row(row, i)
+        else:
+            parsed = row.reason if isinstance(row, BadLine) else "row is not an object"
         if isinstance(parsed, str):
             skipped[parsed] = skipped.get(parsed, 0) + 1
         else:

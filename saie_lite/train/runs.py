@@ -6,6 +6,7 @@ turn, update and cached remark) and ``checkpoints/``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import time
@@ -28,12 +29,25 @@ def new_run_dir(cfg: Config) -> Path:
 
 
 def saved_config(run_dir: Path) -> dict:
+    """The config a run was made with. Every section is there in a file saie-lite
+    wrote: an empty or partial one would quietly fill in defaults (another data set,
+    another size), so it is refused."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
+        raise UserError(f"{run_dir} has no config.yaml: is it a saie-lite run directory?")
+    try:
+        saved = config_mod.load_yaml(path)
+    except UserError as e:
+        raise UserError(f"the run's saved config is damaged: {e}") from None
+    missing = [
+        f.name for f in dataclasses.fields(Config) if not isinstance(saved.get(f.name), dict)
+    ]
+    if missing:
         raise UserError(
-            f"cannot resume: {run_dir} has no config.yaml (is it a saie-lite run directory?)"
+            f"{path} is damaged (no {', '.join(missing)} section): restore it from a backup, "
+            "or start a new run"
         )
-    return config_mod.load_yaml(path)
+    return saved
 
 
 def prepare_examples(cfg: Config) -> tuple[list[Example], dict[str, int]]:
