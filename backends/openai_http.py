@@ -89,8 +89,15 @@ class OpenAIPartner:
                         "check the API key variable"
                     ) from None
                 if e.code not in RETRY_STATUS:
+                    hint = {
+                        404: " (check partner.url, which ends in /v1, and partner.model)",
+                        400: " (a prompt past the server's context size? raise its context, "
+                        "or lower partner.max_tokens or learner.max_seq_len)",
+                        413: " (a prompt too long for the server: raise its limit, or lower "
+                        "learner.max_seq_len)",
+                    }.get(e.code, "")
                     raise PartnerError(
-                        f"partner server {self.url} answered HTTP {e.code}: "
+                        f"partner server {self.url} answered HTTP {e.code}{hint}: "
                         f"{e.read()[:200].decode('utf-8', 'replace')}"
                     ) from None
                 wait = e.headers.get("Retry-After") if e.headers else None

@@ -68,6 +68,20 @@ def test_gives_up_with_one_line(server):
     assert str(e.value) == f"partner server {server.url} failed after 3 attempts (HTTP 503)"
 
 
+def test_client_errors_are_not_retried_and_say_where_to_look(server):
+    p, _ = partner_for(server.url, **{"partner.retries": 3})
+    server.actions.extend(["404", "400"])
+    with pytest.raises(PartnerError) as e:
+        p.remark([CHAT], 8)
+    assert str(e.value) == (
+        f"partner server {server.url} answered HTTP 404 (check partner.url, which ends in "
+        '/v1, and partner.model): {"error": "scripted failure"}'
+    )
+    with pytest.raises(PartnerError, match=r"HTTP 400 \(a prompt past the server's context"):
+        p.remark([CHAT], 8)
+    assert len(server.requests) == 2  # one request each: a client error is not retried
+
+
 def test_refused_connection_names_url():
     p, _ = partner_for("http://127.0.0.1:9/v1", **{"partner.retries": 1})
     with pytest.raises(
@@ -174,7 +188,7 @@ def test_server_down_mid_run_checkpoints_then_resumes(tmp_path):
         train(cfg, ScriptedLearner(), p1, exs, store, tmp_path, KillAfterTwo())
     assert str(e.value).startswith(f"partner server {server.url} failed after 2 attempts (")
     assert str(e.value).endswith(
-        f"checkpoint saved at update 2, once it is back: saie-lite train --resume {tmp_path}"
+        f"checkpoint saved at update 2; once the server is fixed: saie-lite train --resume {tmp_path}"
     )
     assert checkpoint.latest(tmp_path).name == "step-000002"
     # the server comes back on the same port and the run resumes
@@ -286,7 +300,7 @@ def test_partner_returning_null_stops_in_one_line_with_a_checkpoint(tmp_path):
     assert r.output.strip().splitlines()[-1] == (
         f"error: partner server {server.url} returned content: null for all 4 remarks of "
         "this batch (after 2 attempts each); "
-        f"checkpoint saved at update 1, once it is back: saie-lite train --resume {run}"
+        f"checkpoint saved at update 1; once the server is fixed: saie-lite train --resume {run}"
     )
     assert "Traceback" not in r.output
     assert checkpoint.latest(run).name == "step-000001"

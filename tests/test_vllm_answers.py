@@ -105,7 +105,7 @@ def test_server_down_checkpoints_and_says_how_to_resume(tiny_model_dir, tmp_path
     line = r.output.strip().splitlines()[-1]
     assert line.startswith(f"error: vLLM learner server {server.url} failed after")
     assert line.endswith(
-        f"checkpoint saved at update 1, once it is back: saie-lite train --resume {run}"
+        f"checkpoint saved at update 1; once the server is fixed: saie-lite train --resume {run}"
     )
     assert (run / "checkpoints" / "step-000001").is_dir()
 

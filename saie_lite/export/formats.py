@@ -117,7 +117,12 @@ def _export(run_dir: Path, cfg, ckpt: Path, to: str, quant: str, out: Path) -> l
         elif backend == "torch":
             merge_torch(cfg, ckpt, merged)
         else:
-            raise UserError(f"export needs a torch or mlx run; this run used {backend!r}")
+            what = (
+                "scripted models (--dry-run)" if backend in ("auto", "scripted") else repr(backend)
+            )
+            raise UserError(
+                f"export needs a run trained with --backend torch or mlx; this run used {what}"
+            )
         if to == "hf":
             return [out]
         if to == "mlx":

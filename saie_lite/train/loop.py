@@ -311,7 +311,7 @@ def train(
             save()
         store.event("partner", str(e))
         raise PartnerError(
-            f"{e}; checkpoint saved at update {state.step}, once it is back: "
+            f"{e}; checkpoint saved at update {state.step}; once the server is fixed: "
             f"saie-lite train --resume {run_dir}"
         ) from None
     except Exception:
