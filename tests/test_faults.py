@@ -431,6 +431,7 @@ def test_learner_directory_with_damaged_weights_is_one_line(tmp_path, tiny_model
     )  # fmt: skip
     assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
     assert "a weights file is damaged or incomplete" in r.output
+    assert not (tmp_path / "run").exists()  # no empty run left behind
     r = invoke(
         "train", "--backend", "torch", "--model", st, "--partner", "scripted", "--live", "quiet",
         "--run-dir", tmp_path / "r2",

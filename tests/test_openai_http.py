@@ -155,6 +155,11 @@ def test_degenerate_remark_retried_then_skipped(server, tmp_path):
     assert "Good, keep going." in steps[0]["sequences"][0].context[-1]["content"]
     notes = [m for (m,) in store.db.execute("SELECT message FROM events WHERE kind='remark'")]
     assert len(notes) == 1 and "degenerate remark (asked twice), discussion skipped" in notes[0]
+    (skip,) = [m for (m,) in store.db.execute("SELECT message FROM events WHERE kind='skip'")]
+    assert skip == (
+        "batch 2: nothing to train, every discussion was skipped (degenerate or missing "
+        "remarks: see the notes above)"
+    )
     store.close()
 
 

@@ -265,9 +265,13 @@ def train(
             ready = overlap.take(b_index)  # prepared during the previous update, if it was
             sequences, rows = ready if ready is not None else prepare(ctx, b_index, step)
             if not sequences:
-                note(
-                    "skip", f"batch {b_index + 1}: every example was skipped by the context policy"
+                why = (
+                    "every discussion was skipped (degenerate or missing remarks: see the "
+                    "notes above)"
+                    if rows
+                    else "every example was skipped by the context policy"
                 )
+                note("skip", f"batch {b_index + 1}: nothing to train, {why}")
                 state.batches_done += 1
                 continue
             if stop():  # asked to stop while generating: redo this batch on resume

@@ -165,12 +165,22 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         from saie_lite.tasks.custom import describe
 
         view.on_event(describe(cfg.data))
+    created = not run_dir.exists()
     writable_dir(run_dir, "run directory", RUN_HINT)
     group = join_group(cfg, dry_run)
     main = group is None or group.is_main
     if main:
         config_mod.save(cfg, run_dir / "config.yaml")
-    learner, partner = build_backends(cfg, dry_run, run_dir, with_partner=main)
+    try:
+        learner, partner = build_backends(cfg, dry_run, run_dir, with_partner=main)
+    except BaseException:
+        # A model that does not load leaves no run behind (`logs list` would show an
+        # empty one, and the same --run-dir would then be refused as taken).
+        if main and not resume:
+            (run_dir / "config.yaml").unlink(missing_ok=True)
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
     if group is not None:
         from saie_lite.train.distributed import DataParallelLearner
 
