@@ -44,10 +44,27 @@ def run_dir(tmp_path_factory):
             "train.batch_size=1",
             "--set",
             "train.lr=0.01",
+            "--set",
+            "data.split=train",  # the rows the token-for-token comparisons were sized on
         ],
     )
     assert r.exit_code == 0, r.output
     return run
+
+
+def test_export_to_mlx_without_mlx_lm_is_one_line(run_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlx_lm" else find(name, *a)
+    )
+    out = tmp_path / "mlx"
+    r = runner.invoke(app, ["export", str(run_dir), "--to", "mlx", "--out", str(out)])
+    assert r.exit_code == 2 and r.output.strip() == (
+        "error: export --to mlx of this run needs mlx_lm: pip install 'saie-lite[mlx]'"
+    )
+    assert not out.exists()
 
 
 @pytest.fixture(scope="module")

@@ -309,15 +309,43 @@ def test_finished_run_says_what_to_do_next(tmp_path):
     r = dry_run(run)
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    nxt = lines[lines.index("next:") + 1 :]
+    # a dry run's scripted models cannot be evaluated or exported
+    assert lines[lines.index("next:") + 1 :] == [
+        "  train for real: the same command without --dry-run"
+    ]
+    from saie_lite.train.next_steps import next_commands
+
+    cfg = config.load_yaml(run / "config.yaml")
+    cfg = config.build(None, {"learner.backend": "torch"}, base=cfg)
     rows = "--task gsm8k --data bundled --limit 100"
-    assert [line.split(": ", 1)[1].strip() for line in nxt] == [
+    assert [c for _, c in next_commands(cfg, run)] == [
         f"saie-lite eval --run {run} {rows} --out {run}/eval",
-        f"saie-lite eval --model embedded --backend auto {rows} --out {run}/eval-base",
+        f"saie-lite eval --model embedded --backend torch {rows} --out {run}/eval-base",
         f"saie-lite compare {run}/eval-base {run}/eval",
         f"saie-lite export {run} --to gguf",
         f"saie-lite train --resume {run} --set method.rounds=2",
     ]
+    assert "on rows it trained on" in next_commands(cfg, run)[0][0]  # split train
+
+
+def test_next_commands_read_own_data_the_same_way_and_lift_the_step_cap(tmp_path):
+    from saie_lite.train.next_steps import next_commands
+
+    cfg = config.build(
+        overrides={
+            "learner.backend": "torch", "data.task": "custom", "data.path": "my qa.jsonl",
+            "data.split": "nodev", "data.check": "regex:Answer: (\\w+)",
+            "data.question_field": "q", "data.answer_field": "a", "train.max_steps": 5,
+        }
+    )  # fmt: skip
+    (what, run_eval), _, _, _, (_, further) = next_commands(cfg, tmp_path)
+    assert run_eval == (
+        f"saie-lite eval --run {tmp_path} --task custom --data 'my qa.jsonl' "
+        "--check 'regex:Answer: (\\w+)' --set data.question_field=q --set data.answer_field=a "
+        f"--split dev --limit 100 --out {tmp_path}/eval"
+    )
+    assert what == "evaluate the trained learner"  # held-out rows: no warning
+    assert further.endswith("--set method.rounds=2 --set train.max_steps=0")
 
 
 # -- context ------------------------------------------------------------------------

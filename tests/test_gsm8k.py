@@ -80,7 +80,8 @@ def test_load_missing_file_is_one_line():
         gsm8k.load("./nope/train.jsonl")
     assert (
         str(e.value)
-        == "data file not found: nope/train.jsonl (give a .jsonl/.parquet file or a hub name)"
+        == "data file not found: nope/train.jsonl (give a .jsonl / .json / .csv / .parquet file "
+        "or a hub name)"
     )
 
 

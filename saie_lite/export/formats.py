@@ -8,6 +8,7 @@ an MLX run, straight from the fused model).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -92,6 +93,13 @@ def export(run_dir: Path, to: str, quant: str = "f16", out: Path | None = None) 
         raise UserError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     run_dir = Path(run_dir)
     cfg, ckpt = _run_config(run_dir)
+    needs = {"mlx": "mlx_lm", "torch": "torch"}
+    for need in {needs.get(cfg.learner.backend), "mlx_lm" if to == "mlx" else None} - {None}:
+        if importlib.util.find_spec(need) is None:  # checked before anything is written
+            extra = "mlx" if need == "mlx_lm" else "torch"
+            raise UserError(
+                f"export --to {to} of this run needs {need}: pip install 'saie-lite[{extra}]'"
+            )
     out = Path(out) if out else run_dir / "export" / (f"{to}-{quant}" if to == "gguf" else to)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty: pick another --out or remove it")

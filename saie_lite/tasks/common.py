@@ -85,7 +85,8 @@ def load_rows(path: str, split: str, hub_config: str | None, bundled: str | None
                 raise UserError(f"data path {p} is a directory: give a data file in it")
             if not p.is_file():
                 raise UserError(
-                    f"data file not found: {p} (give a .jsonl/.parquet file or a hub name)"
+                    f"data file not found: {p} (give a {' / '.join(LOCAL_SUFFIXES)} file or a "
+                    "hub name)"
                 )
             if p.suffix not in LOCAL_SUFFIXES:
                 raise UserError(

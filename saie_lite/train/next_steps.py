@@ -2,28 +2,60 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from pathlib import Path
 
-from saie_lite.config import Config
+from saie_lite.config import Config, DataConfig
+
+# How a custom data file was read: an eval of the same rows must read it the same way.
+READING_KEYS = (
+    "format", "question_field", "answer_field", "final_field", "choices_field", "id_field",
+    "answer_format", "system", "hub_config",
+)  # fmt: skip
+
+
+def data_flags(d: DataConfig) -> str:
+    """--task/--data (and, for your own data, --check and the data.* keys that read it)."""
+    flags = f"--task {d.task} --data {shlex.quote(d.path)}"
+    if d.task != "custom":
+        return flags
+    if d.check != "auto":
+        flags += f" --check {shlex.quote(d.check)}"
+    default = DataConfig()
+    for key in READING_KEYS:
+        value = getattr(d, key)
+        if value != getattr(default, key):
+            flags += " --set " + shlex.quote(f"data.{key}={value}")
+    return flags
 
 
 def next_commands(cfg: Config, run_dir: Path) -> list[tuple[str, str]]:
     """(what, command) pairs: evaluate the run and its base on the same rows, compare
     them, export the learner, train further."""
     run = shlex.quote(str(run_dir))
+    if cfg.learner.backend not in ("torch", "mlx"):  # --dry-run: scripted models
+        return [("train for real", "the same command without --dry-run")]
     d = cfg.data
-    rows = f"--task {d.task} --data {shlex.quote(d.path)}"
-    # Held-out rows only exist for local files trained with split=nodev; otherwise the
-    # user is evaluating on rows the run may have trained on, which the README explains.
-    if d.split == "nodev":
+    rows = data_flags(d)
+    # Held-out rows exist for local files (and the bundled ones) trained with split=nodev.
+    held_out = d.split == "nodev"
+    if held_out:
         rows += " --split dev"
     rows += " --limit 100"
+    overlap = (
+        ""
+        if held_out
+        else " (on rows it trained on: train with data.split=nodev for held-out ones)"
+    )
     base = f"--model {shlex.quote(cfg.learner.model)} --backend {cfg.learner.backend}"
     out_run, out_base = f"{run_dir}/eval", f"{run_dir}/eval-base"
+    further = f"saie-lite train --resume {run} --set method.rounds={cfg.method.rounds + 1}"
+    if cfg.train.max_steps:  # the saved cap would stop the resumed run at once
+        further += " --set train.max_steps=0"
     return [
         (
-            "evaluate the trained learner",
+            f"evaluate the trained learner{overlap}",
             f"saie-lite eval --run {run} {rows} --out {shlex.quote(out_run)}",
         ),
         ("evaluate its base model", f"saie-lite eval {base} {rows} --out {shlex.quote(out_base)}"),
@@ -32,8 +64,5 @@ def next_commands(cfg: Config, run_dir: Path) -> list[tuple[str, str]]:
             f"saie-lite compare {shlex.quote(out_base)} {shlex.quote(out_run)}",
         ),
         ("export it (or --to hf | mlx)", f"saie-lite export {run} --to gguf"),
-        (
-            "train it further",
-            f"saie-lite train --resume {run} --set method.rounds={cfg.method.rounds + 1}",
-        ),
+        ("train it further", further),
     ]
