@@ -500,3 +500,18 @@ def test_resume_refuses_an_emptied_or_partial_saved_config(stopped_run):
     assert r.output.strip() == (
         f"error: {stopped_run} has no config.yaml: is it a saie-lite run directory?"
     )
+
+
+def test_missing_partner_file_is_found_before_the_learner_loads(tmp_path):
+    pytest.importorskip("llama_cpp")
+    not_a_model = tmp_path / "empty"  # would fail too, but only after loading
+    not_a_model.mkdir()
+    r = invoke(
+        "train", "--backend", "torch", "--model", not_a_model, "--partner-model",
+        tmp_path / "nope.gguf", "--live", "quiet", "--run-dir", tmp_path / "run",
+    )  # fmt: skip
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines()[-1].startswith(
+        f"error: partner model file not found: {tmp_path / 'nope.gguf'}"
+    )
+    assert not (tmp_path / "run").exists()

@@ -85,9 +85,22 @@ def build_backends(
         from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner
 
         return ScriptedLearner(), ScriptedPartner()
+    from saie_lite.paths import EMBEDDED
+
+    wants_partner = cfg.method.stances and with_partner
+    if (
+        wants_partner
+        and cfg.partner.backend == "llama_cpp"
+        and not cfg.partner.model.startswith(EMBEDDED)
+    ):
+        # A partner file is checked before the learner loads (a minute from the hub): a
+        # typo in its path is then one line at once, not after the wait.
+        from saie_lite.backends.llama_cpp import resolve_gguf
+
+        resolve_gguf(cfg.partner.model)
     learner = factory("learners", cfg.learner.backend)(cfg)
     partner = None
-    if cfg.method.stances and with_partner:  # plain SFT needs no partner: do not load one
+    if wants_partner:  # plain SFT needs no partner: do not load one
         partner = factory("partners", cfg.partner.backend)(cfg, learner)
     on = cfg.learner.generate_on
     if on == "auto":
