@@ -511,7 +511,9 @@ def test_missing_partner_file_is_found_before_the_learner_loads(tmp_path):
         tmp_path / "nope.gguf", "--live", "quiet", "--run-dir", tmp_path / "run",
     )  # fmt: skip
     assert r.exit_code == 2
-    assert r.output.strip().splitlines()[-1].startswith(
-        f"error: partner model file not found: {tmp_path / 'nope.gguf'}"
+    assert (
+        r.output.strip()
+        .splitlines()[-1]
+        .startswith(f"error: partner model file not found: {tmp_path / 'nope.gguf'}")
     )
     assert not (tmp_path / "run").exists()
