@@ -42,6 +42,8 @@ class TorchLearner(ChatTokenLearner):
         lc = cfg.learner
         self.cfg = cfg
         self.device = resolve_device(lc.device)
+        if lc.n_threads:  # process-wide: the bench's TRL and any other torch work share it
+            torch.set_num_threads(lc.n_threads)
         self.quantized = resolve_quantize(lc.quantize, self.device)
         if not self.quantized:
             hide_bitsandbytes()

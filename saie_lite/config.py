@@ -65,6 +65,11 @@ class LearnerConfig:
     )
     quantize: str = _f("auto", "4bit QLoRA: auto (on CUDA only) | 4bit | none")
     device: str = _f("auto", "auto | cpu | cuda | mps")
+    n_threads: int = _f(
+        0,
+        "torch CPU threads for the learner; 0 = torch's default (every core). Fewer leaves "
+        "cores to other jobs on a shared machine",
+    )
     max_seq_len: int = _f(1024, "longest training/generation context in tokens")
     max_new_tokens: int = _f(192, "longest learner answer in tokens")
     temperature: float = _f(0.0, "learner sampling temperature; 0 = greedy")
@@ -117,6 +122,7 @@ class LearnerConfig:
     def validate(self) -> None:
         _check(self.max_seq_len >= 32, "learner.max_seq_len must be >= 32")
         _check(self.max_new_tokens >= 1, "learner.max_new_tokens must be >= 1")
+        _check(self.n_threads >= 0, "learner.n_threads must be >= 0 (0 = every core)")
         _check(self.temperature >= 0, "learner.temperature must be >= 0")
         _check(self.lora_r >= 1, "learner.lora_r must be >= 1")
         _check(self.lora_alpha >= 1, "learner.lora_alpha must be >= 1")
@@ -656,6 +662,7 @@ SAFE_ON_RESUME = (
     "partner.backoff",
     "partner.concurrency",
     "partner.n_threads",
+    "learner.n_threads",
     "learner.vllm_url",
     "learner.vllm_concurrency",
     "run.live",

@@ -293,7 +293,8 @@ def test_resume_refuses_config_changes_and_applies_safe_ones(stopped_run):
         "error: --resume cannot change method.mode, train.lr: the resumed run would no longer "
         "match its first part. Drop those flags, or start a new run. Keys a resume may "
         "change: train.max_steps, method.rounds, partner.url, partner.timeout, "
-        "partner.retries, partner.backoff, partner.concurrency, partner.n_threads, learner.vllm_url, "
+        "partner.retries, partner.backoff, partner.concurrency, partner.n_threads, "
+        "learner.n_threads, learner.vllm_url, "
         "learner.vllm_concurrency, run.live"
     )
     assert config.load_yaml(stopped_run / "config.yaml")["train"]["lr"] == 2e-4  # unchanged

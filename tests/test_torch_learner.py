@@ -297,3 +297,16 @@ def test_cpu_learner_never_imports_bitsandbytes(tiny_model_dir):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
     assert "bitsandbytes" not in out.stderr.lower()
+
+
+def test_learner_threads_setting(tiny_model_dir):
+    """learner.n_threads caps torch's CPU threads (a shared machine); 0 leaves the default."""
+    before = torch.get_num_threads()
+    try:
+        torch_peft.TorchLearner(tiny_cfg(tiny_model_dir, **{"learner.n_threads": 1}))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(before)
+        torch_peft.TorchLearner(tiny_cfg(tiny_model_dir))
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)
