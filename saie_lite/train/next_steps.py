@@ -33,7 +33,7 @@ def next_commands(cfg: Config, run_dir: Path) -> list[tuple[str, str]]:
     """(what, command) pairs: evaluate the run and its base on the same rows, compare
     them, export the learner, train further."""
     run = shlex.quote(str(run_dir))
-    if cfg.learner.backend not in ("torch", "mlx"):  # --dry-run: scripted models
+    if cfg.learner.backend in ("auto", "scripted"):  # --dry-run: scripted models
         return [("train for real", "the same command without --dry-run")]
     d = cfg.data
     rows = data_flags(d)
