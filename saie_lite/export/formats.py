@@ -93,12 +93,17 @@ def export(run_dir: Path, to: str, quant: str = "f16", out: Path | None = None) 
         raise UserError(f"--to must be one of {', '.join(FORMATS)}, got {to!r}")
     run_dir = Path(run_dir)
     cfg, ckpt = _run_config(run_dir)
-    needs = {"mlx": "mlx_lm", "torch": "torch"}
-    for need in {needs.get(cfg.learner.backend), "mlx_lm" if to == "mlx" else None} - {None}:
-        if importlib.util.find_spec(need) is None:  # checked before anything is written
-            extra = "mlx" if need == "mlx_lm" else "torch"
+    # The run's own backend loads it; an MLX export also needs mlx-lm. Checked before
+    # anything is written. (module, extra) pairs:
+    needed = {"mlx": [("mlx_lm", "mlx")], "torch": [("torch", "torch")]}.get(
+        cfg.learner.backend, []
+    )
+    if to == "mlx":
+        needed.append(("mlx_lm", "mlx"))
+    for module, extra in needed:
+        if importlib.util.find_spec(module) is None:
             raise UserError(
-                f"export --to {to} of this run needs {need}: pip install 'saie-lite[{extra}]'"
+                f"export --to {to} of this run needs {module}: pip install 'saie-lite[{extra}]'"
             )
     out = Path(out) if out else run_dir / "export" / (f"{to}-{quant}" if to == "gguf" else to)
     if out.exists() and any(out.iterdir()):

@@ -104,13 +104,11 @@ class CustomTask:
     # -- rows -----------------------------------------------------------------------
     def load(self, path: str, split: str = "train") -> tuple[list[Example], dict[str, int]]:
         rows = load_rows(path, split, self.data.hub_config or None, None)
-        dicts = [r for r in rows if isinstance(r, dict)][:SNIFF_ROWS]
-        what = "chat" if self.data.format == "chat" else "question/answer"
         if not rows:
             raise UserError(f"no rows in {path!r}")
-        if not dicts:  # every row broken: the line counts them by reason
-            return parse_all(rows, self.parse_row, what, path)
-        self.resolve(dicts, path)
+        dicts = [r for r in rows if isinstance(r, dict)][:SNIFF_ROWS]
+        if dicts:  # with none (every row broken), parse_all's line counts them by reason
+            self.resolve(dicts, path)
         what = "chat" if self.data.format == "chat" else "question/answer"
         return parse_all(rows, self.parse_row, what, path)
 
