@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import threading
 import time
 import urllib.error
@@ -26,6 +27,7 @@ from saie_lite.errors import PartnerError, UserError
 from saie_lite.protocols import Chat, MissingRemark
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+NOTE_WAIT = 5.0  # seconds: a longer wait before a retry is announced on stderr
 
 
 class OpenAIPartner:
@@ -37,7 +39,6 @@ class OpenAIPartner:
                 "(or partner.url in the recipe)"
             )
         self.url = pc.url.rstrip("/")
-        self.model = pc.model
         self.key_env = pc.api_key_env
         if self.key_env and not os.environ.get(self.key_env):
             raise UserError(
@@ -45,6 +46,9 @@ class OpenAIPartner:
             )
         self.temperature = pc.temperature
         self.timeout = pc.timeout
+        # 'embedded' is the llama_cpp partner's default and names nothing on a server: ask
+        # the server which model it serves, as llama-server and LM Studio answer with one.
+        self.model = pc.model if not pc.model.startswith("embedded") else self._served_model()
         self.retries = pc.retries
         self.backoff = pc.backoff
         self.seed = pc.seed
@@ -53,6 +57,27 @@ class OpenAIPartner:
         self.tokens_generated = 0
         self.requests_ok = 0  # successful completions (tests check nothing is asked twice)
         self._lock = threading.Lock()
+
+    def _served_model(self) -> str:
+        """The one model ``GET /models`` lists; a server with several (Ollama, vLLM with
+        adapters) or none needs ``--partner-model``, and the line says which exist."""
+        req = urllib.request.Request(f"{self.url}/models", headers=self._headers())
+        try:
+            with urllib.request.urlopen(req, timeout=min(self.timeout, 10.0)) as resp:
+                listed = json.loads(resp.read()).get("data")
+            ids = [m["id"] for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (OSError, ValueError, HTTPException, AttributeError, TypeError) as e:
+            raise UserError(
+                f"partner server {self.url} did not list its models ({e}): name one with "
+                "--partner-model NAME (partner.model)"
+            ) from None
+        if len(ids) != 1:
+            offer = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "") if ids else "none"
+            raise UserError(
+                f"partner server {self.url} serves {len(ids)} models ({offer}): pick one with "
+                "--partner-model NAME (partner.model)"
+            )
+        return ids[0]
 
     # -- one request, with retries ---------------------------------------------------
     def _headers(self) -> dict:
@@ -73,7 +98,15 @@ class OpenAIPartner:
                 # Exponential backoff with jitter; a server's Retry-After wins when longer.
                 # Waiting happens only before another attempt, never after the last one.
                 delay = self.backoff * 2 ** (attempt - 1) * (1 + random.random() / 4)
-                time.sleep(max(delay, min(retry_after, 60.0)))
+                wait = max(delay, min(retry_after, 60.0))
+                if wait >= NOTE_WAIT:  # a silent minute looks like a hang
+                    print(
+                        f"partner server {self.url}: {last}, trying again in {wait:.0f} s "
+                        f"(attempt {attempt + 1} of {self.retries + 1})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                time.sleep(wait)
             retry_after, no_text = 0.0, False
             req = urllib.request.Request(
                 f"{self.url}/chat/completions", data=body, headers=self._headers(), method="POST"

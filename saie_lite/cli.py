@@ -84,7 +84,9 @@ def train(
     model: str | None = typer.Option(None, help="learner: hub id, local dir, or 'embedded'"),
     partner: str | None = typer.Option(None, help="partner backend: llama_cpp | openai | self"),
     partner_model: str | None = typer.Option(
-        None, help="partner GGUF path or 'embedded'; the model name for --partner openai"
+        None,
+        help="partner GGUF path or 'embedded'; --partner openai: the server's model name "
+        "(default: the one it lists)",
     ),
     partner_url: str | None = typer.Option(
         None, help="--partner openai: server base URL, e.g. http://127.0.0.1:8080/v1"

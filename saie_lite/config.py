@@ -168,7 +168,7 @@ class PartnerConfig:
         "llama_cpp: GGUF path, 'embedded' (the shipped Q4_1 file) or 'embedded-q8_0' / "
         "'embedded-q4_0' / 'embedded-f32' (built once from its float weights; faster "
         "prompts on x86); "
-        "openai: the server's model name",
+        "openai: the server's model name (left at 'embedded': the one model the server lists)",
     )
     n_ctx: int = _f(2048, "llama.cpp context window (set explicitly; never the 512 default)")
     n_threads: int = _f(0, "llama.cpp threads; 0 = all cores")

@@ -38,6 +38,8 @@ class FaultServer:
         self.default = default
         self.requests: list[dict] = []
         self.in_flight = 0
+        # what GET /models lists (None: the server has no such endpoint, 404)
+        self.models: list[str] | None = ["served-model"]
         self.max_in_flight = 0
         self._lock = threading.Lock()
         outer = self
@@ -45,6 +47,19 @@ class FaultServer:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):  # keep test output clean
                 pass
+
+            def do_GET(self):
+                found = self.path.endswith("/models") and outer.models is not None
+                data = json.dumps(
+                    {"object": "list", "data": [{"id": m, "object": "model"} for m in outer.models]}
+                    if found
+                    else {"error": "not found"}
+                ).encode()
+                self.send_response(200 if found else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -263,6 +263,44 @@ def test_retry_after_is_not_waited_out_after_the_last_attempt(server):
     assert 0.9 < time.perf_counter() - t0 < 10
 
 
+def test_long_retry_wait_is_announced(server, monkeypatch, capsys):
+    from saie_lite.backends import openai_http
+
+    monkeypatch.setattr(openai_http, "NOTE_WAIT", 0.5)
+    p, _ = partner_for(server.url, **{"partner.retries": 2})
+    server.actions.extend(["429:1", "500", "ok:Fine."])
+    assert p.remark([CHAT], 8) == ["Fine."]
+    err = capsys.readouterr().err
+    # the 1 s Retry-After is announced; the 0.02 s backoff after the 500 is not
+    assert err == (f"partner server {server.url}: HTTP 429, trying again in 1 s (attempt 2 of 3)\n")
+
+
+def test_default_model_is_the_one_the_server_serves(server):
+    p, _ = partner_for(server.url, **{"partner.model": "embedded"})
+    assert p.model == "served-model" and "served-model" in p.name
+    p.remark([CHAT], 8)
+    assert server.requests[-1]["body"]["model"] == "served-model"
+
+
+@pytest.mark.parametrize(
+    "models, says",
+    [
+        (["llama3", "qwen2.5"], "serves 2 models (llama3, qwen2.5): pick one with --partner-model"),
+        ([], "serves 0 models (none): pick one with --partner-model"),
+        (
+            None,
+            "did not list its models (HTTP Error 404: Not Found): name one with --partner-model",
+        ),
+    ],
+)
+def test_default_model_needs_a_name_unless_the_server_serves_one(server, models, says):
+    server.models = models
+    with pytest.raises(UserError) as e:
+        partner_for(server.url, **{"partner.model": "embedded"})
+    assert str(e.value).startswith(f"partner server {server.url} {says}")
+    assert not server.requests  # nothing was asked for a remark
+
+
 runner = CliRunner()
 
 
@@ -288,6 +326,8 @@ def test_partner_sending_text_parts_trains_to_the_end(tmp_path):
     assert r.exit_code == 0, r.output
     store = Store(tmp_path / "run" / "saie.sqlite")
     assert store.count("steps") == 4  # 1 warm-up + 3 discussion batches, none skipped
+    # no --partner-model: the model the server lists is asked for, not 'embedded'
+    assert {q["body"]["model"] for q in server.requests} == {"served-model"}
     remarks = {t for (t,) in store.db.execute("SELECT text FROM turns WHERE role='partner'")}
     assert remarks == {"Check the second step once more."}
     store.close()

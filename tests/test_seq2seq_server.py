@@ -158,3 +158,20 @@ def test_real_server_killed_mid_run_then_resumed(llama_server, tmp_path):
     assert s["status"] == "finished" and s["step"] == 4
     assert p1.requests_ok + p2.requests_ok == store.count("remark_cache") == 12
     store.close()
+
+
+@pytest.mark.real
+def test_real_server_names_its_model_when_none_is_given(llama_server):
+    # no partner.model: the partner asks the server (GET /v1/models) and uses its one model
+    cfg = config.build(
+        overrides={
+            "partner.backend": "openai",
+            "partner.url": llama_server.url,
+            "partner.max_tokens": 8,
+            "partner.api_key_env": "",
+        }
+    )
+    p = OpenAIPartner(cfg)
+    assert p.model == "smollm2"
+    (remark,) = p.remark([[{"role": "user", "content": "Is 2 + 2 = 5 right?"}]], 8)
+    assert remark.strip()
