@@ -45,6 +45,22 @@ def test_mean_ci_is_a_student_t_interval():
     assert mean_ci([1.0])["ci95"] == [None, None]
 
 
+def test_intervals_stay_within_what_a_metric_can_be():
+    # ROUGE near 0 with a wide spread: the t-interval's lower end would be below 0
+    vals = [0.0, 0.0, 0.0, 0.9]
+    assert mean_ci(vals)["ci95"][0] < 0
+    lo, hi = mean_ci(vals, bounds=(0.0, 1.0))["ci95"]
+    assert lo == 0.0 and hi == pytest.approx(mean_ci(vals)["ci95"][1])
+    lo, hi = mean_ci([1.0, 1.0, 1.0, 0.1], bounds=(0.0, 1.0))["ci95"]
+    assert hi == 1.0 and 0 < lo < 1
+    # a paired difference of ROUGE values cannot pass +-1; of accuracies neither
+    p = paired_continuous([0.0, 0.0, 0.0], [1.0, 1.0, 0.0], bounds=(0.0, 1.0))
+    assert p["diff_ci"][1] == 1.0 and p["diff_ci"][0] < p["diff"]
+    from saie_lite.evaluate.stats import paired
+
+    assert paired([False] * 3, [True, True, False]).diff_ci[1] == 1.0
+
+
 def test_paired_continuous_matches_scipy():
     from scipy import stats
 

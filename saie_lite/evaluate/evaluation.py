@@ -183,7 +183,7 @@ def summarize(items: list[dict], meta: dict) -> dict:
 def metric_summary(items: list[dict], names: list[str] | None) -> dict:
     """Mean and 95% interval of every metric: Wilson for accuracy, Student-t for the
     continuous ones."""
-    from saie_lite.evaluate.metrics import CONTINUOUS, mean_ci
+    from saie_lite.evaluate.metrics import CONTINUOUS, RANGE, mean_ci
 
     names = names if names is not None else sorted({k for i in items for k in i["metrics"]})
     out = {}
@@ -193,7 +193,7 @@ def metric_summary(items: list[dict], names: list[str] | None) -> dict:
             k = sum(i["strict_correct"] for i in items)
             out[m] = {"n": n, "mean": k / n if n else None, "ci95": list(wilson(k, n))}
         elif m in CONTINUOUS:
-            out[m] = mean_ci([i["metrics"].get(m) for i in items])
+            out[m] = mean_ci([i["metrics"].get(m) for i in items], bounds=RANGE[m])
     return out
 
 

@@ -22,6 +22,9 @@ from saie_lite.tasks import example_chat, is_checked
 # Which way is better, for tables and plots.
 HIGHER_IS_BETTER = {"accuracy": True, "nll": False, "rouge": True}
 CONTINUOUS = ("nll", "rouge")
+# The values a metric can take: a t-interval is cut to them (a mean ROUGE of 0.02 with a
+# wide spread would otherwise report a lower bound below 0, which no system can score).
+RANGE = {"nll": (0.0, math.inf), "rouge": (0.0, 1.0)}
 
 
 def resolve(spec: str, task, scoring: str, agent) -> list[str]:
@@ -62,8 +65,10 @@ def item_metrics(task, agent, results: list, names: list[str]) -> list[dict]:
     return out
 
 
-def mean_ci(values: list[float], level: float = 0.95) -> dict:
-    """Mean with a Student-t interval (None bounds when n < 2)."""
+def mean_ci(
+    values: list[float], level: float = 0.95, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> dict:
+    """Mean with a Student-t interval, cut to ``bounds`` (None bounds when n < 2)."""
     vals = [v for v in values if v is not None and not math.isnan(v)]
     n = len(vals)
     if n == 0:
@@ -75,4 +80,5 @@ def mean_ci(values: list[float], level: float = 0.95) -> dict:
 
     sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
     half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return {"n": n, "mean": mean, "ci95": [mean - half, mean + half]}
+    lo, hi = bounds
+    return {"n": n, "mean": mean, "ci95": [max(lo, mean - half), min(hi, mean + half)]}

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from saie_lite.errors import UserError
+from saie_lite.evaluate.metrics import RANGE
 from saie_lite.evaluate.stats import paired, paired_continuous
 
 # Written into summary.json; a summary without it predates content ids.
@@ -119,7 +120,9 @@ def compare(a: dict, b: dict, shared_only: bool = False) -> dict:
         and all(m in (ib[i].get("metrics") or {}) for i in ids)
     ]
     out["metrics"] = {
-        m: paired_continuous([ia[i]["metrics"][m] for i in ids], [ib[i]["metrics"][m] for i in ids])
+        m: paired_continuous(
+            [ia[i]["metrics"][m] for i in ids], [ib[i]["metrics"][m] for i in ids], RANGE[m]
+        )
         for m in names
     }
     return out

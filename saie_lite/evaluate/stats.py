@@ -64,20 +64,24 @@ def paired(a: list[bool], b: list[bool], z: float = 1.959963984540054) -> Paired
         only_a,
         only_b,
         diff,
-        (diff - half, diff + half),
+        (max(-1.0, diff - half), min(1.0, diff + half)),  # a difference of proportions
         mcnemar_exact(only_a, only_b),
     )
 
 
-def paired_continuous(a: list[float], b: list[float]) -> dict:
+def paired_continuous(
+    a: list[float], b: list[float], bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> dict:
     """Paired comparison of a continuous per-item metric (same items, same order):
-    mean difference B - A with its 95% t-interval, paired t-test and Wilcoxon
-    signed-rank test (two-sided, scipy). Identical values give p = 1."""
+    mean difference B - A with its 95% t-interval (cut to what a difference of values
+    within ``bounds`` can be), paired t-test and Wilcoxon signed-rank test (two-sided,
+    scipy). Identical values give p = 1."""
     from scipy import stats
 
     if len(a) != len(b):
         raise ValueError("paired comparison needs the same items in both")
     n = len(a)
+    lo, hi = bounds
     d = [y - x for x, y in zip(a, b)]
     mean_a = sum(a) / n if n else 0.0
     mean_b = sum(b) / n if n else 0.0
@@ -97,7 +101,7 @@ def paired_continuous(a: list[float], b: list[float]) -> dict:
         "mean_a": mean_a,
         "mean_b": mean_b,
         "diff": diff,
-        "diff_ci": [diff - half, diff + half],
+        "diff_ci": [max(lo - hi, diff - half), min(hi - lo, diff + half)],
         "t_p": t_p,
         "wilcoxon_p": w_p,
     }
