@@ -305,3 +305,32 @@ def test_loglik_ties_go_to_the_first_choice_and_scores_are_kept(tmp_path):
         "median margin 0.000 nats"
     )
     store.close()
+
+
+def test_logs_list_shows_every_evaluation_with_its_figures(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("SAIE_LITE_HOME", str(home))
+    run = home / "runs" / "r1"
+    r = runner.invoke(
+        app, ["train", "--dry-run", "--limit", "4", "--live", "quiet", "--run-dir", str(run)]
+    )
+    assert r.exit_code == 0, r.output
+    base = ["eval", "--backend", "scripted", "--data", "bundled", "--limit", "6"]
+    assert runner.invoke(app, [*base, "--run", str(run)]).exit_code == 0
+    assert runner.invoke(app, base).exit_code == 0
+    (home / "evals" / "broken").mkdir()
+    (home / "evals" / "broken" / "summary.json").write_text("{not json")
+    r = runner.invoke(app, ["logs", "list"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    # the run's own evaluation, under the run, with n and the interval of each metric
+    (inside,) = [x for x in lines if x.strip().startswith("eval gsm8k-")]
+    assert inside.startswith("      eval gsm8k-bundled-")
+    assert "n=6, accuracy 0.0% [0.0%, 39.0%]" in inside
+    assert ", nll 0.833 [0.217, 1.449], rouge 0.000 [0.000, 0.000]" in inside
+    # the standalone evaluation, and a damaged one that hides nothing else
+    assert "evals (2):" in lines
+    i = lines.index(f"  {home / 'evals' / 'broken'}")
+    assert lines[i + 1] == "      (its summary.json cannot be read)"
+    heads = [x for x in lines if x.startswith("      n=6, accuracy 0.0% [0.0%, 39.0%]")]
+    assert len(heads) == 1

@@ -22,11 +22,6 @@ def load_learner(cfg: Config, run_dir: Path | None = None):
     from saie_lite.train.checkpoint import usable
     from saie_lite.train.runs import saved_config
 
-    if cfg.learner.backend == "auto":
-        from saie_lite.registry import choose_learner
-
-        cfg = copy.deepcopy(cfg)
-        cfg.learner.backend = choose_learner("auto")[0]
     if run_dir is not None:
         saved = saved_config(run_dir)
         cfg = copy.deepcopy(cfg)
@@ -36,6 +31,11 @@ def load_learner(cfg: Config, run_dir: Path | None = None):
         ckpt = usable(run_dir, note=lambda m: print(f"note: {m}", file=sys.stderr))
         if ckpt is None:
             raise UserError(f"{run_dir} has no checkpoint yet: train it first")
+    if cfg.learner.backend == "auto":  # after the run's own settings, which may say auto
+        from saie_lite.registry import choose_learner
+
+        cfg = copy.deepcopy(cfg)
+        cfg.learner.backend = choose_learner("auto")[0]
     learner = factory("learners", cfg.learner.backend)(cfg)
     if run_dir is not None:
         learner.load_adapter(ckpt)

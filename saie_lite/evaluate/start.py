@@ -233,12 +233,43 @@ def list_logs() -> str:
         lines.append(f"{kind} ({len(found)}):")
         for p in found:
             lines.append(f"  {p}")
-            if kind == "runs" and (p / "saie.sqlite").is_file():
+            if kind == "evals":
+                lines.append(f"      {eval_line(p)}")
+                continue
+            if (p / "saie.sqlite").is_file():
                 try:
                     lines += [f"      {line}" for line in remark_figures(p)]
                 except UserError:  # one damaged run must not hide the others
                     lines.append("      (its saie.sqlite cannot be read)")
+            # evaluations of this run's learner live inside it (eval --run)
+            for e in sorted(q for q in (p / "evals").glob("*") if q.is_dir()):
+                lines.append(f"      eval {e.name}: {eval_line(e)}")
     return "\n".join(lines)
+
+
+def eval_line(eval_dir: Path) -> str:
+    """An evaluation's headline from its summary.json: n, every metric's mean with its
+    95% interval, and whether it was stopped before the end."""
+    import json
+
+    try:
+        s = json.loads((eval_dir / "summary.json").read_text())
+        parts = [f"n={s['n']}"]
+        for name, m in (s.get("metrics") or {}).items():
+            if m.get("mean") is None:
+                continue
+            lo, hi = m.get("ci95") or (None, None)
+            pct = name == "accuracy"
+            fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
+            span = f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None and hi is not None else ""
+            parts.append(f"{name} {fmt(m['mean'])}{span}")
+        if s.get("status") == "stopped":
+            parts.append("stopped: the same eval command continues it")
+        return ", ".join(parts)
+    except FileNotFoundError:
+        return "(no summary.json: not finished, or not an evaluation)"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "(its summary.json cannot be read)"
 
 
 def remark_figures(run_dir: Path) -> list[str]:

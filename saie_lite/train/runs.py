@@ -169,7 +169,11 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         raise UserError(
             f"{run_dir} already holds a run: resume it with --resume {run_dir} or pick another --run-dir"
         )
-    if not dry_run:
+    if dry_run:
+        # The run's config says what ran, so that eval --run, export and --resume of a
+        # dry run load the scripted models its checkpoints belong to.
+        cfg.learner.backend = cfg.partner.backend = "scripted"
+    else:
         resolve_backend(cfg, view.on_event)
     examples, skipped = prepare_examples(cfg)
     if skipped:
