@@ -160,6 +160,11 @@ def test_degenerate_remark_retried_then_skipped(server, tmp_path):
         "batch 2: nothing to train, every discussion was skipped (degenerate or missing "
         "remarks: see the notes above)"
     )
+    # the skipped batch's answer and degenerate remark are stored all the same
+    remarks = [t for (t,) in store.db.execute("SELECT text FROM turns WHERE role='partner'")]
+    assert remarks == ["Good, keep going.", "???"]
+    stance, d = store.remark_diagnostics()[-1]
+    assert stance == "supportive" and d["degenerate"]
     store.close()
 
 

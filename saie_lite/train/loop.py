@@ -272,6 +272,9 @@ def train(
                     else "every example was skipped by the context policy"
                 )
                 note("skip", f"batch {b_index + 1}: nothing to train, {why}")
+                # Its answers and remarks are kept (the remark figures count the skipped
+                # ones); filed under the next update, they go with it on a resume.
+                store.add_turns(rows)
                 state.batches_done += 1
                 continue
             if stop():  # asked to stop while generating: redo this batch on resume
