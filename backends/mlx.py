@@ -95,7 +95,10 @@ class MLXLearner(ChatTokenLearner):
             )
         except (OSError, ValueError, FileNotFoundError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"could not load learner model {lc.model!r}: {first[:200]}") from None
+            from saie_lite.hub_access import offline_reason
+
+            why = offline_reason(lc.model) or first[:200]
+            raise UserError(f"could not load learner model {lc.model!r}: {why}") from None
         if lc.dtype in ("bfloat16", "float16"):
             self.model.set_dtype(getattr(mx, lc.dtype))
         self.quantized = lc.quantize == "4bit"

@@ -76,10 +76,13 @@ class TorchLearner(ChatTokenLearner):
             first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(":")
             if isinstance(e, SafetensorError):
                 first = f"a weights file is damaged or incomplete ({first})"
-            raise UserError(
-                f"could not load learner model {lc.model!r}: {first[:200]}; a local model "
-                "needs config.json, tokenizer files and complete *.safetensors weights"
-            ) from None
+            from saie_lite.hub_access import offline_reason
+
+            why = offline_reason(lc.model) or (
+                f"{first[:200]}; a local model needs config.json, tokenizer files and "
+                "complete *.safetensors weights"
+            )
+            raise UserError(f"could not load learner model {lc.model!r}: {why}") from None
         if not self.quantized:
             base.to(self.device)
         else:

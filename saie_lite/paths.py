@@ -96,7 +96,12 @@ def local_or_hub(name: str) -> str:
             f"learner model {name} is a file: give its directory (config.json, tokenizer "
             "and weights together), a hub id, or 'embedded'"
         )
-    return str(p) if p.exists() else name
+    if p.exists():
+        return str(p)
+    from saie_lite import hub_access
+
+    hub_access.settle()
+    return name
 
 
 def bundled_data(name: str) -> Path:

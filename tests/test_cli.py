@@ -157,3 +157,69 @@ def test_missing_learner_model_is_one_line(tmp_path):
         "error: learner model not found: ./missing-model (give a local model directory, a hub id, "
         "or 'embedded')"
     )
+
+
+@pytest.fixture
+def hub_at(monkeypatch):
+    """Point the hub at a loopback port and forget any earlier reachability verdict; the
+    offline switches the code may flip are restored after the test."""
+    import socket
+
+    from saie_lite import hub_access
+
+    monkeypatch.setattr(hub_access, "_checked", None)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    for mod, names in (
+        ("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+        ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")),
+    ):
+        if mod in sys.modules:
+            for name in names:
+                monkeypatch.setattr(sys.modules[mod], name, False)
+
+    def point(listening: bool):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        if listening:
+            s.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{s.getsockname()[1]}")
+        return s
+
+    return point
+
+
+def test_unreachable_hub_is_settled_at_once(hub_at):
+    # nobody listens on the port: the first hub name switches to the local cache, and a
+    # model that is not in it fails in one line without a minute of retries
+    sock = hub_at(listening=False)
+    try:
+        r = invoke("eval", "--backend", "torch", "--model", "nobody/no-such-model",
+                   "--data", "bundled", "--limit", "1")  # fmt: skip
+    finally:
+        sock.close()
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert lines[-2] == "note: the hub (127.0.0.1) cannot be reached: using the local cache only"
+    assert lines[-1] == (
+        "error: could not load learner model 'nobody/no-such-model': the hub cannot be "
+        "reached and 'nobody/no-such-model' is not in the local cache: connect once to "
+        "download it, or give a local path"
+    )
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True and "Retry" not in r.output
+
+
+def test_reachable_hub_stays_online(hub_at):
+    from saie_lite import hub_access
+
+    sock = hub_at(listening=True)
+    try:
+        hub_access.settle()
+    finally:
+        sock.close()
+    assert not hub_access.switched_offline()
+    import os
+
+    assert "HF_HUB_OFFLINE" not in os.environ

@@ -105,12 +105,19 @@ def load_rows(path: str, split: str, hub_config: str | None, bundled: str | None
             if not rows:
                 raise UserError(f"no rows in {path!r}")
             return carve(rows, split)
+        from saie_lite import hub_access
+
+        hub_access.settle()
         return list(datasets.load_dataset(path, hub_config, split=split))
     except UserError:
         raise
     except Exception as e:  # datasets raises many types; all mean "could not read"
+        from saie_lite.hub_access import offline_reason
+
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"could not load data {path!r}: {first[:200]}") from None
+        raise UserError(
+            f"could not load data {path!r}: {offline_reason(path) or first[:200]}"
+        ) from None
 
 
 @dataclass(frozen=True)
