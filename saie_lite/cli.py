@@ -53,6 +53,23 @@ app = _App(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version as v
+
+        typer.echo(f"saie-lite {v('saie-lite')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """saie-lite: fine-tune a small LM from supportive and adversarial discussions (SAIE)."""
+
+
 def _storage_failure(
     e: Exception,
     again: str = "run the command again; a stopped train run goes on with "
@@ -473,10 +490,8 @@ def bench(
 
 @app.command()
 def version() -> None:
-    """Print the saie-lite version."""
-    from importlib.metadata import version as v
-
-    typer.echo(v("saie-lite"))
+    """Print the saie-lite version (as --version does)."""
+    _print_version(True)
 
 
 def main() -> None:

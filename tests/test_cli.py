@@ -223,3 +223,11 @@ def test_reachable_hub_stays_online(hub_at):
     import os
 
     assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_version_flag_and_command_agree():
+    from importlib.metadata import version
+
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.output == f"saie-lite {version('saie-lite')}\n"
+    assert invoke("version").output == r.output
