@@ -1,6 +1,7 @@
 """Evaluation runs and paired comparisons with a scripted learner."""
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -334,3 +335,23 @@ def test_logs_list_shows_every_evaluation_with_its_figures(tmp_path, monkeypatch
     assert lines[i + 1] == "      (its summary.json cannot be read)"
     heads = [x for x in lines if x.startswith("      n=6, accuracy 0.0% [0.0%, 39.0%]")]
     assert len(heads) == 1
+
+
+def test_changed_settings_get_their_own_default_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAIE_LITE_HOME", str(tmp_path / "home"))
+    base = ["eval", "--backend", "scripted", "--data", "bundled", "--limit", "3"]
+    summaries = []
+    for extra in (["--strategy", "self-consistency", "--k", "3"],
+                  ["--strategy", "self-consistency", "--k", "2"],
+                  ["--strategy", "self-consistency", "--k", "3"],
+                  ["--max-new-tokens", "64", "--metrics", "accuracy,nll"]):  # fmt: skip
+        r = runner.invoke(app, [*base, *extra])
+        assert r.exit_code == 0, r.output  # before: "holds an evaluation with other settings"
+        summaries.append(r.output.strip().splitlines()[-1])
+    names = [Path(s.split("summary: ")[1]).parent.name for s in summaries]
+    assert names == [
+        "scripted-embedded-gsm8k-bundled-train-n3-self-consistency-k3",
+        "scripted-embedded-gsm8k-bundled-train-n3-self-consistency-k2",
+        "scripted-embedded-gsm8k-bundled-train-n3-self-consistency-k3",  # the same one again
+        "scripted-embedded-gsm8k-bundled-train-n3-single-len64-accuracy-nll",
+    ]

@@ -18,17 +18,34 @@ from saie_lite.paths import home, writable_dir
 
 
 def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[-40:] or "x"
+    # no leading dots: '../data/x.jsonl' names a directory 'data-x.jsonl', not '..-data-...'
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text)[-40:].strip("-.") or "x"
 
 
 def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
-    """Deterministic, so running the same evaluation again resumes it."""
-    e, d = cfg.eval, cfg.data
+    """Deterministic, so running the same evaluation again resumes it; a setting that
+    changes the items' results and differs from its default is in the name, so changing
+    it starts another evaluation instead of being refused as a mismatch."""
+    from saie_lite.config import DataConfig, EvalConfig
+
+    e, d, e0 = cfg.eval, cfg.data, EvalConfig()
     name = f"{d.task}-{_slug(d.path)}-{d.split}-n{d.limit or 'all'}-{e.strategy}"
     if e.scoring == "loglik":
         name += "-loglik"
     if d.task == "custom":  # another check is another evaluation, not a resumed one
         name += f"-{_slug(d.check)}"
+    tags = [("len", e.max_new_tokens, e0.max_new_tokens), ("", e.metrics, e0.metrics)]
+    tags.append(("seed", d.seed, DataConfig().seed))
+    if e.strategy in ("self-consistency", "debate"):
+        tags += [("k", e.k, e0.k)] if e.strategy == "self-consistency" else []
+        tags.append(("t", e.temperature, e0.temperature))
+    if e.strategy in ("self-discussion", "debate"):
+        tags.append(("r", e.rounds, e0.rounds))
+    if e.strategy == "debate":
+        tags.append(("", e.agents, e0.agents))
+    if e.scoring == "loglik":
+        tags.append(("", e.loglik_dtype, e0.loglik_dtype))
+    name += "".join(f"-{tag}{_slug(str(v))}" for tag, v, v0 in tags if v != v0)
     if run_dir is not None:
         return Path(run_dir) / "evals" / name
     return home() / "evals" / f"{cfg.learner.backend}-{_slug(cfg.learner.model)}-{name}"
