@@ -22,6 +22,7 @@ LAYERS = {
     "export": 4,
     "evaluate": 5,
     "bench": 6,
+    "commands": 7,
     "cli": 7,
 }
 

@@ -30,6 +30,9 @@ def test_wheel_layout_and_clean_import(tmp_path):
     assert "saie_lite/backends/torch_peft.py" in names
     assert "saie_lite/data/gsm8k_sample.jsonl" in names
     assert not any(n.startswith("backends/") for n in names)
+    # every package of the source tree is in the wheel (pyproject lists them by hand)
+    for init in (ROOT / "saie_lite").rglob("__init__.py"):
+        assert init.relative_to(ROOT).as_posix() in names, init
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     # -S: no site-packages, so neither the source tree nor an editable install can answer.
     code = (

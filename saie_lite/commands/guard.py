@@ -1,0 +1,64 @@
+"""Every command ends a user's mistake in one line with exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+
+import typer
+
+from saie_lite.errors import UserError
+
+
+class GuardedTyper(typer.Typer):
+    """A Typer whose commands turn errors into one line: ``UserError`` carries its own
+    line; an ``OSError`` no check foresaw (a full disk, a vanished file) still gets one,
+    naming the file; so do SQLite's and safetensors' storage errors."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorate(fn):
+            @functools.wraps(fn)
+            def guarded(*a, **k):
+                try:
+                    return fn(*a, **k)
+                except UserError as e:
+                    fail(str(e))
+                except OSError as e:
+                    where = f" ({e.filename})" if e.filename else ""
+                    fail(
+                        f"{e.strerror or type(e).__name__}{where}: check the path, its "
+                        "permissions and free space, then run the command again"
+                    )
+                except Exception as e:
+                    line = storage_failure(e)
+                    if line is None:
+                        raise  # a bug: its traceback is what a report needs
+                    fail(line)
+
+            return register(guarded)
+
+        return decorate
+
+
+def storage_failure(
+    e: Exception,
+    again: str = "run the command again; a stopped train run goes on with "
+    "saie-lite train --resume RUN_DIR",
+) -> str | None:
+    """One line for the storage errors that are not ``OSError``: SQLite's (a full disk
+    under a run's database) and safetensors' (a full disk, a damaged weights file)."""
+    import sqlite3
+
+    if isinstance(e, sqlite3.Error):
+        what = f"database error ({e})"
+    elif type(e).__name__ == "SafetensorError":  # safetensors is imported only by some commands
+        what = f"a weights file could not be read or written ({e})"
+    else:
+        return None
+    return f"{what}: free disk space (or restore the damaged file), then {again}"
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(2)
