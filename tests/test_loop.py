@@ -105,6 +105,45 @@ def test_stop_then_resume_matches_and_reuses_remarks(examples, tmp_path):
     store.close()
 
 
+def test_skipped_batch_turns_survive_a_stop_right_after_it(examples, tmp_path):
+    # batch 2's remark is degenerate twice, so it trains nothing; its turns are kept, and
+    # a run stopped right after it stores the same turns as one that never stopped
+    cfg = make_cfg(**{"method.mode": "saie-support", "train.batch_size": 1,
+                      "method.warmup_fraction": 0.0, "train.save_every": 100})  # fmt: skip
+    exs = examples[:3]
+
+    def partner_rows(
+        run_dir, stop=lambda: False, replies=("Good one.", "???", "!!!", "Fine work.")
+    ):
+        partner = ScriptedPartner()
+        partner.enqueue(*replies)
+        summary, _, _ = run(cfg, exs, run_dir, partner=partner, stop=stop)
+        store = Store(run_dir / "saie.sqlite")
+        rows = [
+            t
+            for (t,) in store.db.execute("SELECT text FROM turns WHERE role='partner' ORDER BY id")
+        ]
+        store.close()
+        return summary, rows
+
+    (tmp_path / "full").mkdir(), (tmp_path / "part").mkdir()
+    full, rows_full = partner_rows(tmp_path / "full")
+    assert full["step"] == 2 and rows_full == ["Good one.", "???", "Fine work."]
+    calls = {"n": 0}
+
+    def stop_after_the_skip():
+        calls["n"] += 1
+        return calls["n"] > 3  # batch 1: two checks; batch 2 (skipped): one; then stop
+
+    part, _ = partner_rows(tmp_path / "part", stop_after_the_skip)
+    assert part["status"] == "stopped" and part["step"] == 1 and part["batches_done"] == 2
+    # the checkpoint says where training stood: batch 2 is redone on resume, from the cache
+    assert checkpoint.load(tmp_path / "part", ScriptedLearner()).batches_done == 1
+    resumed, rows = partner_rows(tmp_path / "part", replies=("Fine work.",))
+    assert resumed["status"] == "finished" and resumed["step"] == 2
+    assert rows == rows_full
+
+
 def test_checkpoint_pruned_and_latest_readable(examples, tmp_path):
     run(make_cfg(**{"train.keep_checkpoints": 2}), examples, tmp_path)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))

@@ -214,9 +214,15 @@ def train(
 
         ctx.remarks = remarks_from_main(group, ctx.remarks)
 
+    # Batches up to the last update. A checkpoint records this, not the batches skipped
+    # since (nothing trained): their turns are filed under the next update, which a
+    # resume from this checkpoint removes, so the resume redoes them (cached remarks).
+    trained_through = state.batches_done
+
     def save() -> None:
         if group is None or group.is_main:
-            checkpoint.save(run_dir, learner, state, cfg.train.keep_checkpoints)
+            at = checkpoint.LoopState(state.step, trained_through)
+            checkpoint.save(run_dir, learner, at, cfg.train.keep_checkpoints)
 
     fit = ContextFit(ctx, examples, bases)
     # Missing remarks of updates already made (a resumed run) count too.
@@ -273,7 +279,7 @@ def train(
                 )
                 note("skip", f"batch {b_index + 1}: nothing to train, {why}")
                 # Its answers and remarks are kept (the remark figures count the skipped
-                # ones); filed under the next update, they go with it on a resume.
+                # ones), filed under the next update (see trained_through).
                 store.add_turns(rows)
                 state.batches_done += 1
                 continue
@@ -287,6 +293,7 @@ def train(
             timer.add("update", t0)
             overlap.wait()  # the store is used by one thread at a time
             state.step, state.batches_done = step, b_index + 1
+            trained_through = state.batches_done
             store.add_turns(rows)
             spent = {k: timer.t[k] - t_before[k] for k in timer.t}
             step_row = {
