@@ -46,9 +46,7 @@ class OpenAIPartner:
             )
         self.temperature = pc.temperature
         self.timeout = pc.timeout
-        # 'embedded' is the llama_cpp partner's default and names nothing on a server: ask
-        # the server which model it serves, as llama-server and LM Studio answer with one.
-        self.model = pc.model if not pc.model.startswith("embedded") else self._served_model()
+        self.model = pc.model  # a new run has asked the server for it (served_model)
         self.retries = pc.retries
         self.backoff = pc.backoff
         self.seed = pc.seed
@@ -57,27 +55,6 @@ class OpenAIPartner:
         self.tokens_generated = 0
         self.requests_ok = 0  # successful completions (tests check nothing is asked twice)
         self._lock = threading.Lock()
-
-    def _served_model(self) -> str:
-        """The one model ``GET /models`` lists; a server with several (Ollama, vLLM with
-        adapters) or none needs ``--partner-model``, and the line says which exist."""
-        req = urllib.request.Request(f"{self.url}/models", headers=self._headers())
-        try:
-            with urllib.request.urlopen(req, timeout=min(self.timeout, 10.0)) as resp:
-                listed = json.loads(resp.read()).get("data")
-            ids = [m["id"] for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        except (OSError, ValueError, HTTPException, AttributeError, TypeError) as e:
-            raise UserError(
-                f"partner server {self.url} did not list its models ({e}): name one with "
-                "--partner-model NAME (partner.model)"
-            ) from None
-        if len(ids) != 1:
-            offer = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "") if ids else "none"
-            raise UserError(
-                f"partner server {self.url} serves {len(ids)} models ({offer}): pick one with "
-                "--partner-model NAME (partner.model)"
-            )
-        return ids[0]
 
     # -- one request, with retries ---------------------------------------------------
     def _headers(self) -> dict:
@@ -198,6 +175,65 @@ class OpenAIPartner:
 
     def remark(self, chats: list[Chat], max_tokens: int) -> list[str]:
         return self.generate(chats, max_tokens, None)
+
+
+def served_model(pc, note) -> str:
+    """The model to ask for when ``partner.model`` is left at 'embedded', the llama_cpp
+    partner's default, which names nothing on a server: the one model ``GET /models``
+    lists (llama-server, LM Studio with one model loaded). Several or none need
+    ``--partner-model``, and the line lists them; a server without ``/models`` keeps
+    the name as it was sent before, with a note. Retried like a chat request (a
+    llama-server answers 503 while it loads its model)."""
+    url = pc.url.rstrip("/")
+    key = os.environ.get(pc.api_key_env) if pc.api_key_env else None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    name = "--partner-model NAME (partner.model)"
+    last = "no attempt"
+    for attempt in range(pc.retries + 1):
+        if attempt:
+            time.sleep(pc.backoff * 2 ** (attempt - 1))
+        req = urllib.request.Request(f"{url}/models", headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=pc.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            if e.code == 404:
+                note(
+                    f"partner server {url} does not list its models (GET /models: HTTP 404): "
+                    f"asking for model {pc.model!r}; if it needs a name, give {name}"
+                )
+                return pc.model
+            if e.code in (401, 403):
+                raise UserError(
+                    f"partner server {url} refused to list its models (HTTP {e.code}): check "
+                    "the API key variable (partner.api_key_env)"
+                ) from None
+            last = f"HTTP {e.code}"
+            if e.code in RETRY_STATUS:
+                continue
+            break
+        except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as e:
+            reason = getattr(e, "reason", e)
+            last = "timed out" if isinstance(reason, TimeoutError) else str(reason)
+            continue
+        try:
+            listed = json.loads(raw).get("data")
+            ids = [m["id"] for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        except (ValueError, AttributeError, TypeError, RecursionError):
+            raise UserError(
+                f"partner server {url} answered GET /models with something that is not a "
+                f"model list: name the model with {name}"
+            ) from None
+        if len(ids) != 1:
+            offer = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "") if ids else "none"
+            raise UserError(
+                f"partner server {url} serves {len(ids)} models ({offer}): pick one with {name}"
+            )
+        return ids[0]
+    raise UserError(
+        f"partner server {url} did not list its models ({last}, {pc.retries + 1} attempts): "
+        f"start the server (check partner.url), or name the model with {name}"
+    )
 
 
 MALFORMED = "a malformed reply (not a chat completion)"

@@ -38,8 +38,11 @@ class FaultServer:
         self.default = default
         self.requests: list[dict] = []
         self.in_flight = 0
-        # what GET /models lists (None: the server has no such endpoint, 404)
+        # what GET /models lists (None: the server has no such endpoint, 404), and HTTP
+        # statuses to answer it with first (e.g. 503 while a server loads its model)
         self.models: list[str] | None = ["served-model"]
+        self.get_failures: deque[int] = deque()
+        self.gets = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
         outer = self
@@ -49,6 +52,12 @@ class FaultServer:
                 pass
 
             def do_GET(self):
+                outer.gets += 1
+                if outer.get_failures:
+                    self.send_response(outer.get_failures.popleft())
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 found = self.path.endswith("/models") and outer.models is not None
                 data = json.dumps(
                     {"object": "list", "data": [{"id": m, "object": "model"} for m in outer.models]}

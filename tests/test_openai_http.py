@@ -280,30 +280,56 @@ def test_long_retry_wait_is_announced(server, monkeypatch, capsys):
     assert err == (f"partner server {server.url}: HTTP 429, trying again in 1 s (attempt 2 of 3)\n")
 
 
-def test_default_model_is_the_one_the_server_serves(server):
-    p, _ = partner_for(server.url, **{"partner.model": "embedded"})
-    assert p.model == "served-model" and "served-model" in p.name
-    p.remark([CHAT], 8)
-    assert server.requests[-1]["body"]["model"] == "served-model"
+def test_served_model_asks_the_server_and_retries_like_a_chat_request(server):
+    from saie_lite.backends.openai_http import served_model
+
+    _, cfg = partner_for(server.url, **{"partner.model": "embedded"})
+    server.get_failures.extend([503, 502])  # a llama-server still loading its model
+    notes = []
+    assert served_model(cfg.partner, notes.append) == "served-model"
+    assert server.gets == 3 and notes == [] and not server.requests
 
 
 @pytest.mark.parametrize(
-    "models, says",
+    "models, failures, says",
     [
-        (["llama3", "qwen2.5"], "serves 2 models (llama3, qwen2.5): pick one with --partner-model"),
-        ([], "serves 0 models (none): pick one with --partner-model"),
         (
-            None,
-            "did not list its models (HTTP Error 404: Not Found): name one with --partner-model",
+            ["llama3", "qwen2.5"],
+            [],
+            "serves 2 models (llama3, qwen2.5): pick one with --partner-model",
         ),
+        ([], [], "serves 0 models (none): pick one with --partner-model"),
+        (
+            ["m"],
+            [503, 503, 503],
+            "did not list its models (HTTP 503, 3 attempts): start the server",
+        ),
+        (["m"], [401], "refused to list its models (HTTP 401): check the API key variable"),
     ],
 )
-def test_default_model_needs_a_name_unless_the_server_serves_one(server, models, says):
+def test_served_model_needs_a_name_unless_the_server_serves_one(server, models, failures, says):
+    from saie_lite.backends.openai_http import served_model
+
+    _, cfg = partner_for(server.url, **{"partner.model": "embedded"})
     server.models = models
+    server.get_failures.extend(failures)
     with pytest.raises(UserError) as e:
-        partner_for(server.url, **{"partner.model": "embedded"})
+        served_model(cfg.partner, print)
     assert str(e.value).startswith(f"partner server {server.url} {says}")
     assert not server.requests  # nothing was asked for a remark
+
+
+def test_a_server_without_a_model_list_gets_the_name_as_before(server):
+    from saie_lite.backends.openai_http import served_model
+
+    _, cfg = partner_for(server.url, **{"partner.model": "embedded"})
+    server.models = None  # GET /models: 404
+    notes = []
+    assert served_model(cfg.partner, notes.append) == "embedded"
+    assert notes == [
+        f"partner server {server.url} does not list its models (GET /models: HTTP 404): asking "
+        "for model 'embedded'; if it needs a name, give --partner-model NAME (partner.model)"
+    ]
 
 
 runner = CliRunner()
@@ -331,8 +357,11 @@ def test_partner_sending_text_parts_trains_to_the_end(tmp_path):
     assert r.exit_code == 0, r.output
     store = Store(tmp_path / "run" / "saie.sqlite")
     assert store.count("steps") == 4  # 1 warm-up + 3 discussion batches, none skipped
-    # no --partner-model: the model the server lists is asked for, not 'embedded'
+    # no --partner-model: the model the server lists is asked for, not 'embedded', and
+    # the run's config names it, so that a resume asks the server no more
     assert {q["body"]["model"] for q in server.requests} == {"served-model"}
+    assert config.build(tmp_path / "run" / "config.yaml").partner.model == "served-model"
+    assert "partner model: served-model (the one model" in r.output
     remarks = {t for (t,) in store.db.execute("SELECT text FROM turns WHERE role='partner'")}
     assert remarks == {"Check the second step once more."}
     store.close()

@@ -65,8 +65,10 @@ def bench(
 
 
 def version() -> None:
-    """Print the saie-lite version (as --version does)."""
-    print_version(True)
+    """Print the saie-lite version number alone (for scripts; --version says the name too)."""
+    from importlib.metadata import version as v
+
+    typer.echo(v("saie-lite"))
 
 
 def print_version(value: bool) -> None:

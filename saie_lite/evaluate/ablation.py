@@ -187,7 +187,7 @@ def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
     from saie_lite.paths import writable_dir
     from saie_lite.tasks.common import splits_overlap
     from saie_lite.train.loop import schedule
-    from saie_lite.train.runs import prepare_examples, resolve_backend
+    from saie_lite.train.runs import prepare_examples, resolve_backend, settle_partner_model
 
     systems = cfg.ablate.system_list
     trained = [s for s in systems if s != "base"]
@@ -199,6 +199,7 @@ def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
             "different splits"
         )
     resolve_backend(cfg, view.note)
+    settle_partner_model(cfg, view.note)
     writable_dir(out, "ablation directory", "pass another --out, or set SAIE_LITE_HOME")
     check_settings(cfg, out)
     config_mod.save(cfg, out / "config.yaml")

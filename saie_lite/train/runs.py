@@ -76,6 +76,22 @@ def resolve_backend(cfg: Config, note) -> None:
         note(f"learner backend: {cfg.learner.backend} ({why})")
 
 
+def settle_partner_model(cfg: Config, note) -> None:
+    """A server partner left at the default model name: ask the server which it serves,
+    before the learner loads, so the run's config (and every resume) names it."""
+    from saie_lite.paths import EMBEDDED
+
+    pc = cfg.partner
+    if pc.backend != "openai" or not cfg.method.stances or not pc.model.startswith(EMBEDDED):
+        return
+    from saie_lite.backends.openai_http import served_model
+
+    asked = served_model(pc, note)
+    if asked != pc.model:
+        pc.model = asked
+        note(f"partner model: {asked} (the one model {pc.url} serves)")
+
+
 def build_backends(
     cfg: Config, dry_run: bool, run_dir: Path | None = None, with_partner: bool = True
 ):
@@ -175,6 +191,8 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         cfg.learner.backend = cfg.partner.backend = "scripted"
     else:
         resolve_backend(cfg, view.on_event)
+        if not resume:  # a resumed run's config already names it
+            settle_partner_model(cfg, view.on_event)
     examples, skipped = prepare_examples(cfg)
     if skipped:
         view.on_event(skipped_line(skipped))
