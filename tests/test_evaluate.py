@@ -318,6 +318,7 @@ def test_logs_list_shows_every_evaluation_with_its_figures(tmp_path, monkeypatch
     assert r.exit_code == 0, r.output
     base = ["eval", "--backend", "scripted", "--data", "bundled", "--limit", "6"]
     assert runner.invoke(app, [*base, "--run", str(run)]).exit_code == 0
+    assert runner.invoke(app, [*base, "--out", str(run / "eval-base")]).exit_code == 0
     assert runner.invoke(app, base).exit_code == 0
     (home / "evals" / "broken").mkdir()
     (home / "evals" / "broken" / "summary.json").write_text("{not json")
@@ -325,8 +326,9 @@ def test_logs_list_shows_every_evaluation_with_its_figures(tmp_path, monkeypatch
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     # the run's own evaluation, under the run, with n and the interval of each metric
-    (inside,) = [x for x in lines if x.strip().startswith("eval gsm8k-")]
-    assert inside.startswith("      eval gsm8k-bundled-")
+    base_eval, inside = [x for x in lines if x.strip().startswith("eval ")]  # sorted
+    assert inside.startswith("      eval evals/gsm8k-bundled-")
+    assert base_eval.startswith("      eval eval-base: n=6, accuracy 0.0% [0.0%, 39.0%]")
     assert "n=6, accuracy 0.0% [0.0%, 39.0%]" in inside
     assert ", nll 0.833 [0.217, 1.449], rouge 0.000 [0.000, 0.000]" in inside
     # the standalone evaluation, and a damaged one that hides nothing else

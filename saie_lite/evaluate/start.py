@@ -258,9 +258,12 @@ def list_logs() -> str:
                     lines += [f"      {line}" for line in remark_figures(p)]
                 except UserError:  # one damaged run must not hide the others
                     lines.append("      (its saie.sqlite cannot be read)")
-            # evaluations of this run's learner live inside it (eval --run)
-            for e in sorted(q for q in (p / "evals").glob("*") if q.is_dir()):
-                lines.append(f"      eval {e.name}: {eval_line(e)}")
+            # evaluations kept inside the run: eval --run's default RUN/evals/*, and the
+            # RUN/eval and RUN/eval-base that the end-of-run hints suggest
+            inside = [q for q in p.glob("*") if (q / "summary.json").is_file()]
+            inside += [q for q in (p / "evals").glob("*") if q.is_dir()]
+            for e in sorted(inside):
+                lines.append(f"      eval {e.relative_to(p).as_posix()}: {eval_line(e)}")
     return "\n".join(lines)
 
 
