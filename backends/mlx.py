@@ -97,7 +97,7 @@ class MLXLearner(ChatTokenLearner):
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             from saie_lite.hub_access import offline_reason
 
-            why = offline_reason(lc.model) or first[:200]
+            why = offline_reason(lc.model, str(e)) or first[:200]
             raise UserError(f"could not load learner model {lc.model!r}: {why}") from None
         if lc.dtype in ("bfloat16", "float16"):
             self.model.set_dtype(getattr(mx, lc.dtype))

@@ -78,7 +78,7 @@ class TorchLearner(ChatTokenLearner):
                 first = f"a weights file is damaged or incomplete ({first})"
             from saie_lite.hub_access import offline_reason
 
-            why = offline_reason(lc.model) or (
+            why = offline_reason(lc.model, str(e)) or (
                 f"{first[:200]}; a local model needs config.json, tokenizer files and "
                 "complete *.safetensors weights"
             )

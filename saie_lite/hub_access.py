@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 from urllib.parse import urlparse
 
 _checked: bool | None = None  # None: not asked yet; else whether we switched offline
@@ -23,22 +24,55 @@ def switched_offline() -> bool:
     return bool(_checked)
 
 
+def _target() -> tuple[str, int] | None:
+    """Where a hub request would connect first: the HTTPS proxy when one is set for the
+    hub's host (a machine that reaches the world only through it), else the hub; None
+    when ``HF_ENDPOINT`` cannot be read (the library then says what is wrong)."""
+    from urllib.request import getproxies, proxy_bypass
+
+    try:
+        url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+        host = url.hostname or "huggingface.co"
+        port = url.port or (80 if url.scheme == "http" else 443)
+        proxy = getproxies().get(url.scheme or "https")
+        if proxy and not proxy_bypass(host):
+            p = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+            return p.hostname or host, p.port or 80
+    except ValueError:
+        return None
+    return host, port
+
+
+def _answers(host: str, port: int, timeout: float) -> bool:
+    """A TCP connection within ``timeout``, the name lookup included (a lookup with no
+    network can hang for longer than any connect timeout)."""
+    ok: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
 def settle(timeout: float = 3.0) -> None:
-    """Turn on offline mode when the hub's host does not answer within ``timeout``.
-    A user's own ``HF_HUB_OFFLINE`` (either way) is left alone."""
+    """Turn on offline mode when the hub (or the proxy in front of it) does not answer
+    within ``timeout``. A user's own ``HF_HUB_OFFLINE`` (either way) is left alone."""
     global _checked
     if _checked is not None:
         return
     _checked = False
-    if os.environ.get("HF_HUB_OFFLINE") is not None:
+    target = _target()
+    if os.environ.get("HF_HUB_OFFLINE") is not None or target is None:
         return
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
+    if _answers(*target, timeout):
         return
-    except OSError:
-        pass
     _checked = True
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -48,17 +82,25 @@ def settle(timeout: float = 3.0) -> None:
     if "datasets.config" in sys.modules:
         cfg = sys.modules["datasets.config"]
         cfg.HF_HUB_OFFLINE = cfg.HF_DATASETS_OFFLINE = True
+    hub = sys.modules.get("transformers.utils.hub")
+    if hub is not None and hasattr(hub, "_is_offline_mode"):  # transformers 4.x
+        hub._is_offline_mode = True
     print(
-        f"note: the hub ({host}) cannot be reached: using the local cache only",
+        f"note: the hub ({target[0]}) cannot be reached: using the local cache only",
         file=sys.stderr,
         flush=True,
     )
 
 
-def offline_reason(name: str) -> str | None:
-    """Why a load failed, when this process went offline on its own (else None: the
-    library's own message says it better)."""
-    if not switched_offline():
+# What the libraries say when offline mode stops a download (transformers, huggingface_hub,
+# datasets); any other failure keeps its own message.
+_OFFLINE_WORDS = ("offline", "couldn't connect", "cannot find the requested files", "cached files")
+
+
+def offline_reason(name: str, error: str) -> str | None:
+    """Why a load failed, when this process went offline on its own and the library's
+    ``error`` is about that (else None: its own message says it better)."""
+    if not switched_offline() or not any(w in error.lower() for w in _OFFLINE_WORDS):
         return None
     return (
         f"the hub cannot be reached and {name!r} is not in the local cache: connect once "

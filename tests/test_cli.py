@@ -231,3 +231,41 @@ def test_version_flag_and_command_agree():
     r = invoke("--version")
     assert r.exit_code == 0 and r.output == f"saie-lite {version('saie-lite')}\n"
     assert invoke("version").output == f"{version('saie-lite')}\n"  # a bare number, as before
+
+
+def test_hub_behind_a_proxy_is_checked_at_the_proxy(hub_at, monkeypatch):
+    # the hub's own name does not resolve here, but the proxy answers: stay online
+    from saie_lite import hub_access
+
+    sock = hub_at(listening=True)
+    proxy_port = sock.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+    for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy_port}")
+    try:
+        assert hub_access._target() == ("127.0.0.1", proxy_port)
+        hub_access.settle()
+    finally:
+        sock.close()
+    assert not hub_access.switched_offline()
+
+
+def test_unreadable_hub_endpoint_is_left_to_the_library(hub_at, monkeypatch):
+    from saie_lite import hub_access
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co:abc")
+    hub_access.settle()  # no traceback, no switch
+    assert hub_access._target() is None and not hub_access.switched_offline()
+
+
+def test_offline_reason_only_for_offline_failures(monkeypatch):
+    from saie_lite import hub_access
+
+    monkeypatch.setattr(hub_access, "_checked", True)
+    msg = "We couldn't connect to 'https://huggingface.co' to load the files"
+    assert "not in the local cache" in hub_access.offline_reason("a/b", msg)
+    # another failure (a bad split, a damaged file) keeps the library's own message
+    assert hub_access.offline_reason("a/b", "Unknown split 'tset'") is None
+    monkeypatch.setattr(hub_access, "_checked", False)
+    assert hub_access.offline_reason("a/b", msg) is None

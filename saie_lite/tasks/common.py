@@ -116,7 +116,7 @@ def load_rows(path: str, split: str, hub_config: str | None, bundled: str | None
 
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"could not load data {path!r}: {offline_reason(path) or first[:200]}"
+            f"could not load data {path!r}: {offline_reason(path, str(e)) or first[:200]}"
         ) from None
 
 
