@@ -357,3 +357,16 @@ def test_changed_settings_get_their_own_default_directory(tmp_path, monkeypatch)
         "scripted-embedded-gsm8k-bundled-train-n3-self-consistency-k3",  # the same one again
         "scripted-embedded-gsm8k-bundled-train-n3-single-len64-accuracy-nll",
     ]
+
+
+def test_own_data_read_another_way_is_another_default_directory():
+    from saie_lite.evaluate.start import default_eval_dir
+
+    def name(**over):
+        c = config.build(overrides={"data.task": "custom", "data.path": "my.jsonl", **over})
+        return default_eval_dir(c, None).name
+
+    plain = name()
+    assert name(**{"data.question_field": "q"}) == plain + "-q-q"
+    assert name(**{"data.format": "chat"}) != plain
+    assert name(**{"data.question_field": "q"}) != name(**{"data.answer_field": "q"})

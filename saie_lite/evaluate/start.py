@@ -34,8 +34,13 @@ def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
         name += "-loglik"
     if d.task == "custom":  # another check is another evaluation, not a resumed one
         name += f"-{_slug(d.check)}"
+    d0 = DataConfig()
     tags = [("len", e.max_new_tokens, e0.max_new_tokens), ("", e.metrics, e0.metrics)]
-    tags.append(("seed", d.seed, DataConfig().seed))
+    tags.append(("seed", d.seed, d0.seed))
+    if d.task == "custom":  # how your own rows were read decides their marks
+        for tag, key in (("fmt-", "format"), ("q-", "question_field"),
+                         ("a-", "answer_field"), ("final-", "final_field")):  # fmt: skip
+            tags.append((tag, getattr(d, key), getattr(d0, key)))
     if e.strategy in ("self-consistency", "debate"):
         tags += [("k", e.k, e0.k)] if e.strategy == "self-consistency" else []
         tags.append(("t", e.temperature, e0.temperature))
