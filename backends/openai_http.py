@@ -28,6 +28,13 @@ from saie_lite.protocols import Chat, MissingRemark
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 NOTE_WAIT = 5.0  # seconds: a longer wait before a retry is announced on stderr
+# A request that reached no answer: refused, reset, timed out, or cut off mid-reply.
+NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException)
+
+
+def _reason(e: Exception) -> str:
+    reason = getattr(e, "reason", e)
+    return "timed out" if isinstance(reason, TimeoutError) else str(reason)
 
 
 class OpenAIPartner:
@@ -114,9 +121,8 @@ class OpenAIPartner:
                 if wait and wait.strip().isdigit():
                     retry_after = float(wait)
                 continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as e:
-                reason = getattr(e, "reason", e)
-                last = "timed out" if isinstance(reason, TimeoutError) else str(reason)
+            except NETWORK_ERRORS as e:
+                last = _reason(e)
                 continue
             try:
                 data = json.loads(raw)
@@ -212,9 +218,8 @@ def served_model(pc, note) -> str:
             if e.code in RETRY_STATUS:
                 continue
             break
-        except (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException) as e:
-            reason = getattr(e, "reason", e)
-            last = "timed out" if isinstance(reason, TimeoutError) else str(reason)
+        except NETWORK_ERRORS as e:
+            last = _reason(e)
             continue
         try:
             listed = json.loads(raw).get("data")
