@@ -370,3 +370,34 @@ def test_own_data_read_another_way_is_another_default_directory():
     assert name(**{"data.question_field": "q"}) == plain + "-q-q"
     assert name(**{"data.format": "chat"}) != plain
     assert name(**{"data.question_field": "q"}) != name(**{"data.answer_field": "q"})
+
+
+def test_eval_of_a_run_trained_further_is_a_new_evaluation(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAIE_LITE_HOME", str(tmp_path / "home"))
+    run = tmp_path / "run"
+    r = runner.invoke(
+        app, ["train", "--dry-run", "--limit", "8", "--live", "quiet", "--run-dir", str(run)]
+    )
+    assert r.exit_code == 0, r.output
+    ev = ["eval", "--run", str(run), "--data", "bundled", "--split", "dev", "--limit", "4"]
+    first = runner.invoke(app, [*ev, "--out", str(tmp_path / "ev")])
+    default1 = runner.invoke(app, ev)
+    r = runner.invoke(
+        app, ["train", "--resume", str(run), "--dry-run", "--rounds", "2", "--live", "quiet"]
+    )
+    assert r.exit_code == 0, r.output
+    default2 = runner.invoke(app, ev)
+    assert first.exit_code == default1.exit_code == default2.exit_code == 0
+    path = lambda r: Path(r.output.strip().splitlines()[-1].split("summary: ")[1])  # noqa: E731
+    # the default directory names the checkpoint: the newer adapter is evaluated afresh
+    assert path(default1).parent.name.endswith("-step-000003")
+    assert path(default2).parent.name.endswith("-step-000005")
+    assert "already done" not in default2.output
+    s1, s2 = (json.loads(path(r).read_text()) for r in (default1, default2))
+    assert s1["settings"]["agents"] == ["scripted+run@step-000003"]
+    assert s1["metrics"]["nll"]["mean"] != s2["metrics"]["nll"]["mean"]
+    # an explicit --out holding the older adapter's items is refused, not resumed
+    again = runner.invoke(app, [*ev, "--out", str(tmp_path / "ev")])
+    assert (
+        again.exit_code == 2 and "holds an evaluation with other settings (agents)" in again.output
+    )

@@ -39,7 +39,9 @@ def load_learner(cfg: Config, run_dir: Path | None = None):
     learner = factory("learners", cfg.learner.backend)(cfg)
     if run_dir is not None:
         learner.load_adapter(ckpt)
-        learner.name = f"{learner.name}+{Path(run_dir).name}"
+        # The checkpoint is part of the name, which an evaluation's settings record: an
+        # evaluation is never resumed, nor a debate logged, under a newer adapter.
+        learner.name = f"{learner.name}+{Path(run_dir).name}@{ckpt.name}"
     return learner
 
 

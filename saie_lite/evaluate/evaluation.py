@@ -43,6 +43,9 @@ def settings(cfg: Config, agent_names: list[str]) -> dict:
         "agents": agent_names,
         "metrics": e.metrics,
     }
+    for key in ("dtype", "quantize"):  # recorded when asked for (older evals predate them)
+        if getattr(cfg.learner, key) != "auto":
+            s[f"learner_{key}"] = getattr(cfg.learner, key)
     if cfg.data.task == "custom":  # how your own data was read decides the marks
         d = cfg.data
         s.update(check=d.check, format=d.format, fields=[d.question_field, d.answer_field])

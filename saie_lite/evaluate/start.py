@@ -50,9 +50,14 @@ def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
         tags.append(("", e.agents, e0.agents))
     if e.scoring == "loglik":
         tags.append(("", e.loglik_dtype, e0.loglik_dtype))
+    tags += [("", cfg.learner.dtype, "auto"), ("", cfg.learner.quantize, "auto")]
     name += "".join(f"-{tag}{_slug(str(v))}" for tag, v, v0 in tags if v != v0)
     if run_dir is not None:
-        return Path(run_dir) / "evals" / name
+        # per checkpoint: after training further, the same command evaluates the new one
+        from saie_lite.train.checkpoint import usable
+
+        ckpt = usable(Path(run_dir))
+        return Path(run_dir) / "evals" / (f"{name}-{ckpt.name}" if ckpt else name)
     return home() / "evals" / f"{cfg.learner.backend}-{_slug(cfg.learner.model)}-{name}"
 
 
