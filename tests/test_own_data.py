@@ -579,3 +579,27 @@ def test_csv_from_a_spreadsheet_header_only_and_long_rows(tmp_path):
     f.write_text("question,answer\n")
     with pytest.raises(UserError, match="the file has a header line only"):
         load(f)
+
+
+def test_rows_with_a_repeated_id_are_all_evaluated(tmp_path):
+    from typer.testing import CliRunner
+
+    from saie_lite.store import Store
+
+    data = tmp_path / "dup.jsonl"
+    rows = [{"id": "same" if i % 2 else f"r{i}", "question": f"What is {i} + 1?",
+             "answer": f"#### {i + 1}"} for i in range(6)]  # fmt: skip
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "ev"
+    r = CliRunner().invoke(
+        app,
+        ["eval", "--backend", "scripted", "--task", "custom", "--data", str(data),
+         "--split", "all", "--check", "number", "--out", str(out)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 6  # before: n=4, the repeats overwrote each other
+    store = Store(out / "saie.sqlite")
+    ids = sorted(i["example_id"] for i in store.eval_items(summary["name"]))
+    store.close()
+    assert ids == ["r0", "r2", "r4", "same", "same#2", "same#3"]

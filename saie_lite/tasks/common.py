@@ -8,6 +8,7 @@ file is one split) means all rows, and any other name is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable
@@ -196,4 +197,23 @@ def parse_all(
             examples.append(parsed)
     if not examples:
         raise UserError(f"no usable {what} rows in {path!r} (skipped: {skipped or 'none'})")
-    return examples, skipped
+    return distinct_ids(examples), skipped
+
+
+def distinct_ids(examples: list[Example]) -> list[Example]:
+    """Each example keyed apart: a row whose id an earlier row already has (a data file
+    with repeated ids) becomes ``ID#2``, ``ID#3``..., since runs and evaluations store
+    one row per id and a repeat would overwrite the earlier one."""
+    taken = {e.id for e in examples}
+    seen: set[str] = set()
+    out = []
+    for e in examples:
+        if e.id in seen:
+            n = 2
+            while f"{e.id}#{n}" in taken:
+                n += 1
+            e = dataclasses.replace(e, id=f"{e.id}#{n}")
+            taken.add(e.id)
+        seen.add(e.id)
+        out.append(e)
+    return out
