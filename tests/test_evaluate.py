@@ -401,3 +401,23 @@ def test_eval_of_a_run_trained_further_is_a_new_evaluation(tmp_path, monkeypatch
     assert (
         again.exit_code == 2 and "holds an evaluation with other settings (agents)" in again.output
     )
+
+
+def test_two_out_folders_of_one_run_with_the_same_name_share_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAIE_LITE_HOME", str(tmp_path / "home"))
+    run = tmp_path / "run"
+    r = runner.invoke(
+        app, ["train", "--dry-run", "--limit", "4", "--live", "quiet", "--run-dir", str(run)]
+    )
+    assert r.exit_code == 0, r.output
+    ev = ["eval", "--run", str(run), "--data", "bundled", "--limit", "3"]
+    a = runner.invoke(app, [*ev, "--out", str(tmp_path / "a" / "ev")])
+    b = runner.invoke(app, [*ev, "--out", str(tmp_path / "b" / "ev")])
+    c = runner.invoke(
+        app, [*ev, "--strategy", "self-discussion", "--out", str(tmp_path / "c" / "ev")]
+    )
+    assert a.exit_code == b.exit_code == c.exit_code == 0, c.output
+    # before: b resumed a's items ("3/3 items already done") and c was refused as a's
+    # evaluation "with other settings", though both folders were new
+    assert "already done" not in b.output + c.output
+    assert (tmp_path / "b" / "ev" / "summary.json").is_file()

@@ -88,6 +88,12 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     specs = cfg.eval.agents.split(",") if cfg.eval.strategy == "debate" else ["learner"]
     agents = build_agents(cfg, specs, run_dir)
     db = (Path(run_dir) / "saie.sqlite") if run_dir else out_dir / "saie.sqlite"
+    # The evaluation's key in that database: in a run's database, two --out folders with
+    # the same last name must not share items, so any but the default RUN/evals/NAME is
+    # known by its whole path.
+    key = out_dir.name
+    if run_dir is not None and out_dir.resolve().parent != (Path(run_dir) / "evals").resolve():
+        key = str(out_dir.resolve())
     writable_dir(out_dir, "evaluation directory", "choose another --out, or set SAIE_LITE_HOME")
     store = Store(db)
     try:
@@ -98,7 +104,7 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
                 examples,
                 agents,
                 store,
-                out_dir.name,
+                key,
                 out_dir,
                 view.progress,
                 flag,
