@@ -421,3 +421,16 @@ def test_two_out_folders_of_one_run_with_the_same_name_share_nothing(tmp_path, m
     # evaluation "with other settings", though both folders were new
     assert "already done" not in b.output + c.output
     assert (tmp_path / "b" / "ev" / "summary.json").is_file()
+
+
+def test_compare_without_an_answer_check_pairs_no_accuracy(tmp_path):
+    base = ["eval", "--backend", "scripted", "--task", "custom", "--check", "none",
+            "--data", "examples/own-data/units-freeform.jsonl", "--split", "dev", "--limit", "4"]  # fmt: skip
+    for out in ("a", "b"):
+        r = runner.invoke(app, [*base, "--out", str(tmp_path / out)])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    assert "accuracy not compared: the data has no answer check (data.check: none)" in r.output
+    assert "McNemar" not in r.output and "strict" not in r.output
+    assert "rouge" in r.output  # the metrics that need no check are still paired

@@ -253,7 +253,7 @@ def _pvals(a: dict, b: dict) -> dict:
 
     c = compare(a, b)
     out = {}
-    if "accuracy" in a.get("metrics", {}) and "accuracy" in b.get("metrics", {}):
+    if "strict" in c and "accuracy" in a.get("metrics", {}) and "accuracy" in b.get("metrics", {}):
         out["accuracy"] = {"mcnemar_p": c["strict"]["p_value"], "diff": c["strict"]["diff"]}
     for m, p in c["metrics"].items():
         out[m] = {

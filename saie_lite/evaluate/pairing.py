@@ -107,7 +107,9 @@ def compare(a: dict, b: dict, shared_only: bool = False) -> dict:
         )
     ids = sorted(shared)
     out: dict = {"n": len(ids), "left_out": {"A": only_a, "B": only_b}}
-    for kind in ("strict", "flexible"):
+    # Marks exist only where the data has a check: data.check none marks nothing right.
+    checked = all((x.get("settings") or {}).get("check") != "none" for x in (a, b))
+    for kind in ("strict", "flexible") if checked else ():
         key = f"{kind}_correct"
         p = paired([bool(ia[i][key]) for i in ids], [bool(ib[i][key]) for i in ids])
         out[kind] = {**p.__dict__, "verdict": p.verdict()}

@@ -127,7 +127,9 @@ def print_compare(name_a: str, name_b: str, a: dict, b: dict, c: dict) -> None:
         )
     else:
         print(f"A = {name_a}\nB = {name_b}\npaired over n={c['n']} items")
-    for kind in ("strict", "flexible"):
+    if "strict" not in c:
+        print("  accuracy not compared: the data has no answer check (data.check: none)")
+    for kind in ("strict", "flexible") if "strict" in c else ():
         p = c[kind]
         lo, hi = p["diff_ci"]
         print(
