@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from saie_lite.evaluate import stats
@@ -36,3 +38,28 @@ def test_paired_counts_and_verdict():
     assert stats.paired(a, a).verdict().startswith("no significant difference")
     with pytest.raises(ValueError):
         stats.paired([True], [True, False])
+
+
+def test_paired_difference_interval_is_newcombes():
+    # Newcombe (Statist. Med. 1998;17:2635), method 10, his first example: 36 pairs both
+    # positive, 12 positive on the first only, 2 on the second only, 0 neither
+    lo, hi = stats.paired_diff_interval(36, 12, 2, 0)
+    assert lo == pytest.approx(0.0569, abs=1e-4) and hi == pytest.approx(0.3404, abs=1e-4)
+    # with no correlation term (A never right: an empty margin) it is the hybrid score
+    # interval of two independent proportions
+    lb, ub = stats.wilson(10, 20)
+    la, ua = stats.wilson(0, 20)
+    lo, hi = stats.paired_diff_interval(0, 10, 0, 10)
+    assert lo == pytest.approx(0.5 - math.hypot(0.5 - lb, ua - 0.0))
+    assert hi == pytest.approx(0.5 + math.hypot(ub - 0.5, 0.0 - la))
+
+
+def test_paired_interval_never_claims_certainty():
+    # 0 of 25 right on both sides: the Wald interval was [0, 0]
+    p = stats.paired([False] * 25, [False] * 25)
+    assert p.diff == 0 and p.diff_ci[0] == pytest.approx(-0.1332, abs=1e-4)
+    assert p.diff_ci[1] == pytest.approx(0.1332, abs=1e-4)
+    # all right on both sides, and every item lost: inside -1..1, never empty
+    for a, b in (([True] * 25, [True] * 25), ([True] * 5, [False] * 5)):
+        p = stats.paired(a, b)
+        assert -1 <= p.diff_ci[0] < p.diff_ci[1] <= 1 and p.diff_ci[0] <= p.diff <= p.diff_ci[1]

@@ -140,8 +140,9 @@ def print_compare(name_a: str, name_b: str, a: dict, b: dict, c: dict) -> None:
         )
     for name, p in (c.get("metrics") or {}).items():
         lo, hi = p["diff_ci"]
+        ci = "-, -" if lo is None else f"{lo:+.4f}, {hi:+.4f}"  # no interval from one item
         print(
             f"  {name:8} A {p['mean_a']:.4f}  B {p['mean_b']:.4f}  B-A {p['diff']:+.4f} "
-            f"[95% CI {lo:+.4f}, {hi:+.4f}]  paired t p={p['t_p']:.3g}  "
+            f"[95% CI {ci}]  paired t p={p['t_p']:.3g}  "
             f"Wilcoxon p={p['wilcoxon_p']:.3g}"
         )
