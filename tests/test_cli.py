@@ -269,3 +269,18 @@ def test_offline_reason_only_for_offline_failures(monkeypatch):
     assert hub_access.offline_reason("a/b", "Unknown split 'tset'") is None
     monkeypatch.setattr(hub_access, "_checked", False)
     assert hub_access.offline_reason("a/b", msg) is None
+
+
+def test_resume_refuses_a_folder_that_is_not_a_training_run(tmp_path):
+    from saie_lite import config
+
+    exp = tmp_path / "ablation"
+    (exp / "runs").mkdir(parents=True)
+    config.save(config.build(), exp / "config.yaml")  # as `ablate --out` leaves it
+    r = invoke("train", "--resume", str(exp), "--live", "quiet")
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"error: {exp} is not a training run (no saie.sqlite): an ablation keeps its runs "
+        f"in {exp / 'runs'}/SYSTEM"
+    )
+    assert sorted(p.name for p in exp.iterdir()) == ["config.yaml", "runs"]  # nothing started

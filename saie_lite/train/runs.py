@@ -35,6 +35,15 @@ def saved_config(run_dir: Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} has no config.yaml: is it a saie-lite run directory?")
+    if not (Path(run_dir) / "saie.sqlite").is_file():
+        # an ablation's or an evaluation's folder also keeps a config.yaml; resuming it
+        # would start a whole new run inside it
+        inside = (
+            f": an ablation keeps its runs in {Path(run_dir) / 'runs'}/SYSTEM"
+            if (Path(run_dir) / "runs").is_dir()
+            else ""
+        )
+        raise UserError(f"{run_dir} is not a training run (no saie.sqlite){inside}")
     try:
         saved = config_mod.load_yaml(path)
     except UserError as e:
