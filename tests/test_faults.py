@@ -312,7 +312,8 @@ def test_finished_run_says_what_to_do_next(tmp_path):
     lines = r.output.splitlines()
     # a dry run's scripted models cannot be evaluated or exported
     assert lines[lines.index("next:") + 1 :] == [
-        "  train for real: the same command without --dry-run"
+        f"  train for real: the same command without --dry-run, into a new run directory "
+        f"({run} holds this dry run)"
     ]
     from saie_lite.train.next_steps import next_commands
 

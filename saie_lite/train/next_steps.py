@@ -34,7 +34,14 @@ def next_commands(cfg: Config, run_dir: Path) -> list[tuple[str, str]]:
     them, export the learner, train further."""
     run = shlex.quote(str(run_dir))
     if cfg.learner.backend in ("auto", "scripted"):  # --dry-run: scripted models
-        return [("train for real", "the same command without --dry-run")]
+        # not --resume or the same --run-dir: that directory holds the scripted run
+        return [
+            (
+                "train for real",
+                f"the same command without --dry-run, into a new run directory ({run} "
+                "holds this dry run)",
+            )
+        ]
     d = cfg.data
     rows = data_flags(d)
     # Held-out rows exist for local files (and the bundled ones) trained with split=nodev.
