@@ -130,6 +130,25 @@ def test_cli_ablate_writes_outputs_and_bad_input_is_one_line(tmp_path):
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "ablate.systems" in r.output
 
 
+def test_logs_list_shows_ablations(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("SAIE_LITE_HOME", str(home))
+    sets = [a for k, v in SETS.items() for a in ("--set", f"{k}={v}")]
+    sets += ["--set", "ablate.systems=sft"]
+    r = CliRunner().invoke(app, ["ablate", *sets, "--live", "plain"])  # default: ablations/ablate
+    assert r.exit_code == 0, r.output
+    (home / "ablations" / "half-done").mkdir()
+    r = CliRunner().invoke(app, ["logs", "list"])
+    lines = r.output.splitlines()
+    i = lines.index("ablations (2):")
+    assert lines[i + 1 :] == [
+        f"  {home / 'ablations' / 'ablate'}",
+        "      finished: table.md, results.json, ablation.png",
+        f"  {home / 'ablations' / 'half-done'}",
+        "      not finished: the same ablate command continues it",
+    ]
+
+
 def test_ablate_on_a_tiny_torch_model(tmp_path, tiny_model_dir):
     """The real learner path: LoRA training, adapters loaded for evaluation, nll from
     the torch backend; base and the trained rows differ in nll."""

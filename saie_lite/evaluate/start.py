@@ -280,6 +280,19 @@ def list_logs() -> str:
             inside += [q for q in (p / "evals").glob("*") if q.is_dir()]
             for e in sorted(inside):
                 lines.append(f"      eval {e.relative_to(p).as_posix()}: {eval_line(e)}")
+    # ablations keep their runs and evaluations inside (runs/SYSTEM, evals/SYSTEM)
+    found = sorted(p for p in (home() / "ablations").glob("*") if p.is_dir())
+    lines.append(f"ablations ({len(found)}):")
+    for p in found:
+        done = (p / "table.md").is_file()
+        lines.append(
+            f"  {p}\n      "
+            + (
+                "finished: table.md, results.json, ablation.png"
+                if done
+                else "not finished: the same ablate command continues it"
+            )  # fmt: skip
+        )
     return "\n".join(lines)
 
 
