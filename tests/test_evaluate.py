@@ -42,7 +42,7 @@ def test_summary_figures_and_items_in_sqlite(tmp_path):
     store.close()
 
 
-def test_eval_resumes_and_refuses_other_settings(tmp_path):
+def test_eval_resumes_and_refuses_other_settings(tmp_path, capsys):
     exs = gsm8k.load("bundled")[0][:6]
     store = Store(tmp_path / "saie.sqlite")
     checks = {"n": 0}
@@ -53,6 +53,14 @@ def test_eval_resumes_and_refuses_other_settings(tmp_path):
 
     s1 = evaluate(cfg_with(), gsm8k, exs, [ScriptedLearner()], store, "e", tmp_path, stop=stop)
     assert s1["status"] == "stopped" and s1["n"] == 2
+    from saie_lite.ui.eval_view import EvalView
+
+    EvalView(rich=False).summary(s1, tmp_path)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2:] == [
+        "  stopped: the same eval command continues it, finished items kept",
+        f"  summary: {tmp_path}/summary.json",
+    ]
     agent = ScriptedLearner()
     s2 = evaluate(cfg_with(), gsm8k, exs, [agent], store, "e", tmp_path)
     assert s2["status"] == "finished" and s2["n"] == 6
@@ -434,3 +442,19 @@ def test_compare_without_an_answer_check_pairs_no_accuracy(tmp_path):
     assert "accuracy not compared: the data has no answer check (data.check: none)" in r.output
     assert "McNemar" not in r.output and "strict" not in r.output
     assert "rouge" in r.output  # the metrics that need no check are still paired
+
+
+def test_run_commands_given_an_evaluation_folder_say_so(tmp_path):
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", "--backend", "scripted", "--data", "bundled", "--limit", "2",
+                            "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    for args in (
+        ["logs", "remarks", str(out)],
+        ["logs", "export", str(out), "--format", "dataset"],
+    ):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2
+        assert r.output.strip() == (
+            f"error: {out} is not a training run (no config.yaml): give a run directory"
+        )

@@ -74,7 +74,8 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     from saie_lite.train.runs import resolve_backend
 
     view = view or make_eval_view()
-    resolve_backend(cfg, view.note)
+    if run_dir is None:  # else the run's own backend is used (load_learner)
+        resolve_backend(cfg, view.note)
     examples, skipped = prepare_examples(cfg)  # settles an 'auto' check into cfg.data
     task = get_task(cfg.data)
     if skipped:
@@ -343,4 +344,6 @@ def run_remarks(run_dir: Path) -> str:
     if not (Path(run_dir) / "saie.sqlite").is_file():
         raise UserError(f"{run_dir} is not a saie-lite run directory (no saie.sqlite)")
     lines = remark_figures(Path(run_dir))
+    if not lines and not (Path(run_dir) / "config.yaml").is_file():  # an evaluation's folder
+        raise UserError(f"{run_dir} is not a training run (no config.yaml): give a run directory")
     return "\n".join(lines) if lines else f"{run_dir}: no partner remarks with diagnostics"

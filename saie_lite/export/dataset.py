@@ -110,6 +110,8 @@ def export_dataset(run_dir: Path, out: Path | None = None) -> Path:
 
     run_dir = Path(run_dir)
     rows = discussion_rows(run_dir)
+    if not rows and not (run_dir / "config.yaml").is_file():  # an evaluation's folder
+        raise UserError(f"{run_dir} is not a training run (no config.yaml): give a run directory")
     if not rows:
         raise UserError(f"{run_dir} has no training targets yet: train it first")
     out = Path(out) if out else run_dir / "export" / "dataset"

@@ -111,6 +111,8 @@ class EvalView:
             self.bar.stop()
         for line in summary_lines(s):
             print(line)
+        if s.get("status") == "stopped":
+            print("  stopped: the same eval command continues it, finished items kept")
         print(f"  summary: {out_dir}/summary.json")
 
 
