@@ -458,3 +458,15 @@ def test_run_commands_given_an_evaluation_folder_say_so(tmp_path):
         assert r.output.strip() == (
             f"error: {out} is not a training run (no config.yaml): give a run directory"
         )
+
+
+def test_what_the_agent_cannot_do_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "ev"
+    r = runner.invoke(app, ["eval", "--backend", "scripted", "--task", "commonsense_qa",
+                            "--data", "tests/data/csqa_sample.jsonl", "--split", "all",
+                            "--scoring", "loglik", "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        "error: agent scripted cannot score log-likelihoods: use --scoring generate"
+    )
+    assert not out.exists()  # before: an empty evaluation that logs list then showed

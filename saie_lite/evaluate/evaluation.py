@@ -61,14 +61,23 @@ def settings(cfg: Config, agent_names: list[str]) -> dict:
     return s
 
 
+def check_can_run(cfg: Config, task, agents: list) -> None:
+    """Refuse, before anything is written, what the agents cannot do: log-likelihood
+    scoring, or a metric asked for by name."""
+    from saie_lite.evaluate.metrics import resolve
+
+    if cfg.eval.scoring == "loglik" and not hasattr(agents[0], "choice_logprobs"):
+        raise UserError(
+            f"agent {agents[0].name} cannot score log-likelihoods: use --scoring generate"
+        )
+    resolve(cfg.eval.metrics, task, cfg.eval.scoring, agents[0])
+
+
 def run_batch(cfg: Config, task, agents: list, exs: list[Example]) -> list[strategies.ItemResult]:
     e = cfg.eval
     first = agents[0]
     if e.scoring == "loglik":
-        if not hasattr(first, "choice_logprobs"):
-            raise UserError(
-                f"agent {first.name} cannot score log-likelihoods: use --scoring generate"
-            )
+        check_can_run(cfg, task, agents)
         chats = [example_chat(task, x) for x in exs]
         scores = first.choice_logprobs(chats, LOGLIK_PREFIX, [x.choices or [] for x in exs])
         out = []

@@ -63,7 +63,7 @@ def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
 
 def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -> dict:
     from saie_lite.evaluate.agents import build_agents
-    from saie_lite.evaluate.evaluation import evaluate
+    from saie_lite.evaluate.evaluation import check_can_run, evaluate
     from saie_lite.store import Store
     from saie_lite.tasks import get_task
     from saie_lite.train.runs import StopFlag, prepare_examples, skipped_line
@@ -88,6 +88,7 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     out_dir = Path(out) if out else default_eval_dir(cfg, run_dir)
     specs = cfg.eval.agents.split(",") if cfg.eval.strategy == "debate" else ["learner"]
     agents = build_agents(cfg, specs, run_dir)
+    check_can_run(cfg, task, agents)  # before the evaluation's folder is made
     db = (Path(run_dir) / "saie.sqlite") if run_dir else out_dir / "saie.sqlite"
     # The evaluation's key in that database: in a run's database, two --out folders with
     # the same last name must not share items, so any but the default RUN/evals/NAME is
