@@ -320,10 +320,11 @@ def test_finished_run_says_what_to_do_next(tmp_path):
     cfg = config.load_yaml(run / "config.yaml")
     cfg = config.build(None, {"learner.backend": "torch"}, base=cfg)
     rows = "--task gsm8k --data bundled --limit 100"
+    step = checkpoint.latest(run).name  # the folder names the checkpoint it evaluates
     assert [c for _, c in next_commands(cfg, run)] == [
-        f"saie-lite eval --run {run} {rows} --out {run}/eval",
+        f"saie-lite eval --run {run} {rows} --out {run}/eval-{step}",
         f"saie-lite eval --model embedded --backend torch {rows} --out {run}/eval-base",
-        f"saie-lite compare {run}/eval-base {run}/eval",
+        f"saie-lite compare {run}/eval-base {run}/eval-{step}",
         f"saie-lite export {run} --to gguf",
         f"saie-lite train --resume {run} --set method.rounds=2",
     ]

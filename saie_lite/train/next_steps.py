@@ -55,7 +55,13 @@ def next_commands(cfg: Config, run_dir: Path) -> list[tuple[str, str]]:
         else " (on rows it trained on: train with data.split=nodev for held-out ones)"
     )
     base = f"--model {shlex.quote(cfg.learner.model)} --backend {cfg.learner.backend}"
-    out_run, out_base = f"{run_dir}/eval", f"{run_dir}/eval-base"
+    # The trained learner's folder names its checkpoint: after training further, the
+    # same hint evaluates the new one instead of meeting the old one's items.
+    from saie_lite.train.checkpoint import latest
+
+    ckpt = latest(Path(run_dir))
+    out_run = f"{run_dir}/eval" + (f"-{ckpt.name}" if ckpt else "")
+    out_base = f"{run_dir}/eval-base"
     further = f"saie-lite train --resume {run} --set method.rounds={cfg.method.rounds + 1}"
     if cfg.train.max_steps:  # the saved cap would stop the resumed run at once
         further += " --set train.max_steps=0"
