@@ -194,13 +194,15 @@ def served_model(pc, note) -> str:
     key = os.environ.get(pc.api_key_env) if pc.api_key_env else None
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     name = "--partner-model NAME (partner.model)"
-    last = "no attempt"
+    last, tries = "no attempt", 0
     for attempt in range(pc.retries + 1):
         if attempt:
             time.sleep(pc.backoff * 2 ** (attempt - 1))
+        tries += 1
         req = urllib.request.Request(f"{url}/models", headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=pc.timeout) as resp:
+            # a model list is quick to give: a server that takes longer is not ready
+            with urllib.request.urlopen(req, timeout=min(pc.timeout, 10.0)) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             if e.code == 404:
@@ -236,7 +238,8 @@ def served_model(pc, note) -> str:
             )
         return ids[0]
     raise UserError(
-        f"partner server {url} did not list its models ({last}, {pc.retries + 1} attempts): "
+        f"partner server {url} did not list its models ({last}, {tries} "
+        f"attempt{'s' if tries > 1 else ''}): "
         f"start the server (check partner.url), or name the model with {name}"
     )
 

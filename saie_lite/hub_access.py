@@ -24,6 +24,13 @@ def switched_offline() -> bool:
     return bool(_checked)
 
 
+def _hub_host() -> str:
+    try:
+        return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or ""
+    except ValueError:
+        return ""
+
+
 def _target() -> tuple[str, int] | None:
     """Where a hub request would connect first: the HTTPS proxy when one is set for the
     hub's host (a machine that reaches the world only through it), else the hub; None
@@ -34,7 +41,8 @@ def _target() -> tuple[str, int] | None:
         url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
         host = url.hostname or "huggingface.co"
         port = url.port or (80 if url.scheme == "http" else 443)
-        proxy = getproxies().get(url.scheme or "https")
+        proxies = getproxies()
+        proxy = proxies.get(url.scheme or "https") or proxies.get("all")
         if proxy and not proxy_bypass(host):
             p = urlparse(proxy if "://" in proxy else f"http://{proxy}")
             return p.hostname or host, p.port or 80
@@ -85,8 +93,13 @@ def settle(timeout: float = 3.0) -> None:
     hub = sys.modules.get("transformers.utils.hub")
     if hub is not None and hasattr(hub, "_is_offline_mode"):  # transformers 4.x
         hub._is_offline_mode = True
+    via = (
+        f"the hub, through the proxy {target[0]}"
+        if target[0] != _hub_host()
+        else f"the hub ({target[0]})"
+    )
     print(
-        f"note: the hub ({target[0]}) cannot be reached: using the local cache only",
+        f"note: {via} cannot be reached: using the local cache only",
         file=sys.stderr,
         flush=True,
     )

@@ -284,3 +284,11 @@ def test_resume_refuses_a_folder_that_is_not_a_training_run(tmp_path):
         f"in {exp / 'runs'}/SYSTEM"
     )
     assert sorted(p.name for p in exp.iterdir()) == ["config.yaml", "runs"]  # nothing started
+    # a run killed while its model loaded: only config.yaml, nothing trained
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    config.save(config.build(), killed / "config.yaml")
+    r = invoke("train", "--resume", str(killed), "--live", "quiet")
+    assert r.exit_code == 2 and r.output.strip().endswith(
+        f"stopped before it trained anything (no saie.sqlite): start it again with --run-dir {killed}"
+    )

@@ -470,3 +470,26 @@ def test_what_the_agent_cannot_do_is_refused_before_anything_is_written(tmp_path
         "error: agent scripted cannot score log-likelihoods: use --scoring generate"
     )
     assert not out.exists()  # before: an empty evaluation that logs list then showed
+
+
+def test_eval_run_loads_the_precision_the_command_asks_for(tmp_path, monkeypatch):
+    from saie_lite import registry
+    from saie_lite.evaluate.agents import load_learner
+
+    run = tmp_path / "run"
+    r = runner.invoke(
+        app, ["train", "--dry-run", "--limit", "4", "--live", "quiet", "--run-dir", str(run)]
+    )
+    assert r.exit_code == 0, r.output
+    seen = []
+    real = registry.factory
+
+    def spy(kind, name):
+        make = real(kind, name)
+        return lambda c, *a: (seen.append(c.learner.dtype), make(c, *a))[1]
+
+    monkeypatch.setattr(registry, "factory", spy)
+    load_learner(config.build(overrides={"learner.dtype": "bfloat16"}), run)
+    load_learner(config.build(), run)
+    # asked for: the one loaded (and recorded by the evaluation); else the run's own
+    assert seen == ["bfloat16", "auto"]

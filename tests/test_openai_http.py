@@ -319,6 +319,15 @@ def test_served_model_needs_a_name_unless_the_server_serves_one(server, models, 
     assert not server.requests  # nothing was asked for a remark
 
 
+def test_a_debate_agent_without_a_model_name_asks_the_server(server):
+    from saie_lite.evaluate.agents import build_agents
+
+    _, cfg = partner_for(server.url)
+    named, unnamed = build_agents(cfg, ["openai:my-model", "openai:"])
+    assert named.model == "my-model" and unnamed.model == "served-model"
+    assert server.gets == 1  # only the unnamed one asked
+
+
 def test_a_server_without_a_model_list_gets_the_name_as_before(server):
     from saie_lite.backends.openai_http import served_model
 

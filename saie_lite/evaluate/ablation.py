@@ -199,7 +199,13 @@ def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
             "different splits"
         )
     resolve_backend(cfg, view.note)
-    settle_partner_model(cfg, view.note)
+    saved = out / "config.yaml"
+    if saved.is_file():  # a resumed ablation goes on with the partner model it started with
+        prior = (config_mod.load_yaml(saved).get("partner") or {}).get("model")
+        if cfg.partner.model.startswith("embedded") and isinstance(prior, str):
+            cfg.partner.model = prior
+    else:
+        settle_partner_model(cfg, view.note)
     writable_dir(out, "ablation directory", "pass another --out, or set SAIE_LITE_HOME")
     check_settings(cfg, out)
     config_mod.save(cfg, out / "config.yaml")

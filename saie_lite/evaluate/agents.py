@@ -24,10 +24,18 @@ def load_learner(cfg: Config, run_dir: Path | None = None):
 
     if run_dir is not None:
         saved = saved_config(run_dir)
+        # precision asked for on the command line wins over the run's (evaluating a
+        # float32 run in bf16); all else is the run's
+        asked = {
+            f"learner.{k}": getattr(cfg.learner, k)
+            for k in ("dtype", "quantize")
+            if getattr(cfg.learner, k) != "auto"
+        }
         cfg = copy.deepcopy(cfg)
         from saie_lite.config import apply
 
         apply(cfg, {"learner": saved.get("learner", {}), "train": saved.get("train", {})})
+        apply(cfg, asked)
         ckpt = usable(run_dir, note=lambda m: print(f"note: {m}", file=sys.stderr))
         if ckpt is None:
             raise UserError(f"{run_dir} has no checkpoint yet: train it first")
@@ -62,6 +70,14 @@ def build_agents(cfg: Config, specs: list[str], run_dir: Path | None = None) -> 
                 c = copy.deepcopy(cfg)
                 if backend in available("partners") and backend not in available("learners"):
                     c.partner.backend, c.partner.model = backend, model
+                    if backend == "openai" and (not model or model.startswith("embedded")):
+                        # 'openai:' names no model: the one the server serves (train does
+                        # the same for a partner left at its default)
+                        from saie_lite.backends.openai_http import served_model
+
+                        c.partner.model = served_model(
+                            c.partner, lambda m: print(f"note: {m}", file=sys.stderr)
+                        )
                     loaded[spec] = factory("partners", backend)(c)
                 else:
                     c.learner.backend, c.learner.model = backend, model

@@ -38,12 +38,15 @@ def saved_config(run_dir: Path) -> dict:
     if not (Path(run_dir) / "saie.sqlite").is_file():
         # an ablation's or an evaluation's folder also keeps a config.yaml; resuming it
         # would start a whole new run inside it
-        inside = (
-            f": an ablation keeps its runs in {Path(run_dir) / 'runs'}/SYSTEM"
-            if (Path(run_dir) / "runs").is_dir()
-            else ""
+        if (Path(run_dir) / "runs").is_dir():
+            raise UserError(
+                f"{run_dir} is not a training run (no saie.sqlite): an ablation keeps its "
+                f"runs in {Path(run_dir) / 'runs'}/SYSTEM"
+            )
+        raise UserError(
+            f"{run_dir} is not a training run, or one stopped before it trained anything "
+            f"(no saie.sqlite): start it again with --run-dir {run_dir}"
         )
-        raise UserError(f"{run_dir} is not a training run (no saie.sqlite){inside}")
     try:
         saved = config_mod.load_yaml(path)
     except UserError as e:
@@ -200,7 +203,11 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         cfg.learner.backend = cfg.partner.backend = "scripted"
     else:
         resolve_backend(cfg, view.on_event)
-        if not resume:  # a resumed run's config already names it
+        from saie_lite.train.distributed import rank
+
+        # A resumed run's config already names it; of data-parallel processes only the
+        # first talks to the partner (and saves the config).
+        if not resume and rank() == 0:
             settle_partner_model(cfg, view.on_event)
     examples, skipped = prepare_examples(cfg)
     if skipped:
