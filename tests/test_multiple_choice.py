@@ -18,6 +18,10 @@ CSQA = Path(__file__).parent / "data" / "csqa_sample.jsonl"  # 12 CommonsenseQA 
         ("Probably A", None, "A"),
         ("(E) seems right", "E", "E"),
         ("No idea at all.", None, None),
+        # the article is no option: "a mile" is not (A), and the (B) after it counts
+        ("The answer is a mile.", None, None),
+        ("I think the answer is a kilogram, which is (B).", "B", "B"),
+        ("The answer is (c)", "C", "C"),
     ],
 )
 def test_letter_extraction(text, strict, flexible):

@@ -603,3 +603,19 @@ def test_rows_with_a_repeated_id_are_all_evaluated(tmp_path):
     ids = sorted(i["example_id"] for i in store.eval_items(summary["name"]))
     store.close()
     assert ids == ["r0", "r2", "r4", "same", "same#2", "same#3"]
+
+
+def test_choice_answers_match_an_option_text_before_an_index(tmp_path):
+    rows = [
+        {"question": "What is 3-2?", "choices": ["2", "0", "1"], "answer": "1"},
+        {"question": "What is 5-5?", "choices": ["5", "4", "0"], "answer": "0"},
+        {"question": "Pick the second", "choices": ["x", "y", "z"], "answer": "1"},  # an index
+    ]
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = config.build(overrides={"data.task": "custom", "data.path": str(data),
+                                  "data.check": "choice", "data.split": "all"})  # fmt: skip
+    exs, skipped = get_task(cfg.data).load(cfg.data.path, "all")
+    assert not skipped
+    # before: the digits were read as an index first, (B) 0 and (A) 5
+    assert [e.answer for e in exs] == ["C", "C", "B"]

@@ -276,12 +276,16 @@ class CustomTask:
         if not 2 <= len(texts) <= 10 or len(labels) != len(texts):
             return "choices must be a list of 2-10 options"
         f = final.strip()
-        if f.upper() in labels:
+        # An option's own text first: with options "2", "0", "1", the answer "1" is the
+        # third option, not the option at index 1.
+        if f in labels:
+            gold = f
+        elif f in texts:
+            gold = labels[texts.index(f)]
+        elif f.upper() in labels:
             gold = f.upper()
         elif f.isdigit() and int(f) < len(texts):
             gold = labels[int(f)]
-        elif f in texts:
-            gold = labels[texts.index(f)]
         else:
             return "answer is not one of the choices (label, index or text)"
         ex = mc.make_example("", question, labels, texts, gold)

@@ -44,10 +44,16 @@ def _letters(labels: str) -> str:
 
 def extract_strict(output: str, labels: str = "ABCDEFGHIJ") -> str | None:
     cls = f"[{_letters(labels)}]"
+    low = f"[{_letters(labels).lower()}]"
     # One class between "answer is" and the letter (': ', '**'): nothing to backtrack over.
-    found = re.findall(rf"answer is[\s:*]*\(?({cls})\b\)?", output, re.IGNORECASE)
+    # A small letter counts in parentheses or at the end of the sentence ("answer is b."),
+    # not before a word: "the answer is a mile" names no option.
+    found = re.findall(
+        rf"(?i:answer is)[\s:*]*(?:\(({cls}|{low})\)|({cls})\b|({low})(?=\s*(?:$|[.,;!?)])))",
+        output,
+    )
     if found:
-        return found[-1].upper()
+        return "".join(found[-1]).upper()
     found = re.findall(rf"\(({cls})\)", output)
     return found[-1] if found else None
 
