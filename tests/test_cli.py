@@ -292,3 +292,20 @@ def test_resume_refuses_a_folder_that_is_not_a_training_run(tmp_path):
     assert r.exit_code == 2 and r.output.strip().endswith(
         f"stopped before it trained anything (no saie.sqlite): start it again with --run-dir {killed}"
     )
+
+
+def test_a_dry_run_cannot_resume_a_real_run(tmp_path):
+    from saie_lite import config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config.save(config.build(overrides={"learner.backend": "torch"}), run / "config.yaml")
+    (run / "saie.sqlite").write_bytes(b"")
+    before = (run / "config.yaml").read_text()
+    r = invoke("train", "--resume", str(run), "--dry-run")
+    assert r.exit_code == 2
+    assert r.output.strip() == (
+        f"error: {run} was trained with the torch learner: a dry run cannot go on with it; "
+        "resume it without --dry-run"
+    )
+    assert (run / "config.yaml").read_text() == before  # before: rewritten to scripted

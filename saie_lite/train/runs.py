@@ -197,6 +197,12 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         raise UserError(
             f"{run_dir} already holds a run: resume it with --resume {run_dir} or pick another --run-dir"
         )
+    if dry_run and resume and cfg.learner.backend not in ("scripted", "auto"):
+        # scripted models cannot go on from real weights (and its config must stay real)
+        raise UserError(
+            f"{run_dir} was trained with the {cfg.learner.backend} learner: a dry run cannot "
+            "go on with it; resume it without --dry-run"
+        )
     if dry_run:
         # The run's config says what ran, so that eval --run, export and --resume of a
         # dry run load the scripted models its checkpoints belong to.
