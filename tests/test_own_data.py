@@ -619,3 +619,12 @@ def test_choice_answers_match_an_option_text_before_an_index(tmp_path):
     assert not skipped
     # before: the digits were read as an index first, (B) 0 and (A) 5
     assert [e.answer for e in exs] == ["C", "C", "B"]
+
+
+def test_jsonl_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    from saie_lite.tasks.common import read_jsonl
+
+    data = tmp_path / "bom.jsonl"
+    lines = [json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) for i in range(3)]
+    data.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())
+    assert [r["question"] for r in read_jsonl(data)] == ["q0", "q1", "q2"]

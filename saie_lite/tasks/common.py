@@ -134,9 +134,10 @@ def read_jsonl(p: Path) -> list:
     type changes between rows; a broken line is one skipped row."""
     rows: list = []
     with p.open("rb") as f:
-        for raw in f:
+        for i, raw in enumerate(f):
             try:
-                line = raw.decode("utf-8")
+                # a byte-order mark (Windows' "UTF-8 with BOM") opens the first line only
+                line = raw.decode("utf-8-sig" if i == 0 else "utf-8")
             except UnicodeDecodeError:
                 rows.append(BadLine("line is not UTF-8 text"))
                 continue
