@@ -628,3 +628,21 @@ def test_jsonl_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
     lines = [json.dumps({"question": f"q{i}", "answer": f"#### {i}"}) for i in range(3)]
     data.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode())
     assert [r["question"] for r in read_jsonl(data)] == ["q0", "q1", "q2"]
+
+
+def test_a_run_on_a_relative_data_path_resumes_from_anywhere(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "--dry-run", "--task", "custom", "--data",
+                                 "examples/own-data/units.jsonl", "--max-steps", "2",
+                                 "--live", "quiet", "--run-dir", str(run)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    saved = config.build(run / "config.yaml").data.path
+    assert saved == str(Path("examples/own-data/units.jsonl").resolve())
+    monkeypatch.chdir(tmp_path)  # before: "data file not found: examples/own-data/units.jsonl"
+    r = CliRunner().invoke(
+        app, ["train", "--resume", str(run), "--max-steps", "3", "--live", "quiet"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "finished: 3 updates" in r.output

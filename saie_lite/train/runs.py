@@ -73,6 +73,15 @@ def prepare_examples(cfg: Config) -> tuple[list[Example], dict[str, int]]:
     return examples, skipped
 
 
+def absolute_data_path(cfg: Config) -> None:
+    """A local data file as a whole path in the saved config, so that --resume and the
+    end-of-run hints work from any directory (the file was read just before)."""
+    from saie_lite.tasks.common import is_local
+
+    if cfg.data.path != "bundled" and is_local(cfg.data.path):
+        cfg.data.path = str(Path(cfg.data.path).expanduser().resolve())
+
+
 def skipped_line(skipped: dict[str, int]) -> str:
     """'skipped 3 malformed data rows (2 empty answer, 1 missing question)'."""
     detail = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
@@ -216,6 +225,8 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         if not resume and rank() == 0:
             settle_partner_model(cfg, view.on_event)
     examples, skipped = prepare_examples(cfg)
+    if not resume:
+        absolute_data_path(cfg)
     if skipped:
         view.on_event(skipped_line(skipped))
     if cfg.data.task == "custom":
