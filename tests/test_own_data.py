@@ -646,3 +646,15 @@ def test_a_run_on_a_relative_data_path_resumes_from_anywhere(tmp_path, monkeypat
     )
     assert r.exit_code == 0, r.output
     assert "finished: 3 updates" in r.output
+
+
+@pytest.mark.parametrize("answer", ["1/2", "3 1/2", "1e-3", "3:30", "2^10", "The answer is 1/2."])
+def test_number_check_skips_answers_that_are_no_plain_number(answer):
+    # before: the last number became the key ('1/2' -> 2), and a right '#### 0.5' was wrong
+    assert make_check("number").gold(answer) is None
+
+
+@pytest.mark.parametrize("answer, gold", [("18", "18"), ("#### 1,000", "1000"),
+                                          ("3/4 of the 24 apples is 18", "18")])  # fmt: skip
+def test_number_check_still_reads_plain_answers(answer, gold):
+    assert make_check("number").gold(answer) == gold

@@ -63,6 +63,9 @@ class Check:
         return None
 
 
+NOT_PLAIN = re.compile(r"(?:\d\s*[/:^]\s*[-+]?\d[\d.,]*|\d[eE][-+]?\d+)\W*$")
+
+
 class NumberCheck(Check):
     name = "number"
     answer_format = "'#### <number>'"
@@ -72,12 +75,13 @@ class NumberCheck(Check):
     )
 
     def gold(self, final: str) -> str | None:
-        # A bare number, else the strict reading ('#### 18'), else the last number.
-        return (
-            numbers.normalize(final.strip())
-            or numbers.extract_strict(final)
-            or numbers.extract_flexible(final)
-        )
+        # A bare number, else the strict reading ('#### 18'), else the last number, unless
+        # the text ends in a fraction, ratio, power or exponent ('1/2', '3:30', '2^10',
+        # '1e-3'), whose last number is not the answer: no gold, the row is skipped.
+        bare = numbers.normalize(final.strip())
+        if bare is None and NOT_PLAIN.search(final.strip()):
+            return None
+        return bare or numbers.extract_strict(final) or numbers.extract_flexible(final)
 
     def extract_strict(self, output: str) -> str | None:
         return numbers.extract_strict(output)

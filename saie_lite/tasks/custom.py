@@ -210,7 +210,10 @@ class CustomTask:
         else:
             gold = self.check.gold(final)
             if gold is None:
-                return "answer has no number" if self.check.name == "number" else "empty answer"
+                if self.check.name == "number":
+                    # a fraction or ratio is no number to compare: --check exact reads it
+                    return "answer has no plain number (fractions, ratios: use check exact)"
+                return "empty answer"
         return Example(
             id=rid,
             question=question,
