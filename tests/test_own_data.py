@@ -658,3 +658,22 @@ def test_number_check_skips_answers_that_are_no_plain_number(answer):
                                           ("3/4 of the 24 apples is 18", "18")])  # fmt: skip
 def test_number_check_still_reads_plain_answers(answer, gold):
     assert make_check("number").gold(answer) == gold
+
+
+def test_eval_of_an_edited_data_file_is_not_resumed_from_old_rows(tmp_path):
+    from typer.testing import CliRunner
+
+    data = tmp_path / "qa.jsonl"
+    rows = [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["eval", "--backend", "scripted", "--task", "custom", "--data", str(data),
+            "--split", "all", "--out", str(tmp_path / "ev")]  # fmt: skip
+    assert CliRunner().invoke(app, args).exit_code == 0
+    rows[2]["answer"] = "#### 30"  # the user fixes a row
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2  # before: "resuming: 4/4 items already done", old marks
+    assert r.output.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'ev'} holds results for rows that changed since (1 of 4, e.g. "
+        "row-2): pass another --out to evaluate the data as it is now"
+    )

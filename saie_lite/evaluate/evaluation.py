@@ -266,8 +266,25 @@ def evaluate(
     from saie_lite.evaluate.metrics import item_metrics, resolve
 
     names = resolve(cfg.eval.metrics, task, cfg.eval.scoring, agents[0])
+    stored = store.eval_items(name)
+    current = {x.id: x for x in examples}
+    # Same settings, but the data file edited since: its stored items would be counted
+    # as if they were the rows read now.
+    stale = [
+        i["example_id"]
+        for i in stored
+        if i["example_id"] not in current
+        or (i["reference"], i["gold"])
+        != (current[i["example_id"]].reference, current[i["example_id"]].answer)
+    ]
+    if stale:
+        raise UserError(
+            f"{out_dir} holds results for rows that changed since ({len(stale)} of "
+            f"{len(stored)}, e.g. {stale[0]}): pass another --out to evaluate the data as it "
+            "is now"
+        )
     store.start_eval(name, want)
-    done = {i["example_id"] for i in store.eval_items(name)}
+    done = {i["example_id"] for i in stored}
     todo = [
         (i, fit_question(cfg, task, agents[0], x, note))
         for i, x in enumerate(examples)
