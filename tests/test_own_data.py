@@ -677,3 +677,19 @@ def test_eval_of_an_edited_data_file_is_not_resumed_from_old_rows(tmp_path):
         f"error: {tmp_path / 'ev'} holds results for rows that changed since (1 of 4, e.g. "
         "row-2): pass another --out to evaluate the data as it is now"
     )
+
+
+def test_csv_in_a_windows_code_page_or_with_a_doubled_column_is_one_line(tmp_path):
+    from saie_lite.errors import UserError
+    from saie_lite.tasks.common import read_csv
+
+    cp = tmp_path / "cp1252.csv"
+    cp.write_bytes("question,answer\nCaf\u00e9 price?,#### 3\n".encode("cp1252"))
+    with pytest.raises(
+        UserError, match=r"is not UTF-8 text \(it holds byte 0xe9\): save it as 'CSV UTF-8'"
+    ):
+        read_csv(cp)
+    dup = tmp_path / "dup.csv"
+    dup.write_text("question,answer,answer\nq,#### 1,#### 2\n")
+    with pytest.raises(UserError, match=r"names a column twice \(answer\): rename one"):
+        read_csv(dup)

@@ -176,6 +176,15 @@ def read_csv(p: Path) -> list:
             raise UserError(
                 f"CSV {p.name} is broken near line {reader.line_num}: {e} (is a quote left open?)"
             ) from None
+        except UnicodeDecodeError as e:
+            # a spreadsheet's "CSV" in a Windows code page (cp1252): an accent stops it
+            raise UserError(
+                f"CSV {p.name} is not UTF-8 text (it holds byte {e.object[e.start]:#04x}): "
+                "save it as 'CSV UTF-8'"
+            ) from None
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        if dupes:  # the last column of a name would silently win
+            raise UserError(f"CSV {p.name} names a column twice ({', '.join(dupes)}): rename one")
     if not rows:
         raise UserError(f"no rows in {str(p)!r}: the file has a header line only")
     return rows
