@@ -18,6 +18,14 @@ from saie_lite.tasks import gsm8k
 runner = CliRunner()
 
 
+def dry_run_into(run, limit: int) -> None:
+    """A finished scripted run (train --dry-run) in ``run``."""
+    r = runner.invoke(
+        app, ["train", "--dry-run", "--limit", str(limit), "--live", "quiet", "--run-dir", str(run)]
+    )
+    assert r.exit_code == 0, r.output
+
+
 def cfg_with(**over):
     return config.build(overrides={"learner.backend": "scripted", "eval.batch_size": 2, **over})
 
@@ -320,10 +328,7 @@ def test_logs_list_shows_every_evaluation_with_its_figures(tmp_path, monkeypatch
     home = tmp_path / "home"
     monkeypatch.setenv("SAIE_LITE_HOME", str(home))
     run = home / "runs" / "r1"
-    r = runner.invoke(
-        app, ["train", "--dry-run", "--limit", "4", "--live", "quiet", "--run-dir", str(run)]
-    )
-    assert r.exit_code == 0, r.output
+    dry_run_into(run, 4)
     base = ["eval", "--backend", "scripted", "--data", "bundled", "--limit", "6"]
     assert runner.invoke(app, [*base, "--run", str(run)]).exit_code == 0
     assert runner.invoke(app, [*base, "--out", str(run / "eval-base")]).exit_code == 0
@@ -383,10 +388,7 @@ def test_own_data_read_another_way_is_another_default_directory():
 def test_eval_of_a_run_trained_further_is_a_new_evaluation(tmp_path, monkeypatch):
     monkeypatch.setenv("SAIE_LITE_HOME", str(tmp_path / "home"))
     run = tmp_path / "run"
-    r = runner.invoke(
-        app, ["train", "--dry-run", "--limit", "8", "--live", "quiet", "--run-dir", str(run)]
-    )
-    assert r.exit_code == 0, r.output
+    dry_run_into(run, 8)
     ev = ["eval", "--run", str(run), "--data", "bundled", "--split", "dev", "--limit", "4"]
     first = runner.invoke(app, [*ev, "--out", str(tmp_path / "ev")])
     default1 = runner.invoke(app, ev)
@@ -414,10 +416,7 @@ def test_eval_of_a_run_trained_further_is_a_new_evaluation(tmp_path, monkeypatch
 def test_two_out_folders_of_one_run_with_the_same_name_share_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("SAIE_LITE_HOME", str(tmp_path / "home"))
     run = tmp_path / "run"
-    r = runner.invoke(
-        app, ["train", "--dry-run", "--limit", "4", "--live", "quiet", "--run-dir", str(run)]
-    )
-    assert r.exit_code == 0, r.output
+    dry_run_into(run, 4)
     ev = ["eval", "--run", str(run), "--data", "bundled", "--limit", "3"]
     a = runner.invoke(app, [*ev, "--out", str(tmp_path / "a" / "ev")])
     b = runner.invoke(app, [*ev, "--out", str(tmp_path / "b" / "ev")])
@@ -477,10 +476,7 @@ def test_eval_run_loads_the_precision_the_command_asks_for(tmp_path, monkeypatch
     from saie_lite.evaluate.agents import load_learner
 
     run = tmp_path / "run"
-    r = runner.invoke(
-        app, ["train", "--dry-run", "--limit", "4", "--live", "quiet", "--run-dir", str(run)]
-    )
-    assert r.exit_code == 0, r.output
+    dry_run_into(run, 4)
     seen = []
     real = registry.factory
 
