@@ -184,7 +184,7 @@ def units_done(out: Path, systems: list[str], n_eval: int) -> int:
 
 
 def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
-    from saie_lite.paths import writable_dir
+    from saie_lite.paths import EMBEDDED, writable_dir
     from saie_lite.tasks.common import splits_overlap
     from saie_lite.train.loop import schedule
     from saie_lite.train.runs import prepare_examples, resolve_backend, settle_partner_model
@@ -202,7 +202,7 @@ def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
     saved = out / "config.yaml"
     if saved.is_file():  # a resumed ablation goes on with the partner model it started with
         prior = (config_mod.load_yaml(saved).get("partner") or {}).get("model")
-        if cfg.partner.model.startswith("embedded") and isinstance(prior, str):
+        if cfg.partner.model.startswith(EMBEDDED) and isinstance(prior, str):
             cfg.partner.model = prior
     else:
         settle_partner_model(cfg, view.note)

@@ -14,6 +14,17 @@ from pathlib import Path
 
 from saie_lite.config import Config
 from saie_lite.errors import UserError
+from saie_lite.paths import EMBEDDED
+
+
+def asked_precision(cfg: Config) -> dict[str, str]:
+    """The learner's ``dtype`` and ``quantize`` where they are not left at auto: what an
+    evaluation records and names, and what wins over a run's own settings."""
+    return {
+        k: getattr(cfg.learner, k)
+        for k in ("dtype", "quantize")
+        if getattr(cfg.learner, k) != "auto"
+    }
 
 
 def load_learner(cfg: Config, run_dir: Path | None = None):
@@ -26,11 +37,7 @@ def load_learner(cfg: Config, run_dir: Path | None = None):
         saved = saved_config(run_dir)
         # precision asked for on the command line wins over the run's (evaluating a
         # float32 run in bf16); all else is the run's
-        asked = {
-            f"learner.{k}": getattr(cfg.learner, k)
-            for k in ("dtype", "quantize")
-            if getattr(cfg.learner, k) != "auto"
-        }
+        asked = {f"learner.{k}": v for k, v in asked_precision(cfg).items()}
         cfg = copy.deepcopy(cfg)
         from saie_lite.config import apply
 
@@ -70,7 +77,7 @@ def build_agents(cfg: Config, specs: list[str], run_dir: Path | None = None) -> 
                 c = copy.deepcopy(cfg)
                 if backend in available("partners") and backend not in available("learners"):
                     c.partner.backend, c.partner.model = backend, model
-                    if backend == "openai" and (not model or model.startswith("embedded")):
+                    if backend == "openai" and (not model or model.startswith(EMBEDDED)):
                         # 'openai:' names no model: the one the server serves (train does
                         # the same for a partner left at its default)
                         from saie_lite.backends.openai_http import served_model

@@ -17,7 +17,7 @@ from pathlib import Path
 from saie_lite.config import Config
 from saie_lite.errors import UserError
 from saie_lite.evaluate import strategies
-from saie_lite.evaluate.agents import tokens_generated
+from saie_lite.evaluate.agents import asked_precision, tokens_generated
 from saie_lite.evaluate.pairing import ID_SCHEME, content_id, unique_ids
 from saie_lite.evaluate.stats import wilson
 from saie_lite.fsutil import atomic_write_text
@@ -43,9 +43,8 @@ def settings(cfg: Config, agent_names: list[str]) -> dict:
         "agents": agent_names,
         "metrics": e.metrics,
     }
-    for key in ("dtype", "quantize"):  # recorded when asked for (older evals predate them)
-        if getattr(cfg.learner, key) != "auto":
-            s[f"learner_{key}"] = getattr(cfg.learner, key)
+    # recorded when asked for (older evaluations predate the keys)
+    s.update({f"learner_{k}": v for k, v in asked_precision(cfg).items()})
     if cfg.data.task == "custom":  # how your own data was read decides the marks
         d = cfg.data
         s.update(check=d.check, format=d.format, fields=[d.question_field, d.answer_field])
@@ -61,23 +60,22 @@ def settings(cfg: Config, agent_names: list[str]) -> dict:
     return s
 
 
-def check_can_run(cfg: Config, task, agents: list) -> None:
-    """Refuse, before anything is written, what the agents cannot do: log-likelihood
-    scoring, or a metric asked for by name."""
+def check_can_run(cfg: Config, task, agents: list) -> list[str]:
+    """The metrics to compute; refuses, before anything is written, what the agents
+    cannot do: log-likelihood scoring, or a metric asked for by name."""
     from saie_lite.evaluate.metrics import resolve
 
     if cfg.eval.scoring == "loglik" and not hasattr(agents[0], "choice_logprobs"):
         raise UserError(
             f"agent {agents[0].name} cannot score log-likelihoods: use --scoring generate"
         )
-    resolve(cfg.eval.metrics, task, cfg.eval.scoring, agents[0])
+    return resolve(cfg.eval.metrics, task, cfg.eval.scoring, agents[0])
 
 
 def run_batch(cfg: Config, task, agents: list, exs: list[Example]) -> list[strategies.ItemResult]:
     e = cfg.eval
     first = agents[0]
-    if e.scoring == "loglik":
-        check_can_run(cfg, task, agents)
+    if e.scoring == "loglik":  # check_can_run has made sure the agent can score
         chats = [example_chat(task, x) for x in exs]
         scores = first.choice_logprobs(chats, LOGLIK_PREFIX, [x.choices or [] for x in exs])
         out = []
@@ -263,9 +261,9 @@ def evaluate(
             f"{out_dir} holds an evaluation with other settings ({', '.join(diff)}): "
             "pass another --out to start a new one"
         )
-    from saie_lite.evaluate.metrics import item_metrics, resolve
+    from saie_lite.evaluate.metrics import item_metrics
 
-    names = resolve(cfg.eval.metrics, task, cfg.eval.scoring, agents[0])
+    names = check_can_run(cfg, task, agents)
     stored = store.eval_items(name)
     current = {x.id: x for x in examples}
     # Same settings, but the data file edited since: its stored items would be counted

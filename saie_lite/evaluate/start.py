@@ -27,6 +27,7 @@ def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
     changes the items' results and differs from its default is in the name, so changing
     it starts another evaluation instead of being refused as a mismatch."""
     from saie_lite.config import DataConfig, EvalConfig
+    from saie_lite.evaluate.agents import asked_precision
 
     e, d, e0 = cfg.eval, cfg.data, EvalConfig()
     name = f"{d.task}-{_slug(d.path)}-{d.split}-n{d.limit or 'all'}-{e.strategy}"
@@ -50,7 +51,7 @@ def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
         tags.append(("", e.agents, e0.agents))
     if e.scoring == "loglik":
         tags.append(("", e.loglik_dtype, e0.loglik_dtype))
-    tags += [("", cfg.learner.dtype, "auto"), ("", cfg.learner.quantize, "auto")]
+    tags += [("", v, "auto") for v in asked_precision(cfg).values()]
     name += "".join(f"-{tag}{_slug(str(v))}" for tag, v, v0 in tags if v != v0)
     if run_dir is not None:
         # per checkpoint: after training further, the same command evaluates the new one
