@@ -1,6 +1,7 @@
 """`saie-lite bench` runs and writes a valid report on a tiny setting (no speed thresholds)."""
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -165,19 +166,25 @@ def test_cuda_bench_builds_a_loadable_tiny_shape(tiny_model_dir, tmp_path):
 def test_cuda_bench_parts_run_end_to_end_on_the_cpu(tiny_model_dir, tmp_path):
     """The pieces ``bench --device cuda`` runs, on a tiny shape with device cpu: so the
     GPU run is never the first time they execute (the GPU-only lines are the sync and the
-    peak-memory reading)."""
+    peak-memory reading). Each side of the shape part runs in a process of its own."""
     pytest.importorskip("llama_cpp")
-    from saie_lite.bench.cuda import _saie_cuda, _shape_run, _trl_cuda, build_shape
+    from saie_lite.bench.cuda import _saie_cuda, _shape_part, build_shape
     from saie_lite.bench.parts import BenchSettings
 
     s = BenchSettings(examples=4, steps=1, batch=2, max_len=384, new_tokens=4)
-    model_dir = build_shape("tiny", tmp_path / "tiny", tiny_model_dir)
-    ours = _shape_run(s, model_dir, "none", tmp_path, device="cpu")
+    out, reports = {}, []
+    _shape_part(s, "tiny", tmp_path, tiny_model_dir, out, lambda: reports.append(1), "cpu")
+    # QLoRA needs CUDA: the child's one-line refusal is reported, and bf16 LoRA still runs
+    assert "needs a CUDA GPU" in out["tiny qlora-4bit"]["error"]
+    ours = out["tiny lora-bf16"]
     assert ours["generate_tokens_per_s"] > 0 and ours["update"]["tokens_per_s"] > 0
     assert ours["saie_update_shared"]["seconds_per_step"] > 0
-    assert ours["export_merge_ok"] and (tmp_path / "merged-none" / "config.json").is_file()
-    trl = _trl_cuda(s, model_dir, "none", device="cpu")
-    _check_trl(trl)
+    assert ours["export_merge_ok"]
+    _check_trl(ours["trl"])
+    assert ours["ratio_update_over_trl"] > 0
+    assert len(reports) == 3  # the refusal, ours, ours + TRL: each rewrites the report
+    assert not (tmp_path / "tiny").exists()  # the shape's model and checkpoints are removed
+    model_dir = build_shape("tiny", tmp_path / "tiny", tiny_model_dir)
     saie = _saie_cuda(s, model_dir, tmp_path / "saie", device="cpu")
     for run in ("saie", "saie_fast", "saie_fast_overlap"):
         assert saie[f"ratio_{run}_over_sft"] > 0, run
@@ -186,6 +193,19 @@ def test_cuda_bench_parts_run_end_to_end_on_the_cpu(tiny_model_dir, tmp_path):
     for run in ("sft", "saie", "saie_fast"):
         assert saie[run]["context_policy_notes"] == 0, run
         assert saie[run]["trained_tokens_per_example"] > saie[run]["target_tokens_per_example"]
+
+
+def test_a_fresh_process_returns_the_result_or_raises_the_error():
+    """What ``in_fresh_process`` runs runs elsewhere: another process id, and a refusal
+    there comes back as the same one-line error here."""
+    from saie_lite.bench.parts import in_fresh_process
+    from saie_lite.bench.run import choose_parts
+    from saie_lite.errors import UserError
+
+    assert in_fresh_process(os.getpid) != os.getpid()
+    assert in_fresh_process(max, 3, 7) == 7
+    with pytest.raises(UserError, match="unknown cpu bench part.s. nope"):
+        in_fresh_process(choose_parts, "cpu", "nope")
 
 
 def test_saie_part_trains_whole_discussions_and_counts_their_tokens(tiny_model_dir, tmp_path):
