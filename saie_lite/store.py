@@ -108,6 +108,15 @@ MIGRATIONS = [
     -- JSON remark diagnostics per partner turn (saie_lite/remarks.py), else NULL.
     ALTER TABLE turns ADD COLUMN diagnostics TEXT;
     """,
+    """
+    -- In the logs database: the runs, evaluations and ablations made anywhere (--run-dir,
+    -- --out), so that `logs list` shows those outside SAIE_LITE_HOME too.
+    CREATE TABLE places (
+        path TEXT PRIMARY KEY,          -- absolute
+        kind TEXT NOT NULL,             -- runs | evals | ablations
+        created REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -292,6 +301,27 @@ class Store:
     def count_missing_remarks(self) -> int:
         q = "SELECT COUNT(*) FROM turns WHERE role = 'partner' AND missing IS NOT NULL"
         return self.db.execute(q).fetchone()[0]
+
+    def last_event(self, *kinds: str) -> tuple[str, str] | None:
+        """(kind, message) of the newest event of any of ``kinds``."""
+        marks = ",".join("?" * len(kinds))
+        return self.db.execute(
+            f"SELECT kind, message FROM events WHERE kind IN ({marks}) ORDER BY id DESC LIMIT 1",
+            kinds,
+        ).fetchone()
+
+    # -- places (the logs database) -------------------------------------------------
+
+    def remember_place(self, kind: str, path: Path) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO places (path, kind, created) VALUES (?, ?, ?)",
+                (str(path), kind, time.time()),
+            )
+
+    def places(self, kind: str) -> list[Path]:
+        rows = self.db.execute("SELECT path FROM places WHERE kind = ?", (kind,))
+        return [Path(p) for (p,) in rows]
 
     def count_events(self, kind: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM events WHERE kind = ?", (kind,)).fetchone()[0]

@@ -185,6 +185,7 @@ def units_done(out: Path, systems: list[str], n_eval: int) -> int:
 
 def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
     from saie_lite.paths import EMBEDDED, writable_dir
+    from saie_lite.places import remember
     from saie_lite.tasks.common import splits_overlap
     from saie_lite.train.loop import schedule
     from saie_lite.train.runs import prepare_examples, resolve_backend, settle_partner_model
@@ -207,6 +208,7 @@ def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
     else:
         settle_partner_model(cfg, view.note)
     writable_dir(out, "ablation directory", "pass another --out, or set SAIE_LITE_HOME")
+    remember("ablations", out)
     check_settings(cfg, out)
     config_mod.save(cfg, out / "config.yaml")
     examples, _ = prepare_examples(cfg)

@@ -15,6 +15,7 @@ from pathlib import Path
 from saie_lite.config import Config
 from saie_lite.errors import UserError
 from saie_lite.paths import home, writable_dir
+from saie_lite.places import logs_db, remember
 
 
 def _slug(text: str) -> str:
@@ -98,6 +99,7 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     if run_dir is not None and out_dir.resolve().parent != (Path(run_dir) / "evals").resolve():
         key = str(out_dir.resolve())
     writable_dir(out_dir, "evaluation directory", "choose another --out, or set SAIE_LITE_HOME")
+    remember("evals", out_dir)
     store = Store(db)
     try:
         with StopFlag(lambda: view.note("stopping after this batch (Ctrl-C again aborts)")) as flag:
@@ -202,7 +204,7 @@ def start_debate(
     # Display names: the spec the user typed, and who plays the critic.
     names = [s.strip() + (" (critic)" if st else "") for s, st in zip(specs, stances)]
     view = make_debate_view(live)
-    store = Store(_logs_db())
+    store = Store(logs_db())
     try:
         for q, gold in items or ((q, None) for q in _questions(question, file)):
             res = interactive_debate(
@@ -233,14 +235,10 @@ def data_questions(cfg: Config, file: Path | None) -> list[tuple[str, str]] | No
     return [(e.question, e.answer) for e in examples]
 
 
-def _logs_db() -> Path:
-    return writable_dir(home(), "the logs database's directory (SAIE_LITE_HOME)") / "logs.sqlite"
-
-
 def get_debate(debate_id: int) -> dict:
     from saie_lite.store import Store
 
-    store = Store(_logs_db())
+    store = Store(logs_db())
     try:
         found = [d for d in store.debates() if d["id"] == debate_id]
     finally:
@@ -251,12 +249,14 @@ def get_debate(debate_id: int) -> dict:
 
 
 def list_logs() -> str:
+    from saie_lite.places import found
     from saie_lite.store import Store
 
     lines = []
-    store = Store(_logs_db())
+    store = Store(logs_db())
     try:
         debates = store.debates()
+        places = {kind: found(kind, store) for kind in ("runs", "evals", "ablations")}
     finally:
         store.close()
     lines.append(f"debates ({len(debates)}):")
@@ -265,16 +265,15 @@ def list_logs() -> str:
         q = d["question"] if len(d["question"]) < 60 else d["question"][:57] + "..."
         lines.append(f"  {d['id']:>4}  {when}  final={d['final']}  {q}")
     for kind in ("runs", "evals"):
-        found = sorted(p for p in (home() / kind).glob("*") if p.is_dir())
-        lines.append(f"{kind} ({len(found)}):")
-        for p in found:
+        lines.append(f"{kind} ({len(places[kind])}):")
+        for p in places[kind]:
             lines.append(f"  {p}")
             if kind == "evals":
                 lines.append(f"      {eval_line(p)}")
                 continue
             if (p / "saie.sqlite").is_file():
                 try:
-                    lines += [f"      {line}" for line in remark_figures(p)]
+                    lines += [f"      {line}" for line in run_state(p) + remark_figures(p)]
                 except UserError:  # one damaged run must not hide the others
                     lines.append("      (its saie.sqlite cannot be read)")
             # evaluations kept inside the run: eval --run's default RUN/evals/*, and the
@@ -284,9 +283,8 @@ def list_logs() -> str:
             for e in sorted(inside):
                 lines.append(f"      eval {e.relative_to(p).as_posix()}: {eval_line(e)}")
     # ablations keep their runs and evaluations inside (runs/SYSTEM, evals/SYSTEM)
-    found = sorted(p for p in (home() / "ablations").glob("*") if p.is_dir())
-    lines.append(f"ablations ({len(found)}):")
-    for p in found:
+    lines.append(f"ablations ({len(places['ablations'])}):")
+    for p in places["ablations"]:
         done = (p / "table.md").is_file()
         lines.append(
             f"  {p}\n      "
@@ -297,6 +295,35 @@ def list_logs() -> str:
             )  # fmt: skip
         )
     return "\n".join(lines)
+
+
+def run_state(run_dir: Path) -> list[str]:
+    """Where a run stands: finished, stopped (and the command that goes on), failed, or
+    begun and never ended (killed, or running now). Empty for a run from before runs
+    recorded it."""
+    import json
+
+    from saie_lite.store import Store
+
+    store = Store(Path(run_dir) / "saie.sqlite")
+    try:
+        last = store.last_event("begin", "end")
+        steps = store.recorded_steps()
+    finally:
+        store.close()
+    if last is None:
+        return []
+    kind, message = last
+    d = json.loads(message)
+    resume = f"saie-lite train --resume {run_dir}"
+    if kind == "begin":
+        return [f"not finished (killed, or running now) at update {steps}: {resume} goes on"]
+    where = f"update {d['step']} ({d['batches_done']}/{d['total']} batches)"
+    if d["status"] == "finished":
+        return [f"finished: {d['step']} updates ({d['total']} batches)"]
+    if d["status"] == "stopped":
+        return [f"stopped at {where}: {resume} goes on"]
+    return [f"failed at {where} (see the error it printed): {resume} goes on once fixed"]
 
 
 def eval_line(eval_dir: Path) -> str:

@@ -9,6 +9,7 @@ variants compare at the same number of updates on the same data.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from collections.abc import Callable
@@ -257,6 +258,15 @@ def train(
         overlap.on = False
     status = "finished"
     last_saved = state.step
+    # Where the run stands, for `logs list`: "begin" now, "end" when it stops or finishes
+    # (a killed run has a "begin" and no "end" after it).
+    progress = {"total": len(batches), "step": state.step, "batches_done": state.batches_done}
+    store.event("begin", json.dumps(progress))
+
+    def ended(how: str) -> None:
+        progress.update(step=state.step, batches_done=trained_through, status=how)
+        store.event("end", json.dumps(progress))
+
     try:
         for b_index in range(state.batches_done, len(batches)):
             if stop():
@@ -324,6 +334,7 @@ def train(
         if state.step != last_saved or checkpoint.latest(run_dir) is None:
             save()
         store.event("partner", str(e))
+        ended("failed")
         raise PartnerError(
             f"{e}; checkpoint saved at update {state.step}; once the server is fixed: "
             f"saie-lite train --resume {run_dir}"
@@ -331,16 +342,18 @@ def train(
     except Exception:
         # Any other failure (a full disk under the database, a model fault): keep the
         # updates already made, so that --resume goes on from them.
-        if state.step != last_saved:
-            try:
+        try:
+            if state.step != last_saved:
                 save()
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                pass
+            ended("failed")
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            pass
         raise
     finally:
         overlap.close()
     if state.step != last_saved or checkpoint.latest(run_dir) is None:
         save()
+    ended(status)
     summary = {
         "status": status,
         "step": state.step,

@@ -16,6 +16,7 @@ from saie_lite import config as config_mod
 from saie_lite.config import Config
 from saie_lite.errors import UserError
 from saie_lite.paths import home, writable_dir
+from saie_lite.places import remember
 from saie_lite.protocols import Example
 
 RUN_HINT = "choose another --run-dir, or set SAIE_LITE_HOME to a writable directory"
@@ -239,6 +240,7 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
     main = group is None or group.is_main
     if main:
         config_mod.save(cfg, run_dir / "config.yaml")
+        remember("runs", run_dir)
     try:
         learner, partner = build_backends(cfg, dry_run, run_dir, with_partner=main)
     except BaseException:

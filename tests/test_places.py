@@ -1,0 +1,112 @@
+"""`logs list` finds runs, evaluations and ablations wherever they were made, and says
+where each run stands (finished, stopped, failed, or never ended)."""
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from saie_lite import config
+from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner
+from saie_lite.cli import app
+from saie_lite.evaluate.start import run_state
+from saie_lite.store import Store
+from saie_lite.tasks import gsm8k
+from saie_lite.train.loop import train
+
+runner = CliRunner()
+
+
+def logs_list() -> list[str]:
+    r = runner.invoke(app, ["logs", "list"])
+    assert r.exit_code == 0, r.output
+    return r.output.splitlines()
+
+
+def test_runs_and_evaluations_made_elsewhere_are_listed(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("SAIE_LITE_HOME", str(home))
+    elsewhere = tmp_path / "projects"
+    quiet = ["--dry-run", "--limit", "4", "--live", "quiet"]
+    for run_dir in ([], ["--run-dir", str(elsewhere / "r1")]):
+        assert runner.invoke(app, ["train", *quiet, *run_dir]).exit_code == 0
+    ev = ["eval", "--backend", "scripted", "--data", "bundled", "--limit", "3"]
+    assert runner.invoke(app, [*ev, "--out", str(elsewhere / "ev1")]).exit_code == 0
+    # an evaluation inside a run is shown under that run, not again on its own
+    assert runner.invoke(app, [*ev, "--out", str(elsewhere / "r1" / "eval")]).exit_code == 0
+    lines = logs_list()
+    assert "runs (2):" in lines and "evals (1):" in lines
+    i = lines.index(f"  {elsewhere / 'r1'}")
+    assert lines[i + 1] == "      finished: 2 updates (2 batches)"
+    assert any(x.startswith("      eval eval: n=3") for x in lines[i:])
+    j = lines.index(f"  {elsewhere / 'ev1'}")
+    assert lines[j + 1].startswith("      n=3, accuracy")
+    # a resumed run is noted once; a deleted one drops out of the list
+    r = runner.invoke(app, ["train", "--resume", str(elsewhere / "r1"), "--live", "quiet"])
+    assert r.exit_code == 0, r.output
+    assert logs_list().count(f"  {elsewhere / 'r1'}") == 1
+    shutil.rmtree(elsewhere / "r1")
+    lines = logs_list()
+    assert "runs (1):" in lines and f"  {elsewhere / 'r1'}" not in lines
+
+
+def test_a_run_that_cannot_note_itself_in_the_home_still_runs(tmp_path, monkeypatch):
+    """The logs database is a convenience: when it cannot be opened, the run goes on."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "logs.sqlite").write_bytes(b"not a database, but a user's file" * 100)
+    monkeypatch.setenv("SAIE_LITE_HOME", str(home))
+    run_dir = tmp_path / "r1"
+    r = runner.invoke(app, ["train", "--dry-run", "--limit", "4", "--live", "quiet",
+                            "--run-dir", str(run_dir)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert run_state(run_dir) == ["finished: 2 updates (2 batches)"]
+
+
+class StopsAtSecondUpdate(ScriptedLearner):
+    def __init__(self, exc: BaseException):
+        super().__init__()
+        self.exc, self.calls = exc, 0
+
+    def train_step(self, sequences):
+        self.calls += 1
+        if self.calls == 2:
+            raise self.exc
+        return super().train_step(sequences)
+
+
+def run_until(run_dir, learner=None, stop=lambda: False):
+    cfg = config.build(overrides={"train.batch_size": 2, "method.warmup_fraction": 0.2})
+    run_dir.mkdir(exist_ok=True)
+    store = Store(run_dir / "saie.sqlite")
+    try:
+        train(cfg, learner or ScriptedLearner(), ScriptedPartner(),
+              gsm8k.load("bundled")[0][:10], store, run_dir, stop=stop)  # fmt: skip
+    finally:
+        store.close()
+
+
+def test_where_a_run_stands(tmp_path):
+    stopped = tmp_path / "stopped"
+    asked = iter([False, False, True])
+    run_until(stopped, stop=lambda: next(asked, True))
+    assert run_state(stopped) == [
+        f"stopped at update 1 (1/5 batches): saie-lite train --resume {stopped} goes on"
+    ]
+    failed = tmp_path / "failed"
+    with pytest.raises(RuntimeError):
+        run_until(failed, StopsAtSecondUpdate(RuntimeError("a model fault")))
+    assert run_state(failed) == [
+        f"failed at update 1 (1/5 batches) (see the error it printed): "
+        f"saie-lite train --resume {failed} goes on once fixed"
+    ]
+    killed = tmp_path / "killed"  # nothing after the kill runs: no end is recorded
+    with pytest.raises(KeyboardInterrupt):
+        run_until(killed, StopsAtSecondUpdate(KeyboardInterrupt()))
+    assert run_state(killed) == [
+        f"not finished (killed, or running now) at update 1: "
+        f"saie-lite train --resume {killed} goes on"
+    ]
+    # resumed to the end, the stopped run is finished
+    run_until(stopped)
+    assert run_state(stopped) == ["finished: 5 updates (5 batches)"]
