@@ -44,6 +44,14 @@ READING = [
         "1" + "0" * 39,
     ),
     ("no rounding", "#### 0.99999999999999999999999999999999", "0." + "9" * 32, "0." + "9" * 32),
+    ("a fraction is no plain answer", "So half of it.\n#### 1/2", None, None),
+    ("a fraction after 'answer is'", "Add 3 and 4. The answer is 7/8", None, "4"),
+    ("a ratio or a time", "It is 7. The ratio is 3:2 at 10:30", None, "7"),
+    ("a power", "#### 2^10", None, None),
+    ("a decimal fraction", "#### 1.5/2", None, None),
+    ("a fraction with thousands", "We get 9, then 1,234/5", None, "9"),
+    ("a slash then a word is no fraction", "#### 12/month", "12", "12"),
+    ("a colon then a space is no ratio", "The answer is 5: five", "5", "5"),
 ]
 
 
@@ -87,8 +95,11 @@ def test_gsm8k_gold_of_any_length():
         "9" * 100_000 + "." * 3,
         "answer is: " * 10_000,
         "$ " * 50_000,
+        "1" * 100_000 + "/2",
+        "1," * 50_000 + "1/2",
     ],
-    ids=["spaces", "stars", "hashes", "minuses", "commas", "digits", "repeats", "dollars"],
+    ids=["spaces", "stars", "hashes", "minuses", "commas", "digits", "repeats", "dollars",
+         "fraction", "fraction-commas"],  # fmt: skip
 )
 def test_no_slow_input(text):
     t0 = time.perf_counter()

@@ -9,6 +9,9 @@ Rules (the README's "Reading answers" lists them with examples):
   and the subtraction ``12 - 5`` or ``12-5`` are not;
 - *strict* reads the last ``#### N`` (else the last "answer is N"); *flexible* reads
   the last number anywhere;
+- a number that is one side of a fraction, ratio or power (``1/2``, ``3:30``,
+  ``2^10``) is no plain answer: strict reads nothing from ``#### 1/2``, flexible
+  passes over it;
 - numbers compare by exact value, at any length, as canonical decimal text: ``18.00`` =
   ``18``, ``1,024`` = ``1024``, ``-0`` = ``0``, and
   ``0.99999999999999999999999999999999`` != ``1``. Canonical text, not ``int`` or
@@ -26,13 +29,23 @@ from collections import deque
 # A sign is only a sign when attached: not after a word character or ')' / ']'.
 _SIGN = r"(?:(?<![\w)\]])[-\u2212])?"
 NUM = _SIGN + r"(?:\$\s?)?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
+# What makes a number one side of a fraction, ratio or power ('1/2', '3:30', '2^10'):
+# no plain answer. Strict reads nothing from such a final answer (its numerator would be
+# read as the answer: "#### 1/2" as 1); flexible passes over it.
+_PART = r"[/:^]\d"
 _STRICT = [
-    re.compile(r"####\s*(" + NUM + ")"),
+    re.compile(r"####\s*(" + NUM + ")(" + _PART + ")?"),
     # One character class between "answer is" and the number (': ', '**'), so nothing
     # can backtrack between two repeated parts.
-    re.compile(r"answer is[:\s*]*(" + NUM + ")", re.IGNORECASE),
+    re.compile(r"answer is[:\s*]*(" + NUM + ")(" + _PART + ")?", re.IGNORECASE),
 ]
-_ANY = re.compile(NUM)
+# Flexible: a whole number (not begun inside another: the lookbehinds also keep a long
+# digit run from being retried at every position, which would be quadratic), and not a
+# side of a fraction, ratio or power.
+_ANY = re.compile(
+    _SIGN + r"(?:\$\s?)?(?<![\d.])(?<!\d,)(?<!\d[/:^])"
+    r"(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?!\d|[.,:/^]\d)"
+)
 _END = re.compile(r"####\s*(?:" + NUM + r")(?=\s)")
 _CANON = re.compile(r"(-?)(\d*)(?:\.(\d*))?")
 
@@ -64,7 +77,7 @@ def extract_strict(output: str) -> str | None:
     for pattern in _STRICT:
         last = last_match(pattern, output)
         if last is not None:
-            return normalize(last.group(1))
+            return None if last.group(2) else normalize(last.group(1))
     return None
 
 
