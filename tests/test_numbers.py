@@ -98,8 +98,18 @@ def test_gsm8k_gold_of_any_length():
         "1" * 100_000 + "/2",
         "1," * 50_000 + "1/2",
     ],
-    ids=["spaces", "stars", "hashes", "minuses", "commas", "digits", "repeats", "dollars",
-         "fraction", "fraction-commas"],  # fmt: skip
+    ids=[
+        "spaces",
+        "stars",
+        "hashes",
+        "minuses",
+        "commas",
+        "digits",
+        "repeats",
+        "dollars",
+        "fraction",
+        "fraction-commas",
+    ],  # fmt: skip
 )
 def test_no_slow_input(text):
     t0 = time.perf_counter()
