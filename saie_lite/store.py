@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -125,8 +126,27 @@ def remark_key(partner: str, chat: list[dict], max_tokens: int) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that writes nothing, for reading a run where nothing may be written:
+    a read-only disk, another user's folder. SQLite's read-only mode still needs the
+    write-ahead log's index file (``-shm``) beside the database; where that cannot be
+    made and no log is pending (no ``-wal`` file: nothing is writing, and everything is
+    in the database file), the file is opened as immutable."""
+    uri = Path(path).resolve().as_uri()
+    try:
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, check_same_thread=False)
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file
+        return db
+    except sqlite3.OperationalError:
+        if Path(f"{path}-wal").exists() or not Path(path).is_file():
+            raise
+    return sqlite3.connect(f"{uri}?immutable=1", uri=True, check_same_thread=False)
+
+
 class Store:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, reader: bool = False):
+        """``reader``: for commands that only read. Where the database cannot be opened
+        for writing (a read-only disk, another user's run), it is opened read-only."""
         self.path = Path(path)
         try:
             # The loop may prepare the next batch (remark cache) on a worker thread while
@@ -135,12 +155,30 @@ class Store:
             self.db.execute("PRAGMA journal_mode=WAL")
             self._migrate()
         except sqlite3.Error as e:
+            if reader and self.path.is_file():
+                self._open_read_only()
+                return
             # The directory was checked for writing before; what is left is a file that
             # is not a database, or one on a file system sqlite cannot lock.
             raise UserError(
                 f"cannot open the database {self.path} ({e}): move or delete that file, "
                 "or point SAIE_LITE_HOME / --run-dir at another directory"
             ) from None
+
+    def _open_read_only(self) -> None:
+        if getattr(self, "db", None) is not None:  # connect may have failed, or a pragma
+            self.db.close()
+        try:
+            self.db = connect_read_only(self.path)
+            self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as e:
+            where = self.path.parent
+            what = (
+                f"{where} is read-only: copy the run to a writable directory and read it there"
+                if not os.access(where, os.W_OK)
+                else "is it a saie-lite run?"
+            )
+            raise UserError(f"cannot read the database {self.path} ({e}): {what}") from None
 
     def _migrate(self) -> None:
         done = self.db.execute("PRAGMA user_version").fetchone()[0]

@@ -98,6 +98,13 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     key = out_dir.name
     if run_dir is not None and out_dir.resolve().parent != (Path(run_dir) / "evals").resolve():
         key = str(out_dir.resolve())
+    if run_dir is not None:  # the evaluation's items go into the run's database
+        writable_dir(
+            Path(run_dir),
+            "run directory",
+            "an evaluation of a run is kept in the run's saie.sqlite: copy the run to a "
+            "writable directory and evaluate it there",
+        )
     writable_dir(out_dir, "evaluation directory", "choose another --out, or set SAIE_LITE_HOME")
     remember("evals", out_dir)
     store = Store(db)
@@ -305,7 +312,7 @@ def run_state(run_dir: Path) -> list[str]:
 
     from saie_lite.store import Store
 
-    store = Store(Path(run_dir) / "saie.sqlite")
+    store = Store(Path(run_dir) / "saie.sqlite", reader=True)
     try:
         last = store.last_event("begin", "end")
         steps = store.recorded_steps()
@@ -357,7 +364,7 @@ def remark_figures(run_dir: Path) -> list[str]:
     from saie_lite.remarks import rates, rates_line, weak_partner
     from saie_lite.store import Store
 
-    store = Store(Path(run_dir) / "saie.sqlite")
+    store = Store(Path(run_dir) / "saie.sqlite", reader=True)
     try:
         r = rates(store.remark_diagnostics())
     finally:

@@ -18,6 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from saie_lite.errors import UserError
+from saie_lite.store import connect_read_only
 
 CARD = """---
 configs:
@@ -55,7 +56,7 @@ def discussion_rows(run_dir: Path) -> list[dict]:
     if not db_path.is_file():
         raise UserError(f"{run_dir} has no saie.sqlite: give a training run directory")
     try:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        db = connect_read_only(db_path)  # a run on a read-only disk can be exported too
         db.row_factory = sqlite3.Row
         turns = db.execute(
             "SELECT step, phase, round, example_id, turn, role, stance, prompt, text, correct "
