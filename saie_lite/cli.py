@@ -52,7 +52,33 @@ app.command()(tools.version)
 
 
 def main() -> None:
-    app()
+    """The ``saie-lite`` program. A wrong flag or value is one line with exit code 2, like
+    every other mistake (Typer's own handling draws a box of several lines)."""
+    import sys
+
+    # click's UsageError and ClickException (vendored by newer Typer): the bases of the
+    # BadParameter that Typer exports.
+    usage_error, click_exception = typer.BadParameter.__mro__[1:3]
+    try:
+        rv = app(prog_name="saie-lite", standalone_mode=False)
+    except usage_error as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # a bare command group: its help
+            e.show()
+            sys.exit(e.exit_code)
+        where = e.ctx.command_path if e.ctx is not None else "saie-lite"
+        typer.secho(
+            f"error: {e.format_message().rstrip('.')}; see '{where} --help'", fg="red", err=True
+        )
+        sys.exit(e.exit_code)
+    except click_exception as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("Aborted!", err=True)
+        sys.exit(1)
+    # Without standalone mode an exit (``typer.Exit``, --help, Ctrl-C's 130) comes back
+    # as its code, and a finished command as its return value (None).
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":  # python -m saie_lite.cli (accelerate launch, torchrun)

@@ -309,3 +309,48 @@ def test_a_dry_run_cannot_resume_a_real_run(tmp_path):
         "resume it without --dry-run"
     )
     assert (run / "config.yaml").read_text() == before  # before: rewritten to scripted
+
+
+@pytest.mark.parametrize(
+    "argv,start,end",
+    [
+        (["eval", "--limit", "abc"], "error: Invalid value for '--limit'", "eval --help'"),
+        (["train", "--bogus"], "error: No such option: --bogus", "train --help'"),
+        (["nosuch"], "error: No such command 'nosuch'", "see 'saie-lite --help'"),
+    ],
+)
+def test_a_wrong_flag_or_value_is_one_line(monkeypatch, capsys, argv, start, end):
+    """The installed program (``main``), not only the app: Typer alone draws a box."""
+    import sys
+
+    from saie_lite.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["saie-lite", *argv])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    out = capsys.readouterr()
+    line = out.err.strip()
+    assert "\n" not in line and line.startswith(start) and line.endswith(end), out
+    assert out.out == ""
+
+
+@pytest.mark.parametrize(
+    "argv,code,text",
+    [
+        (["version"], 0, "0."),  # a finished command
+        (["--help"], 0, "Usage"),
+        (["logs", "show", "999"], 2, "error: no debate 999"),  # a command's own one line
+    ],
+)
+def test_the_program_keeps_exit_codes(monkeypatch, capsys, argv, code, text):
+    import sys
+
+    from saie_lite.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["saie-lite", *argv])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == code
+    out = capsys.readouterr()
+    assert text in out.out + out.err
