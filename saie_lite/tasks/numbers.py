@@ -9,9 +9,9 @@ Rules (the README's "Reading answers" lists them with examples):
   and the subtraction ``12 - 5`` or ``12-5`` are not;
 - *strict* reads the last ``#### N`` (else the last "answer is N"); *flexible* reads
   the last number anywhere;
-- a number that is one side of a fraction, ratio or power (``1/2``, ``3:30``,
-  ``2^10``) is no plain answer: strict reads nothing from ``#### 1/2``, flexible
-  passes over it;
+- a number that is one term of a fraction, ratio, power or mixed number (``1/2``,
+  ``3 / 4``, ``3:30``, ``2^10``, ``2**10``, ``1 1/2``) is no plain answer: strict reads
+  nothing from ``#### 1/2``, flexible passes over it;
 - numbers compare by exact value, at any length, as canonical decimal text: ``18.00`` =
   ``18``, ``1,024`` = ``1024``, ``-0`` = ``0``, and
   ``0.99999999999999999999999999999999`` != ``1``. Canonical text, not ``int`` or
@@ -28,23 +28,25 @@ from collections import deque
 
 # A sign is only a sign when attached: not after a word character or ')' / ']'.
 _SIGN = r"(?:(?<![\w)\]])[-\u2212])?"
-NUM = _SIGN + r"(?:\$\s?)?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
-# What makes a number one side of a fraction, ratio or power ('1/2', '3:30', '2^10'):
-# no plain answer. Strict reads nothing from such a final answer (its numerator would be
-# read as the answer: "#### 1/2" as 1); flexible passes over it.
-_PART = r"[/:^]\d"
+# A bare decimal ('.5') does not start inside an ellipsis: '...42' is 42, not 0.42.
+NUM = _SIGN + r"(?:\$\s?)?(?:\d[\d,]*(?:\.\d+)?|(?<!\.)\.\d+)"
 _STRICT = [
-    re.compile(r"####\s*(" + NUM + ")(" + _PART + ")?"),
+    re.compile(r"####\s*(" + NUM + ")"),
     # One character class between "answer is" and the number (': ', '**'), so nothing
     # can backtrack between two repeated parts.
-    re.compile(r"answer is[:\s*]*(" + NUM + ")(" + _PART + ")?", re.IGNORECASE),
+    re.compile(r"answer is[:\s*]*(" + NUM + ")", re.IGNORECASE),
 ]
-# Flexible: a whole number (not begun inside another: the lookbehinds also keep a long
-# digit run from being retried at every position, which would be quadratic), and not a
-# side of a fraction, ratio or power.
-_ANY = re.compile(
-    _SIGN + r"(?:\$\s?)?(?<![\d.])(?<!\d,)(?<!\d[/:^])"
-    r"(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?!\d|[.,:/^]\d)"
+_ANY = re.compile(NUM)
+# A number that is one term of a fraction, ratio, power or mixed number ('1/2', '3 / 4',
+# '3:30', '2^10', '2**10', '10^-3', '1 1/2') is no plain answer: strict reads nothing
+# from such a final answer (it would read the numerator: "#### 1/2" as 1), flexible
+# passes over it. Checked on a few characters either side of a match, on one line.
+_OP = r"(?:[/:^]|\*\*)"
+# after a digit: markdown bold before a number (answer is **7) is no power
+_TERM_BEFORE = re.compile(r"\d\**[ \t]*" + _OP + r"[ \t]*$")
+_TERM_AFTER = re.compile(
+    r"\**[ \t]*" + _OP + r"[ \t]*[-\u2212]?\$?\.?\d"  # '/2', ' / 2', '**/8', '^-3'
+    r"|[ \t]+\d+[ \t]*/[ \t]*\d"  # a mixed number's fraction: ' 1/2'
 )
 _END = re.compile(r"####\s*(?:" + NUM + r")(?=\s)")
 _CANON = re.compile(r"(-?)(\d*)(?:\.(\d*))?")
@@ -73,17 +75,30 @@ def last_match(pattern: re.Pattern, text: str) -> re.Match | None:
     return tail[0] if tail else None
 
 
+def _a_term(text: str, start: int, end: int) -> bool:
+    """Whether the number at text[start:end] is one term of a fraction, ratio or power."""
+    return bool(
+        _TERM_BEFORE.search(text, max(0, start - 12), start)
+        or _TERM_AFTER.match(text, end, end + 64)
+    )
+
+
 def extract_strict(output: str) -> str | None:
     for pattern in _STRICT:
         last = last_match(pattern, output)
         if last is not None:
-            return None if last.group(2) else normalize(last.group(1))
+            if _a_term(output, *last.span(1)):
+                return None
+            return normalize(last.group(1))
     return None
 
 
 def extract_flexible(output: str) -> str | None:
-    last = last_match(_ANY, output)
-    return normalize(last.group(0)) if last is not None else None
+    # The last number that is not a term; every match is kept, each checked in O(1).
+    for m in reversed(list(_ANY.finditer(output))):
+        if not _a_term(output, *m.span()):
+            return normalize(m.group(0))
+    return None
 
 
 def answer_end(text: str) -> int | None:
