@@ -43,12 +43,19 @@ def _in_a_run(path: Path) -> bool:
     return any((r / "saie.sqlite").is_file() and (r / "config.yaml").is_file() for r in runs)
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # unreadable now (no permission, a lost network mount): not listed
+        return False
+
+
 def found(kind: str, store) -> list[Path]:
     """The folders of ``kind``: those under ``SAIE_LITE_HOME/kind`` and those noted
     elsewhere that still exist (a deleted one drops out), sorted, each once."""
     assert kind in KINDS
-    here = [p for p in (home() / kind).glob("*") if p.is_dir()]
-    elsewhere = [p for p in store.places(kind) if p.is_dir()]
+    here = [p for p in (home() / kind).glob("*") if _is_dir(p)]
+    elsewhere = [p for p in store.places(kind) if _is_dir(p)]
     seen, out = set(), []
     for p in sorted(here) + sorted(elsewhere):
         key = p.resolve()

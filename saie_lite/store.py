@@ -126,6 +126,19 @@ def remark_key(partner: str, chat: list[dict], max_tokens: int) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+def _statements(script: str) -> list[str]:
+    """A migration script's statements, split where SQLite says one is complete (so a
+    ';' inside a comment or a string does not split)."""
+    out, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            out.append(current)
+            current = ""
+    assert not current.strip() or current.strip().startswith("--"), current
+    return out
+
+
 def connect_read_only(path: Path) -> sqlite3.Connection:
     """A connection that writes nothing, for reading a run where nothing may be written:
     a read-only disk, another user's folder. SQLite's read-only mode still needs the
@@ -181,11 +194,23 @@ class Store:
             raise UserError(f"cannot read the database {self.path} ({e}): {what}") from None
 
     def _migrate(self) -> None:
-        done = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for i, sql in enumerate(MIGRATIONS[done:], start=done + 1):
-            with self.db:
-                self.db.executescript(sql)
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= len(MIGRATIONS):
+            return
+        # Several processes may open a new database at once (evaluations started together
+        # on a fresh SAIE_LITE_HOME): one migrates under the write lock, each migration in
+        # one transaction, and the others find it done (executescript would commit each
+        # statement on its own).
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            done = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for i, script in enumerate(MIGRATIONS[done:], start=done + 1):
+                for statement in _statements(script):
+                    self.db.execute(statement)
                 self.db.execute(f"PRAGMA user_version = {i}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -353,7 +378,10 @@ class Store:
     def remember_place(self, kind: str, path: Path) -> None:
         with self.db:
             self.db.execute(
-                "INSERT OR IGNORE INTO places (path, kind, created) VALUES (?, ?, ?)",
+                # a folder made again as another kind (a run deleted, an eval there) is
+                # listed as what it is now
+                "INSERT INTO places (path, kind, created) VALUES (?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET kind = excluded.kind",
                 (str(path), kind, time.time()),
             )
 

@@ -206,6 +206,21 @@ def test_a_fresh_process_returns_the_result_or_raises_the_error():
     assert in_fresh_process(max, 3, 7) == 7
     with pytest.raises(UserError, match="unknown cpu bench part.s. nope"):
         in_fresh_process(choose_parts, "cpu", "nope")
+    # an error that cannot be rebuilt here still says what it was
+    with pytest.raises(RuntimeError, match="^Odd: 1 2$"):
+        in_fresh_process(raise_odd)
+    # a process that dies without answering: its exit code
+    with pytest.raises(RuntimeError, match="without a result .exit code 3."):
+        in_fresh_process(os._exit, 3)
+
+
+class Odd(Exception):
+    def __init__(self, a, b):  # pickles, but cannot be rebuilt from its args
+        super().__init__(f"{a} {b}")
+
+
+def raise_odd():
+    raise Odd(1, 2)
 
 
 def test_saie_part_trains_whole_discussions_and_counts_their_tokens(tiny_model_dir, tmp_path):

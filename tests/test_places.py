@@ -64,19 +64,25 @@ def test_a_run_that_cannot_note_itself_in_the_home_still_runs(tmp_path, monkeypa
 
 
 class StopsAtSecondUpdate(ScriptedLearner):
-    def __init__(self, exc: BaseException):
+    def __init__(self, exc: BaseException, at: int = 2):
         super().__init__()
-        self.exc, self.calls = exc, 0
+        self.exc, self.calls, self.at = exc, 0, at
 
     def train_step(self, sequences):
         self.calls += 1
-        if self.calls == 2:
+        if self.calls == self.at:
             raise self.exc
         return super().train_step(sequences)
 
 
-def run_until(run_dir, learner=None, stop=lambda: False):
-    cfg = config.build(overrides={"train.batch_size": 2, "method.warmup_fraction": 0.2})
+def run_until(run_dir, learner=None, stop=lambda: False, save_every=1):
+    cfg = config.build(
+        overrides={
+            "train.batch_size": 2,
+            "method.warmup_fraction": 0.2,
+            "train.save_every": save_every,
+        }
+    )
     run_dir.mkdir(exist_ok=True)
     store = Store(run_dir / "saie.sqlite")
     try:
@@ -100,13 +106,86 @@ def test_where_a_run_stands(tmp_path):
         f"failed at update 1 (1/5 batches) (see the error it printed): "
         f"saie-lite train --resume {failed} goes on once fixed"
     ]
-    killed = tmp_path / "killed"  # nothing after the kill runs: no end is recorded
+    # Killed: nothing after the kill runs, so no end is recorded, and a resume goes on
+    # from the last checkpoint (update 2 of the 3 made), or cannot (none yet).
+    killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        run_until(killed, StopsAtSecondUpdate(KeyboardInterrupt()))
+        run_until(killed, StopsAtSecondUpdate(KeyboardInterrupt(), at=4), save_every=2)
     assert run_state(killed) == [
-        f"not finished (killed, or running now) at update 1: "
-        f"saie-lite train --resume {killed} goes on"
+        f"not finished (killed, or running now) at update 3: "
+        f"saie-lite train --resume {killed} goes on from its checkpoint at update 2"
+    ]
+    early = tmp_path / "early"
+    with pytest.raises(KeyboardInterrupt):
+        run_until(early, StopsAtSecondUpdate(KeyboardInterrupt(), at=2), save_every=10)
+    assert run_state(early) == [
+        "not finished (killed, or running now) at update 1, before its first checkpoint: "
+        "nothing to resume, start it again"
     ]
     # resumed to the end, the stopped run is finished
     run_until(stopped)
     assert run_state(stopped) == ["finished: 5 updates (5 batches)"]
+
+
+def test_a_folder_made_again_as_another_kind_and_a_failed_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAIE_LITE_HOME", str(tmp_path / "home"))
+    place = tmp_path / "exp"
+    quiet = ["--dry-run", "--limit", "4", "--live", "quiet"]
+    assert runner.invoke(app, ["train", *quiet, "--run-dir", str(place)]).exit_code == 0
+    shutil.rmtree(place)
+    ev = ["eval", "--backend", "scripted", "--data", "bundled", "--limit", "3"]
+    assert runner.invoke(app, [*ev, "--out", str(place)]).exit_code == 0
+    lines = logs_list()
+    assert "runs (0):" in lines and "evals (1):" in lines
+    assert lines[lines.index(f"  {place}") + 1].startswith("      n=3, accuracy")
+    # a model that does not load leaves no run behind, in the folder or in the list
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    r = runner.invoke(app, ["train", "--backend", "torch", "--model", str(tmp_path / "nomodel"),
+                            "--partner", "scripted", "--limit", "4", "--live", "quiet",
+                            "--run-dir", str(folder)])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert f"  {folder}" not in logs_list()
+
+
+def test_a_noted_place_that_cannot_be_read_hides_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAIE_LITE_HOME", str(tmp_path / "home"))
+    assert runner.invoke(app, ["train", "--dry-run", "--limit", "4", "--live", "quiet",
+                               "--run-dir", str(tmp_path / "r1")]).exit_code == 0  # fmt: skip
+    store = Store(tmp_path / "home" / "logs.sqlite")
+    store.remember_place("runs", tmp_path / ("x" * 300))  # is_dir() raises: name too long
+    store.close()
+    lines = logs_list()
+    assert "runs (1):" in lines and f"  {tmp_path / 'r1'}" in lines
+
+
+def test_databases_opened_together_on_a_fresh_home_all_migrate(tmp_path):
+    """Several processes (here threads, each with its own connection, which SQLite locks
+    alike) open a new logs database at once: none fails, no note is lost."""
+    import threading
+
+    for trial in range(5):
+        path = tmp_path / f"logs-{trial}.sqlite"
+        start, errors = threading.Barrier(6), []
+        threads = [
+            threading.Thread(target=_note, args=(path, tmp_path / f"e{i}", start, errors))
+            for i in range(6)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        store = Store(path)
+        assert len(store.places("evals")) == 6
+        store.close()
+
+
+def _note(path, place, start, errors) -> None:
+    start.wait()
+    try:
+        store = Store(path)
+        store.remember_place("evals", place)
+        store.close()
+    except Exception as e:  # noqa: BLE001
+        errors.append(e)

@@ -8,7 +8,9 @@ library is missing (TRL, mlx-lm) are reported as skipped, never faked.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,12 +131,55 @@ def in_fresh_process(fn: Callable, *args):
     environment), its result or exception returned here. For timings that must not
     depend on what ran before in this process: on an H200, TRL's 1.5B QLoRA steps took
     1.4 to 2.4 s after our learner had run in the same process, 0.4 to 0.55 s in a fresh
-    one. ``fn`` and its arguments must pickle (module-level functions, plain data)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    one. ``fn`` and its arguments must pickle (module-level functions, plain data).
 
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+    The child never outlives this process (it watches for its parent's end), and an
+    interrupt here ends it at once: a stopped bench leaves no process holding a GPU."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    here, there = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child, args=(there, os.getpid(), fn, args))
+    child.start()
+    there.close()
+    try:
+        ok, value, trace = here.recv()
+    except EOFError:  # it died before answering (killed, out of memory, a crash)
+        child.join()
+        raise RuntimeError(
+            f"the measuring process ended without a result (exit code {child.exitcode})"
+        ) from None
+    finally:
+        if child.is_alive():
+            child.terminate()
+        child.join()
+    if ok:
+        return value
+    sys.stderr.write(trace)  # the child's traceback, for whoever reads the log
+    raise value
+
+
+def _child(conn, parent: int, fn: Callable, args: tuple) -> None:
+    import pickle
+    import threading
+    import traceback
+
+    def watch() -> None:  # an orphan (the parent killed) ends itself
+        while os.getppid() == parent:
+            time.sleep(1)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        result = (True, fn(*args), "")
+    except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+        result = (False, e, traceback.format_exc())
+        try:
+            pickle.loads(pickle.dumps(e))
+        except Exception:  # noqa: BLE001 - an exception that cannot be rebuilt there
+            result = (False, RuntimeError(f"{type(e).__name__}: {e}"), result[2])
+    conn.send(result)
+    conn.close()
 
 
 def trl_rate(

@@ -311,6 +311,7 @@ def run_state(run_dir: Path) -> list[str]:
     import json
 
     from saie_lite.store import Store
+    from saie_lite.train import checkpoint
 
     store = Store(Path(run_dir) / "saie.sqlite", reader=True)
     try:
@@ -324,7 +325,17 @@ def run_state(run_dir: Path) -> list[str]:
     d = json.loads(message)
     resume = f"saie-lite train --resume {run_dir}"
     if kind == "begin":
-        return [f"not finished (killed, or running now) at update {steps}: {resume} goes on"]
+        # killed (or running now): a resume goes on from the last checkpoint
+        saved = checkpoint.saved_step(run_dir)
+        if saved is None:
+            return [
+                f"not finished (killed, or running now) at update {steps}, before its "
+                "first checkpoint: nothing to resume, start it again"
+            ]
+        return [
+            f"not finished (killed, or running now) at update {steps}: {resume} goes on "
+            f"from its checkpoint at update {saved}"
+        ]
     where = f"update {d['step']} ({d['batches_done']}/{d['total']} batches)"
     if d["status"] == "finished":
         return [f"finished: {d['step']} updates ({d['total']} batches)"]

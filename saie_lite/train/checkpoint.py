@@ -117,6 +117,16 @@ def latest(run_dir: Path) -> Path | None:
     return next((p for p in candidates(run_dir) if _complete(p)), None)
 
 
+def saved_step(run_dir: Path) -> int | None:
+    """The update of the newest published checkpoint, or None. For `logs list`: unlike a
+    resume, it does not check the checkpoint's files."""
+    path = latest(run_dir)
+    try:
+        return json.loads((path / STATE).read_text())["step"] if path else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def usable(run_dir: Path, note: Callable[[str], None] | None = None) -> Path | None:
     """The newest checkpoint whose files are all there at their recorded sizes, for the
     commands that only read a run (export, eval --run, debate run:); ``note`` hears about

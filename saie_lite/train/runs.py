@@ -240,7 +240,6 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
     main = group is None or group.is_main
     if main:
         config_mod.save(cfg, run_dir / "config.yaml")
-        remember("runs", run_dir)
     try:
         learner, partner = build_backends(cfg, dry_run, run_dir, with_partner=main)
     except BaseException:
@@ -251,6 +250,8 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
             if created and not any(run_dir.iterdir()):
                 run_dir.rmdir()
         raise
+    if main:
+        remember("runs", run_dir)  # now that it is a run (a model that fails leaves none)
     if group is not None:
         from saie_lite.train.distributed import DataParallelLearner
 
