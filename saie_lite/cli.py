@@ -66,9 +66,7 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         where = e.ctx.command_path if e.ctx is not None else "saie-lite"
-        typer.secho(
-            f"error: {e.format_message().rstrip('.')}; see '{where} --help'", fg="red", err=True
-        )
+        typer.secho(f"error: {e.format_message()} (see '{where} --help')", fg="red", err=True)
         sys.exit(e.exit_code)
     except click_exception as e:
         e.show()
@@ -78,7 +76,7 @@ def main() -> None:
         sys.exit(1)
     # Without standalone mode an exit (``typer.Exit``, --help, Ctrl-C's 130) comes back
     # as its code, and a finished command as its return value (None).
-    sys.exit(rv if isinstance(rv, int) else 0)
+    sys.exit(rv if type(rv) is int else 0)
 
 
 if __name__ == "__main__":  # python -m saie_lite.cli (accelerate launch, torchrun)

@@ -165,12 +165,17 @@ class Store:
             # The loop may prepare the next batch (remark cache) on a worker thread while
             # the update runs; it never uses the connection from two threads at once.
             self.db = sqlite3.connect(self.path, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            self._wal()
             self._migrate()
         except sqlite3.Error as e:
             if reader and self.path.is_file():
                 self._open_read_only()
                 return
+            if "locked" in str(e):
+                raise UserError(
+                    f"the database {self.path} stayed locked by another saie-lite process: "
+                    "wait for it to finish, then run the command again"
+                ) from None
             # The directory was checked for writing before; what is left is a file that
             # is not a database, or one on a file system sqlite cannot lock.
             raise UserError(
@@ -178,20 +183,36 @@ class Store:
                 "or point SAIE_LITE_HOME / --run-dir at another directory"
             ) from None
 
+    def _wal(self) -> None:
+        """Write-ahead logging: readers and one writer at once. Switching a new file to it
+        needs a moment alone, and SQLite answers "locked" at once, without waiting, when
+        another process opens it in the same instant: so wait and try again."""
+        for attempt in range(100):
+            try:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 99:
+                    raise
+                time.sleep(0.05)
+
     def _open_read_only(self) -> None:
         if getattr(self, "db", None) is not None:  # connect may have failed, or a pragma
             self.db.close()
+        where = self.path.parent
+        copy = f"{where} is read-only: copy the run to a writable directory and read it there"
         try:
             self.db = connect_read_only(self.path)
-            self.db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as e:
-            where = self.path.parent
-            what = (
-                f"{where} is read-only: copy the run to a writable directory and read it there"
-                if not os.access(where, os.W_OK)
-                else "is it a saie-lite run?"
-            )
+            what = copy if not os.access(where, os.W_OK) else "is it a saie-lite run?"
             raise UserError(f"cannot read the database {self.path} ({e}): {what}") from None
+        if version < len(MIGRATIONS):  # it cannot be brought up to date where it is
+            self.db.close()
+            raise UserError(
+                f"the database {self.path} was written by an older saie-lite and {copy} "
+                "(it is updated when opened there)"
+            )
 
     def _migrate(self) -> None:
         if self.db.execute("PRAGMA user_version").fetchone()[0] >= len(MIGRATIONS):

@@ -314,9 +314,9 @@ def test_a_dry_run_cannot_resume_a_real_run(tmp_path):
 @pytest.mark.parametrize(
     "argv,start,end",
     [
-        (["eval", "--limit", "abc"], "error: Invalid value for '--limit'", "eval --help'"),
-        (["train", "--bogus"], "error: No such option: --bogus", "train --help'"),
-        (["nosuch"], "error: No such command 'nosuch'", "see 'saie-lite --help'"),
+        (["eval", "--limit", "abc"], "error: Invalid value for '--limit'", "eval --help')"),
+        (["train", "--bogus"], "error: No such option: --bogus", "train --help')"),
+        (["nosuch"], "error: No such command 'nosuch'", "(see 'saie-lite --help')"),
     ],
 )
 def test_a_wrong_flag_or_value_is_one_line(monkeypatch, capsys, argv, start, end):
@@ -341,6 +341,8 @@ def test_a_wrong_flag_or_value_is_one_line(monkeypatch, capsys, argv, start, end
         (["version"], 0, "0."),  # a finished command
         (["--help"], 0, "Usage"),
         (["logs", "show", "999"], 2, "error: no debate 999"),  # a command's own one line
+        ([], 2, "Usage"),  # a bare program: its help, as before
+        (["logs"], 2, "Usage"),
     ],
 )
 def test_the_program_keeps_exit_codes(monkeypatch, capsys, argv, code, text):
@@ -354,3 +356,23 @@ def test_the_program_keeps_exit_codes(monkeypatch, capsys, argv, code, text):
     assert e.value.code == code
     out = capsys.readouterr()
     assert text in out.out + out.err
+    if text == "Usage":
+        assert "error" not in out.out + out.err
+
+
+def test_a_reader_gone_away_ends_quietly():
+    """`saie-lite ... | head`: a broken pipe is no error to report (exit 1, no line)."""
+    from saie_lite.commands.guard import GuardedTyper
+
+    app_ = GuardedTyper()
+
+    @app_.command()
+    def talk() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    @app_.command()
+    def other() -> None:
+        pass
+
+    r = CliRunner().invoke(app_, ["talk"])
+    assert r.exit_code == 1 and "error" not in r.output

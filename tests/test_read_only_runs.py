@@ -11,9 +11,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from saie_lite.cli import app
+from saie_lite.places import remember
+from saie_lite.store import MIGRATIONS, connect_read_only
 
 runner = CliRunner()
 
@@ -34,17 +37,27 @@ def finished_run_on_a_read_only_disk(tmp_path: Path, monkeypatch):
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = _mount("-t", "tmpfs", "-o", "size=20m", "tmpfs", str(disk))
-    run = disk / "r1"
-    r = runner.invoke(
-        app, ["train", "--dry-run", "--limit", "4", "--live", "quiet", "--run-dir", str(run)]
-    )
-    assert r.exit_code == 0, r.output
-    try:
+    try:  # from here on the mount is always undone
+        run = disk / "r1"
+        r = runner.invoke(
+            app, ["train", "--dry-run", "--limit", "4", "--live", "quiet", "--run-dir", str(run)]
+        )
+        assert r.exit_code == 0, r.output
+        # and a run written by an older saie-lite (its database two migrations behind)
+        old = disk / "old"
+        old.mkdir()
+        (old / "config.yaml").write_text("{}\n")
+        db = sqlite3.connect(old / "saie.sqlite")
+        for script in MIGRATIONS[:3]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 3")
+        db.close()
+        remember("runs", old)
         if not (mounted and _mount("-o", "remount,ro", str(disk))):
             real_connect, real_tf = sqlite3.connect, tempfile.TemporaryFile
 
             def connect(target, *a, **k):
-                if str(run) in str(target) and "immutable=1" not in str(target):
+                if str(disk) in str(target) and "immutable=1" not in str(target):
                     raise sqlite3.OperationalError("unable to open database file")
                 return real_connect(target, *a, **k)
 
@@ -71,6 +84,14 @@ def test_a_run_on_a_read_only_disk_can_be_read(tmp_path, monkeypatch):
         lines = r.output.splitlines()
         i = lines.index(f"  {run}")
         assert lines[i + 1] == "      finished: 2 updates (2 batches)"
+        # the older run cannot be brought up to date there: it says so, and hides nothing
+        j = lines.index(f"  {run.parent / 'old'}")
+        assert lines[j + 1] == (
+            f"      (the database {run.parent / 'old' / 'saie.sqlite'} was written by an older "
+            f"saie-lite and {run.parent / 'old'} is read-only: copy the run to a writable "
+            "directory "
+            "and read it there (it is updated when opened there))"
+        )
         out = tmp_path / "dataset"
         r = runner.invoke(
             app, ["logs", "export", str(run), "--format", "dataset", "--out", str(out)]
@@ -101,3 +122,26 @@ def test_a_damaged_run_database_is_one_line_when_read(tmp_path):
         f"error: cannot read the database {run / 'saie.sqlite'} (file is not a database): "
         "is it a saie-lite run?"
     )
+
+
+def test_a_pending_log_is_never_read_past(tmp_path, monkeypatch):
+    """A database whose write-ahead log still holds rows (a killed run) is not opened as
+    immutable, which would read the database file alone and miss them."""
+    path = tmp_path / "saie.sqlite"
+    writer = sqlite3.connect(path)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("INSERT INTO t VALUES (1)")
+    writer.commit()
+    assert Path(f"{path}-wal").is_file()
+    real_connect = sqlite3.connect
+
+    def connect(target, *a, **k):  # read-only mode fails, as on a read-only disk
+        if "mode=ro" in str(target):
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(target, *a, **k)
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with pytest.raises(sqlite3.OperationalError):
+        connect_read_only(path)
+    writer.close()

@@ -24,6 +24,11 @@ class GuardedTyper(typer.Typer):
                     return fn(*a, **k)
                 except UserError as e:
                     fail(str(e))
+                except BrokenPipeError:
+                    # the reader of our output went away (`| head`): end quietly, as
+                    # command-line tools do, with nothing more written to the pipe
+                    _silence_stdout()
+                    raise typer.Exit(1) from None
                 except OSError as e:
                     where = f" ({e.filename})" if e.filename else ""
                     fail(
@@ -39,6 +44,17 @@ class GuardedTyper(typer.Typer):
             return register(guarded)
 
         return decorate
+
+
+def _silence_stdout() -> None:
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real stdout (tests capture it)
+        pass
 
 
 def storage_failure(

@@ -8,6 +8,7 @@ in ``$SAIE_LITE_HOME/logs.sqlite``.
 from __future__ import annotations
 
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -281,8 +282,10 @@ def list_logs() -> str:
             if (p / "saie.sqlite").is_file():
                 try:
                     lines += [f"      {line}" for line in run_state(p) + remark_figures(p)]
-                except UserError:  # one damaged run must not hide the others
-                    lines.append("      (its saie.sqlite cannot be read)")
+                except (UserError, sqlite3.Error, OSError, ValueError) as e:
+                    # one damaged run must not hide the others
+                    why = str(e) if isinstance(e, UserError) else "its saie.sqlite cannot be read"
+                    lines.append(f"      ({why})")
             # evaluations kept inside the run: eval --run's default RUN/evals/*, and the
             # RUN/eval and RUN/eval-base that the end-of-run hints suggest
             inside = [q for q in p.glob("*") if (q / "summary.json").is_file()]

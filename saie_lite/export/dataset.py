@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from saie_lite.errors import UserError
-from saie_lite.store import connect_read_only
+from saie_lite.store import Store
 
 CARD = """---
 configs:
@@ -55,16 +55,17 @@ def discussion_rows(run_dir: Path) -> list[dict]:
     db_path = Path(run_dir) / "saie.sqlite"
     if not db_path.is_file():
         raise UserError(f"{run_dir} has no saie.sqlite: give a training run directory")
+    store = Store(db_path, reader=True)  # a run on a read-only disk can be exported too
     try:
-        db = connect_read_only(db_path)  # a run on a read-only disk can be exported too
-        db.row_factory = sqlite3.Row
-        turns = db.execute(
+        store.db.row_factory = sqlite3.Row
+        turns = store.db.execute(
             "SELECT step, phase, round, example_id, turn, role, stance, prompt, text, correct "
             "FROM turns ORDER BY id"
         ).fetchall()
-        db.close()
     except sqlite3.Error as e:
         raise UserError(f"cannot read {db_path} ({e}): is it a saie-lite run?") from None
+    finally:
+        store.close()
     answers: dict[tuple, sqlite3.Row] = {}
     remarks: dict[tuple, str] = {}
     targets: list[sqlite3.Row] = []
