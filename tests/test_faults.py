@@ -68,6 +68,14 @@ def test_truncated_checkpoint_falls_back_to_the_previous_one(stopped_run):
         assert s.count("steps") == 4  # update 3 redone once, not stored twice
 
 
+def test_a_damaged_latest_pointer_resumes_from_the_newest(stopped_run):
+    (stopped_run / "checkpoints" / "latest").write_bytes(b"\xff\xfe\x00bad")
+    r = resume(stopped_run, "--max-steps", "4")
+    assert r.exit_code == 0, r.output
+    assert "checkpoint 'latest' is unreadable: resuming from step-000003 instead" in r.output
+    assert "finished: 4 updates" in r.output
+
+
 def test_every_checkpoint_broken_names_the_files(stopped_run):
     for name in ("step-000001", "step-000002", "step-000003"):
         f = stopped_run / "checkpoints" / name / "scripted.json"

@@ -189,3 +189,17 @@ def _note(path, place, start, errors) -> None:
         store.close()
     except Exception as e:  # noqa: BLE001
         errors.append(e)
+
+
+def test_a_killed_runs_line_falls_back_through_checkpoints_as_resume_does(tmp_path):
+    run = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run_until(run, StopsAtSecondUpdate(KeyboardInterrupt(), at=5), save_every=2)
+    ckpts = run / "checkpoints"
+    assert (ckpts / "step-000004").is_dir() and (ckpts / "step-000002").is_dir()
+    (ckpts / "step-000004" / "state.json").write_text("{bad json")
+    (ckpts / "latest").write_bytes(b"\xff\xfe\x00bad")  # a damaged pointer too
+    assert run_state(run) == [
+        f"not finished (killed, or running now) at update 4: "
+        f"saie-lite train --resume {run} goes on from its checkpoint at update 2"
+    ]

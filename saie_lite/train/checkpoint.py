@@ -104,12 +104,21 @@ def candidates(run_dir: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = sorted((p for p in root.glob("step-*") if p.is_dir()), reverse=True)
-    pointer = root / "latest"
-    named = root / pointer.read_text().strip() if pointer.is_file() else None
+    name = _pointer(root)
+    named = root / name if name else None
     if named in found:
         found.remove(named)
         found.insert(0, named)
     return found
+
+
+def _pointer(root: Path) -> str | None:
+    """The checkpoint ``latest`` names; None when it is missing or damaged (then the
+    newest by name goes first)."""
+    try:
+        return (root / "latest").read_text().strip() or None
+    except (OSError, ValueError):  # missing, unreadable, not text
+        return None
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -188,9 +197,10 @@ def load(
     if removed:
         note(f"removed {len(removed)} half-written checkpoint directory(ies) left by a crash")
     root = _ckpt_root(run_dir)
-    pointer = root / "latest"
-    named = pointer.read_text().strip() if pointer.is_file() else None
+    named = _pointer(root)
     tried: list[str] = []
+    if named is None and (root / "latest").is_file():
+        tried.append("'latest' is unreadable")
     if named and not (root / named).is_dir():
         tried.append(f"{named} was deleted")
     for path in candidates(run_dir):
