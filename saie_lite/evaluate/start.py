@@ -16,7 +16,7 @@ from pathlib import Path
 from saie_lite.config import Config
 from saie_lite.errors import UserError
 from saie_lite.paths import home, writable_dir
-from saie_lite.places import logs_db, remember
+from saie_lite.places import found, logs_db, remember
 
 
 def _slug(text: str) -> str:
@@ -257,7 +257,6 @@ def get_debate(debate_id: int) -> dict:
 
 
 def list_logs() -> str:
-    from saie_lite.places import found
     from saie_lite.store import Store
 
     lines = []

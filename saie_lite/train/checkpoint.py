@@ -127,18 +127,13 @@ def latest(run_dir: Path) -> Path | None:
 
 
 def saved_step(run_dir: Path) -> int | None:
-    """The update a resume would go on from: that of the newest checkpoint whose state
-    can be read, as a resume falls back; None when there is none. For `logs list`: unlike
-    a resume, it does not check the checkpoint's other files."""
+    """The update a resume would go on from: that of the newest checkpoint whose files
+    are whole (``usable``), or None when there is none (for `logs list`)."""
     try:
-        for path in candidates(run_dir):
-            try:
-                return int(json.loads((path / STATE).read_text())["step"])
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-    except (OSError, ValueError):  # an unreadable `latest` pointer or folder
-        pass
-    return None
+        path = usable(run_dir)
+        return check_files(path)["step"] if path else None
+    except (UserError, ValueError, OSError):
+        return None
 
 
 def usable(run_dir: Path, note: Callable[[str], None] | None = None) -> Path | None:
