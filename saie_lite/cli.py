@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from saie_lite.commands import evaluate, logs, tools, train
+from saie_lite.commands import config_cmd, evaluate, logs, tools, train
 from saie_lite.commands.guard import GuardedTyper
 
 app = GuardedTyper(
@@ -49,6 +49,7 @@ app.add_typer(logs_app, name="logs")
 app.command()(tools.export)
 app.command()(tools.bench)
 app.command()(tools.version)
+app.command("config")(config_cmd.config)
 
 
 def main() -> None:

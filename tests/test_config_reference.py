@@ -1,0 +1,62 @@
+"""``saie-lite config`` and docs/config.md read the schema: every key answers, and the
+generated page is the schema's current text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from saie_lite import config as config_mod
+from saie_lite import config_reference as ref
+from saie_lite.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_docs_config_page_is_generated_from_the_schema():
+    page = (ROOT / "docs" / "config.md").read_text()
+    assert page == ref.markdown(), (
+        "docs/config.md is out of date: run `saie-lite config --markdown > docs/config.md`"
+    )
+
+
+def test_every_key_answers_with_its_type_default_and_help():
+    every = config_mod.flat(config_mod.Config())
+    assert [k.name for k in ref.keys()] == list(every)
+    for name, default in every.items():
+        r = invoke("config", name)
+        assert r.exit_code == 0, r.output
+        lines = r.output.splitlines()
+        assert lines[0] == name
+        assert f"  default: {ref.shown(default)}" in lines
+        assert len(lines[-2].strip()) > 3  # the help text
+
+
+def test_a_section_lists_only_its_keys():
+    r = invoke("config", "run")
+    assert r.exit_code == 0
+    assert "run.live" in r.output and "run.dir" in r.output and "learner." not in r.output
+
+
+def test_effective_config_marks_what_differs_from_the_default(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  lr: 0.001\n")
+    r = invoke("config", "train", "--recipe", str(recipe), "--set", "train.seed=7")
+    assert r.exit_code == 0, r.output
+    lines = {
+        line[2:].split()[0]: line for line in r.output.splitlines() if line[:2] in ("* ", "  ")
+    }
+    assert lines["train.lr"].startswith("* ") and "(default 0.0002)" in lines["train.lr"]
+    assert lines["train.seed"].startswith("* ") and "7" in lines["train.seed"]
+    assert lines["train.batch_size"].startswith("  ")
+
+
+def test_unknown_key_is_one_line_with_a_suggestion():
+    r = invoke("config", "learner.lora")
+    assert r.exit_code == 2
+    assert "learner.lora_r" in r.output and len(r.output.strip().splitlines()) == 1
