@@ -8,6 +8,11 @@ is never stored on the object's name, in logs, in the run directory or in SQLite
 A reply without text (null or empty content, a refusal, ``message: null``, no choices) is
 retried like a failed request; if every attempt gives none, that remark comes back as a
 ``MissingRemark`` (the training loop decides whether the run can go on without it).
+
+Only the server given is trusted (see ``http_trust``): redirects are not followed, the
+timeout bounds a whole reply, a reply's size is capped (``partner.max_reply_mb``), and a
+reply that is not JSON (an event stream, a compressed body, a web page) ends in a line
+saying what arrived. A server's error text is printed only through ``safe_text``.
 """
 
 from __future__ import annotations
@@ -19,17 +24,28 @@ import sys
 import threading
 import time
 import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPException
 
+from saie_lite.backends.http_trust import BadReply, error_text, fetch, what_arrived
 from saie_lite.errors import PartnerError, UserError
 from saie_lite.protocols import Chat, MissingRemark
+from saie_lite.safe_text import one_line
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 NOTE_WAIT = 5.0  # seconds: a longer wait before a retry is announced on stderr
 # A request that reached no answer: refused, reset, timed out, or cut off mid-reply.
 NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, HTTPException)
+
+
+def _headers(key_env: str, headers: dict) -> dict:
+    """Every request asks for one plain JSON reply; the key, when there is one, goes in
+    the Authorization header, to partner.url only (redirects are not followed)."""
+    h = {**headers, "Accept": "application/json", "Accept-Encoding": "identity"}
+    key = os.environ.get(key_env) if key_env else None
+    if key:
+        h["Authorization"] = f"Bearer {key}"
+    return h
 
 
 def _reason(e: Exception) -> str:
@@ -53,6 +69,7 @@ class OpenAIPartner:
             )
         self.temperature = pc.temperature
         self.timeout = pc.timeout
+        self.max_bytes = int(pc.max_reply_mb * 2**20)
         self.model = pc.model  # a new run has asked the server for it (served_model)
         self.retries = pc.retries
         self.backoff = pc.backoff
@@ -65,11 +82,7 @@ class OpenAIPartner:
 
     # -- one request, with retries ---------------------------------------------------
     def _headers(self) -> dict:
-        h = {"Content-Type": "application/json"}
-        key = os.environ.get(self.key_env) if self.key_env else None
-        if key:
-            h["Authorization"] = f"Bearer {key}"
-        return h
+        return _headers(self.key_env, {"Content-Type": "application/json"})
 
     def _post(self, payload: dict) -> tuple[dict, str] | MissingRemark:
         """(reply, text) of one completion, retrying failures; a ``MissingRemark`` when
@@ -92,12 +105,16 @@ class OpenAIPartner:
                     )
                 time.sleep(wait)
             retry_after, no_text = 0.0, False
-            req = urllib.request.Request(
-                f"{self.url}/chat/completions", data=body, headers=self._headers(), method="POST"
-            )
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    raw = resp.read()
+                headers, raw = fetch(
+                    f"{self.url}/chat/completions",
+                    body,
+                    self._headers(),
+                    self.timeout,
+                    self.max_bytes,
+                )
+            except BadReply as e:
+                raise PartnerError(f"partner server {self.url} {e}") from None
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code}"
                 if e.code in (401, 403):
@@ -114,8 +131,7 @@ class OpenAIPartner:
                         "learner.max_seq_len)",
                     }.get(e.code, "")
                     raise PartnerError(
-                        f"partner server {self.url} answered HTTP {e.code}{hint}: "
-                        f"{e.read()[:200].decode('utf-8', 'replace')}"
+                        f"partner server {self.url} answered HTTP {e.code}{hint}: {error_text(e)}"
                     ) from None
                 wait = e.headers.get("Retry-After") if e.headers else None
                 if wait and wait.strip().isdigit():
@@ -123,10 +139,15 @@ class OpenAIPartner:
                 continue
             except NETWORK_ERRORS as e:
                 last = _reason(e)
+                if last == "timed out":
+                    last = f"timed out: no whole reply within partner.timeout={self.timeout:g} s"
                 continue
             try:
                 data = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
+                arrived = what_arrived(headers, raw)
+                if arrived:  # the server's setup, not a passing fault: asking again gets the same
+                    raise PartnerError(f"partner server {self.url} {arrived}") from None
                 last = "malformed JSON reply"
                 continue
             text, problem = read_reply(data)
@@ -146,6 +167,7 @@ class OpenAIPartner:
             "max_tokens": max_tokens,
             "temperature": self.temperature if temperature is None else temperature,
             "seed": seed,
+            "stream": False,  # one JSON reply; some servers and proxies stream unless told
         }
         got = self._post(payload)
         if isinstance(got, MissingRemark):
@@ -191,19 +213,20 @@ def served_model(pc, note) -> str:
     the name as it was sent before, with a note. Retried like a chat request (a
     llama-server answers 503 while it loads its model)."""
     url = pc.url.rstrip("/")
-    key = os.environ.get(pc.api_key_env) if pc.api_key_env else None
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = _headers(pc.api_key_env, {})
     name = "--partner-model NAME (partner.model)"
     last, tries = "no attempt", 0
     for attempt in range(pc.retries + 1):
         if attempt:
             time.sleep(pc.backoff * 2 ** (attempt - 1))
         tries += 1
-        req = urllib.request.Request(f"{url}/models", headers=headers)
         try:
             # a model list is quick to give: a server that takes longer is not ready
-            with urllib.request.urlopen(req, timeout=min(pc.timeout, 10.0)) as resp:
-                raw = resp.read()
+            got, raw = fetch(
+                f"{url}/models", None, headers, min(pc.timeout, 10.0), int(pc.max_reply_mb * 2**20)
+            )
+        except BadReply as e:
+            raise UserError(f"partner server {url} {e}") from None
         except urllib.error.HTTPError as e:
             if e.code == 404:
                 note(
@@ -227,6 +250,9 @@ def served_model(pc, note) -> str:
             listed = json.loads(raw).get("data")
             ids = [m["id"] for m in listed if isinstance(m, dict) and isinstance(m.get("id"), str)]
         except (ValueError, AttributeError, TypeError, RecursionError):
+            arrived = what_arrived(got, raw)
+            if arrived:
+                raise UserError(f"partner server {url} {arrived}") from None
             raise UserError(
                 f"partner server {url} answered GET /models with something that is not a "
                 f"model list: name the model with {name}"
@@ -259,7 +285,7 @@ def read_reply(data) -> tuple[str, str | None]:
     choices = data.get("choices")
     if not choices:
         if choices is None and "error" in data:
-            return "", f"an error: {str(data['error'])[:200]}"
+            return "", f"an error: {one_line(data['error'])[:200]}"
         return "", "no choices"
     if not isinstance(choices, list) or not isinstance(choices[0], dict):
         return "", MALFORMED
