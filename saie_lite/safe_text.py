@@ -47,3 +47,15 @@ def text(s: object, style: str = ""):
     from rich.text import Text
 
     return Text(visible(s), style=style)
+
+
+# What JSON leaves raw inside a string with ensure_ascii=False: DEL and the C1 controls
+# (json.dumps escapes only the C0 ones).
+_JSON_RAW = re.compile("[\x7f-\x9f]")
+
+
+def json_text(s: str) -> str:
+    """JSON text (from ``json.dumps(..., ensure_ascii=False)``) with DEL and the C1
+    controls written as ``\\u00XX``: the same JSON value, and nothing in it a terminal
+    would act on (0x9b is a CSI to some). Outside strings JSON holds no such character."""
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", s)

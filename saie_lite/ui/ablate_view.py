@@ -7,6 +7,7 @@ import sys
 import time
 
 from saie_lite.errors import UserError
+from saie_lite.safe_text import markup, visible
 
 # What one unit of each kind costs relative to the others, used only until a kind has
 # been timed: a plain (SFT or warm-up) update, a discussion update (answers, two
@@ -69,7 +70,8 @@ class PlainAblateView:
         return self.eta.done
 
     def _p(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        # what a unit is, notes and the final message name systems, paths and models
+        print(visible(line), file=self.out, flush=True)
 
     def start(self, kinds: list[str], done: int) -> None:
         """``kinds``: every unit of the experiment in the order it runs ("plain",
@@ -132,17 +134,16 @@ class RichAblateView(PlainAblateView):
 
     def advance(self, n: int, what: str) -> None:
         eta = self._advance(n)
-        self.bar.update(self.task, completed=self.done, description=what, eta=fmt_eta(eta))
+        # the description column is read as markup
+        self.bar.update(self.task, completed=self.done, description=markup(what), eta=fmt_eta(eta))
 
     def note(self, message: str) -> None:
-        from rich.markup import escape
-
-        self.console.print(f"[yellow]note:[/] {escape(message)}")
+        self.console.print(f"[yellow]note:[/] {markup(message)}")
 
     def finish(self, message: str) -> None:
         if self.task is not None:
             self.bar.stop()
-        self.console.print(message, markup=False, highlight=False)
+        self.console.print(visible(message), markup=False, highlight=False)
 
 
 def make_ablate_view(kind: str = "auto"):

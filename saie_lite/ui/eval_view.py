@@ -1,12 +1,31 @@
-"""The evaluation view (progress, then the figures) and the printed comparison."""
+"""The evaluation view (progress, then the figures) and the printed comparison.
+
+Evaluation names, model names, notes and paths are text from outside (a summary.json
+is read back): every line goes out through :func:`_p`, which makes it visible."""
 
 from __future__ import annotations
 
 import sys
 
+from saie_lite.safe_text import visible
+
+
+def _p(line: str = "") -> None:
+    print(visible(line), flush=True)
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
+
+
+def right_line(rows: list[dict]) -> str:
+    """How many of these items were right under each reading the summary reports: the
+    strict reading (the answer in the task's format) and the flexible one (the last
+    answer-like text). One figure alone beside the summary's other one looked like a
+    contradiction ('0 right' beside 'flexible accuracy 12.5%')."""
+    strict = sum(r["strict_correct"] for r in rows)
+    flexible = sum(r["flexible_correct"] for r in rows)
+    return f"{strict} strict right, {flexible} flexible right"
 
 
 def summary_lines(s: dict) -> list[str]:
@@ -89,17 +108,16 @@ class EvalView:
             self.task = None
 
     def note(self, message: str) -> None:
-        print(f"note: {message}", flush=True)
+        _p(f"note: {message}")
 
     def progress(self, done: int, total: int, rows: list[dict]) -> None:
-        right = sum(r["strict_correct"] for r in rows)
         if self.bar is None:
             if rows:
                 # data.check: none marks nothing, so there is no count of right answers
-                marks = f", {right} right" if self.checked else ""
-                print(f"items {done}/{total} (+{len(rows)}{marks})", flush=True)
+                marks = f", {right_line(rows)}" if self.checked else ""
+                _p(f"items {done}/{total} (+{len(rows)}{marks})")
             elif done:
-                print(f"resuming: {done}/{total} items already done", flush=True)
+                _p(f"resuming: {done}/{total} items already done")
             return
         if self.task is None:
             self.bar.start()
@@ -110,10 +128,10 @@ class EvalView:
         if self.bar is not None:
             self.bar.stop()
         for line in summary_lines(s):
-            print(line)
+            _p(line)
         if s.get("status") == "stopped":
-            print("  stopped: the same eval command continues it, finished items kept")
-        print(f"  summary: {out_dir}/summary.json")
+            _p("  stopped: the same eval command continues it, finished items kept")
+        _p(f"  summary: {out_dir}/summary.json")
 
 
 def make_eval_view(kind: str = "auto") -> EvalView:
@@ -123,18 +141,18 @@ def make_eval_view(kind: str = "auto") -> EvalView:
 def print_compare(name_a: str, name_b: str, a: dict, b: dict, c: dict) -> None:
     left = c.get("left_out") or {}
     if left.get("A") or left.get("B"):
-        print(
+        _p(
             f"A = {name_a}\nB = {name_b}\npaired over the n={c['n']} shared items "
             f"(left out: {left['A']} only in A, {left['B']} only in B)"
         )
     else:
-        print(f"A = {name_a}\nB = {name_b}\npaired over n={c['n']} items")
+        _p(f"A = {name_a}\nB = {name_b}\npaired over n={c['n']} items")
     if "strict" not in c:
-        print("  accuracy not compared: the data has no answer check (data.check: none)")
+        _p("  accuracy not compared: the data has no answer check (data.check: none)")
     for kind in ("strict", "flexible") if "strict" in c else ():
         p = c[kind]
         lo, hi = p["diff_ci"]
-        print(
+        _p(
             f"  {kind:8} A {_pct(p['a_correct'] / p['n'])}  B {_pct(p['b_correct'] / p['n'])}  "
             f"B-A {100 * p['diff']:+.1f} pts [95% CI {100 * lo:+.1f}, {100 * hi:+.1f}]  "
             f"only A right {p['only_a']}, only B right {p['only_b']}  McNemar p={p['p_value']:.3g}"
@@ -143,7 +161,7 @@ def print_compare(name_a: str, name_b: str, a: dict, b: dict, c: dict) -> None:
     for name, p in (c.get("metrics") or {}).items():
         lo, hi = p["diff_ci"]
         ci = "-, -" if lo is None else f"{lo:+.4f}, {hi:+.4f}"  # no interval from one item
-        print(
+        _p(
             f"  {name:8} A {p['mean_a']:.4f}  B {p['mean_b']:.4f}  B-A {p['diff']:+.4f} "
             f"[95% CI {ci}]  paired t p={p['t_p']:.3g}  "
             f"Wilcoxon p={p['wilcoxon_p']:.3g}"

@@ -1,4 +1,8 @@
-"""The live view: Rich on a terminal, plain log lines otherwise. Fed by loop callbacks."""
+"""The live view: Rich on a terminal, plain log lines otherwise. Fed by loop callbacks.
+
+Questions, answers, remarks, targets, example ids, model names and notes are text from
+outside: both views print them through :mod:`saie_lite.safe_text` (never as Rich
+markup, never with their control characters)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import time
 
 from saie_lite.protocols import Callbacks
 from saie_lite.remarks import rates, rates_line, weak_partner
+from saie_lite.safe_text import markup, one_line, visible
 
 STANCE_STYLE = {"supportive": "green", "adversarial": "red"}
 
@@ -80,7 +85,8 @@ class PlainView(Callbacks):
         self.tally = RemarkTally()
 
     def _p(self, line: str) -> None:
-        print(line, file=self.out, flush=True)
+        # every line may hold outside text (ids, names, notes): made visible as a whole
+        print(visible(line), file=self.out, flush=True)
 
     def on_begin(self, info: dict) -> None:
         self.first_done = info["done"]
@@ -178,10 +184,11 @@ class RichView(Callbacks):
     def on_begin(self, info: dict) -> None:
         from rich.panel import Panel
 
+        learner, partner, run_dir = (markup(info[k]) for k in ("learner", "partner", "run_dir"))
         self.console.print(
             Panel.fit(
-                f"mode [bold]{info['mode']}[/]   learner {info['learner']}   partner {info['partner']}\n"
-                f"{info['examples']} examples, {info['total']} updates   run {info['run_dir']}",
+                f"mode [bold]{markup(info['mode'])}[/]   learner {learner}   partner {partner}\n"
+                f"{info['examples']} examples, {info['total']} updates   run {run_dir}",
                 title="saie-lite train",
             )
         )
@@ -191,32 +198,31 @@ class RichView(Callbacks):
         )
 
     def on_exchange(self, ex: dict) -> None:
-        from rich.markup import escape
         from rich.panel import Panel
         from rich.text import Text
 
         warn = self.tally.add(ex)
         if warn:
-            self.console.print(f"[bold yellow]warning:[/] {escape(warn)}")
+            self.console.print(f"[bold yellow]warning:[/] {markup(warn)}")
         e = ex["example"]
         body = Text()
         body.append("Q  ", style="bold")
-        body.append(_short(e.question, 300) + "\n")
+        body.append(visible(_short(e.question, 300)) + "\n")
         if "answer" in ex:
             ok = ex["correct"]
             body.append("learner  ", style="bold")
             if ok is not None:  # free-form data (check: none) has no mark
                 body.append("RIGHT " if ok else "WRONG ", style="bold green" if ok else "bold red")
-            body.append(_short(ex["answer"]) + "\n")
+            body.append(visible(_short(ex["answer"])) + "\n")
             for stance, text, cached in ex["remarks"]:
                 style = STANCE_STYLE.get(stance, "yellow")
                 body.append(
                     f"partner {stance}{' (cached)' if cached else ''}  ", style=f"bold {style}"
                 )
-                body.append(_short(text, 300) + "\n", style=style)
+                body.append(visible(_short(text, 300)) + "\n", style=style)
         body.append("target  ", style="bold cyan")
-        body.append(_short(ex["target"], 200), style="cyan")
-        title = f"{escape(e.id)} - {ex['phase']}"
+        body.append(visible(_short(ex["target"], 200)), style="cyan")
+        title = f"{markup(one_line(e.id))} - {markup(ex['phase'])}"
         self.console.print(Panel(body, title=title, title_align="left"))
 
     def on_step(self, row: dict) -> None:
@@ -228,14 +234,13 @@ class RichView(Callbacks):
         self.progress.update(
             self.task,
             completed=row["batches_done"],
-            stats=stats,
-            description=f"{row['phase']} r{row['round']}",
+            # both columns are read as markup
+            stats=markup(stats),
+            description=markup(f"{row['phase']} r{row['round']}"),
         )
 
     def on_event(self, message: str) -> None:
-        from rich.markup import escape
-
-        self.console.print(f"[yellow]note:[/] {escape(message)}")
+        self.console.print(f"[yellow]note:[/] {markup(message)}")
 
     def on_end(self, summary: dict) -> None:
         self.progress.stop()
@@ -243,7 +248,7 @@ class RichView(Callbacks):
         total = sum(s.values()) or 1.0
         split = "  ".join(f"{k} {v:.1f}s ({100 * v / total:.0f}%)" for k, v in s.items())
         for line in remark_lines(summary, self.tally):
-            self.console.print(line, markup=False, highlight=False)
+            self.console.print(visible(line), markup=False, highlight=False)
         if summary.get("missing_remarks"):
             self.console.print(
                 f"[yellow]missing remarks:[/] {summary['missing_remarks']} (partner gave no "
@@ -251,14 +256,16 @@ class RichView(Callbacks):
             )
         if summary["status"] == "finished":
             self.console.print(f"[bold green]finished[/]: {summary['step']} updates.  {split}")
-            self.console.print(f"run directory: {summary['run_dir']}")
+            self.console.print(f"run directory: {markup(summary['run_dir'])}")
             for line in next_lines(summary):
-                self.console.print(line, markup=False, highlight=False)
+                self.console.print(visible(line), markup=False, highlight=False)
         else:
             self.console.print(
                 f"[bold yellow]stopped[/] after {summary['step']} updates (checkpoint saved).  {split}"
             )
-            self.console.print(f"resume with: saie-lite train --resume {summary['run_dir']}")
+            self.console.print(
+                f"resume with: saie-lite train --resume {markup(summary['run_dir'])}"
+            )
 
 
 def make_view(kind: str) -> Callbacks:
