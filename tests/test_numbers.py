@@ -7,6 +7,7 @@ import pytest
 from saie_lite.tasks import gsm8k, numbers
 
 FORTY = "1234567890" * 4  # a 40-digit answer
+WIDE = str.maketrans("0123456789", "".join(chr(0xFF10 + i) for i in range(10)))  # full-width
 
 # (rule, model output, strict reading, flexible reading)
 READING = [
@@ -60,6 +61,25 @@ READING = [
     ("a fraction with thousands", "We get 9, then 1,234/5", None, "9"),
     ("a slash then a word is no fraction", "#### 12/month", "12", "12"),
     ("a colon then a space is no ratio", "The answer is 5: five", "5", "5"),
+    ("full-width digits", "#### \uff11\uff12\uff13", "123", "123"),
+    (
+        "Arabic-Indic digits",
+        "\u0627\u0644\u062c\u0648\u0627\u0628 #### \u0661\u0662\u0663",
+        "123",
+        "123",
+    ),
+    ("Devanagari digits after 'answer is'", "The answer is \u096a\u0968.", "42", "42"),
+    (
+        "full-width thousands and decimal point",
+        "#### \uff11\uff0c\uff10\uff10\uff10\uff0e\uff15\uff10",
+        "1000.5",
+        "1000.5",
+    ),
+    ("the Arabic decimal separator", "#### \u0663\u066b\u0665", "3.5", "3.5"),
+    ("a full-width minus", "#### \uff0d\uff14", "-4", "-4"),
+    ("digits of two scripts in one number", "#### 1,\uff12\u0663\u096a", "1234", "1234"),
+    ("a superscript is no digit", "x\u00b2 = 4", None, "4"),
+    ("a full-width fraction is no plain answer", "#### \uff11/\uff12", None, None),
 ]
 
 
@@ -79,12 +99,26 @@ COMPARING = [
     ("40 digits differing in the last digit", FORTY, f"#### {FORTY[:-1]}1", False),
     ("a 29-digit answer is simply wrong, not a crash", "5", "#### " + "9" * 29, False),
     ("a 100,000-digit answer", "1" * 100_000, "#### " + "1" * 100_000, True),
+    ("full-width 18 equals 18", "18", "#### \uff11\uff18", True),
+    ("Arabic-Indic 18.0 equals 18", "18", "#### \u0661\u0668\u066b\u0660", True),
+    ("Devanagari 19 is not 18", "18", "#### \u0967\u096f", False),
+    ("a 40-digit full-width answer", FORTY, "#### " + FORTY.translate(WIDE), True),
+    ("full-width 0.999... is not 1", "1", "#### \uff10." + "\uff19" * 32, False),
 ]
 
 
 @pytest.mark.parametrize("rule,gold,output,ok", COMPARING, ids=[r[0] for r in COMPARING])
 def test_exact_comparison(rule, gold, output, ok):
     assert gsm8k.score(output, numbers.normalize(gold)).strict_correct is ok
+
+
+def test_a_reference_in_other_digits_gives_an_ascii_gold():
+    # before: the gold kept its script ('\u0661\u0662'), and '#### 12' was marked wrong
+    ex = gsm8k.parse_row({"question": "Q?", "answer": "\u0665 + \u0667\n#### \u0661\u0662"}, 0)
+    assert ex.answer == "12" and ex.reference.endswith("#### 12")
+    assert gsm8k.score("so 5 + 7\n#### 12", ex.answer).strict_correct
+    assert numbers.normalize("\uff11\uff12\uff0e\uff10\uff10") == "12"
+    assert numbers.normalize("\u0661\u066c\u0662\u0660\u0660") == "1200"
 
 
 def test_gsm8k_gold_of_any_length():
@@ -105,6 +139,8 @@ def test_gsm8k_gold_of_any_length():
         "$ " * 50_000,
         "1" * 100_000 + "/2",
         "1," * 50_000 + "1/2",
+        "\uff11\uff0c" * 50_000,
+        "\u0661" * 100_000 + "\u066b" * 3,
     ],
     ids=[
         "spaces",
@@ -117,6 +153,8 @@ def test_gsm8k_gold_of_any_length():
         "dollars",
         "fraction",
         "fraction-commas",
+        "wide-commas",
+        "arabic-digits",
     ],  # fmt: skip
 )
 def test_no_slow_input(text):

@@ -55,7 +55,8 @@ def cli(*args):
 )
 def test_default_field_names(tmp_path, row, question, reference):
     _, (ex,), _, _ = load(write_jsonl(tmp_path / "d.jsonl", [row]))
-    assert (ex.question, ex.reference, ex.id) == (question, reference, "row-0")
+    # a bare short answer is trained as the line the exact check's strict reading reads
+    assert (ex.question, ex.reference, ex.id) == (question, f"The answer is {reference}", "row-0")
 
 
 def test_mapped_fields_final_field_and_ids(tmp_path):
@@ -69,7 +70,7 @@ def test_mapped_fields_final_field_and_ids(tmp_path):
     assert (ex.id, ex.question, ex.reference, ex.answer) == (
         "x7",
         "How far?",
-        "Long story.",
+        "Long story.\nThe answer is 12 km",  # the final answer stated as strict reads it
         "12 km",
     )
     assert data.check == "exact"  # short finals
@@ -92,7 +93,10 @@ def test_json_array_csv_and_parquet(tmp_path):
     csv.write_text('question,answer\n"Code, please?",007\nNext?,"a, b"\n')
     _, exs, _, data = load(csv)
     # every column is text: '007' stays '007' (no float), quoted commas stay inside
-    assert [(e.question, e.reference) for e in exs] == [("Code, please?", "007"), ("Next?", "a, b")]
+    assert [(e.question, e.reference) for e in exs] == [
+        ("Code, please?", "The answer is 007"),
+        ("Next?", "The answer is a, b"),
+    ]
 
 
 def test_chat_format(tmp_path):
@@ -116,10 +120,10 @@ def test_chat_format(tmp_path):
     ]
     task, (a, b), skipped, data = load(write_jsonl(tmp_path / "c.jsonl", rows), check="exact")
     assert data.format == "chat" and skipped == {}
-    assert a.question == "2+2?" and a.reference == "4" and a.context[0] == sys_turn
+    assert a.question == "2+2?" and a.reference == "The answer is 4" and a.context[0] == sys_turn
     assert example_chat(task, a) == [sys_turn, {"role": "user", "content": "2+2?"}]
     # earlier turns are the question's context; no system turn: ours goes first
-    assert b.question == "Another?" and b.reference == "Blue." and b.answer == "blue"
+    assert b.question == "Another?" and b.reference == "The answer is Blue." and b.answer == "blue"
     assert [t["role"] for t in b.context] == ["system", "user", "assistant", "user"]
     assert b.context[0]["content"] == task.system() and b.context[2]["content"] == "Red."
 
@@ -454,7 +458,12 @@ def test_partner_is_told_the_checked_final_answer():
     from saie_lite.train.prompts import partner_chat
 
     task, exs, _, _ = load(EXAMPLES / "units.jsonl")  # long answers plus a 'final' field
-    assert partner_final(task, exs[0]) == "1200"
+    # the reference now ends with '#### 1200': the partner reads the final answer there
+    assert exs[0].reference.endswith("1200 minutes.\n#### 1200")
+    assert partner_final(task, exs[0]) is None
+    # the user's own answer format leaves the reference as written: the partner is told
+    task, exs, _, _ = load(EXAMPLES / "units.jsonl", answer_format="'Result: <n>'")
+    assert exs[0].reference.endswith("1200 minutes.") and partner_final(task, exs[0]) == "1200"
     chat = partner_chat(exs[0], ["It is 20.\n#### 20"], "adversarial", True, "1200")
     assert "Correct final answer: 1200" in chat[1]["content"]
     chat_task, chat_exs, _, _ = load(EXAMPLES / "units-chat.jsonl")  # ends 'The answer is N'
@@ -510,7 +519,7 @@ def test_hub_name_goes_to_datasets_with_its_config(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake)
     _, (ex,), _, data = load("someone/chats", split="train", hub_config="v2")
     assert seen == {"path": "someone/chats", "name": "v2", "split": "train"}
-    assert (ex.question, ex.reference, data.check) == ("Hi?", "Hello.", "exact")
+    assert (ex.question, ex.reference, data.check) == ("Hi?", "The answer is Hello.", "exact")
 
 
 def test_local_files_refuse_unknown_splits_types_and_directories(tmp_path, monkeypatch):

@@ -57,6 +57,12 @@ class Check:
         found = self.extract_strict(output) or self.extract_flexible(output)
         return normalize_text(found) if found is not None else None
 
+    def answer_line(self, final: str, gold: str) -> str | None:
+        """The line that states ``final`` the way the strict reading looks for, which a
+        training target that lacks it ends with; None when the check has no such form."""
+        f = final.strip()
+        return f"The answer is {f}" if f and "\n" not in f else None
+
     def answer_end(self, text: str) -> int | None:
         """Early stop: never for text answers ('The answer is simple: ...' may open the
         reasoning), so a reply runs to its end; number and choice answers stop early."""
@@ -95,6 +101,9 @@ class NumberCheck(Check):
     def answer_key(self, output: str) -> str | None:
         return self.extract_strict(output) or self.extract_flexible(output)
 
+    def answer_line(self, final: str, gold: str) -> str | None:
+        return f"#### {gold}"
+
     def answer_end(self, text: str) -> int | None:
         return numbers.answer_end(text)
 
@@ -118,6 +127,9 @@ class ChoiceCheck(Check):
 
     def answer_key(self, output: str) -> str | None:
         return mc.answer_key(output)
+
+    def answer_line(self, final: str, gold: str) -> str | None:
+        return f"The answer is ({gold})."
 
     def answer_end(self, text: str) -> int | None:
         return mc.answer_end(text)
@@ -169,6 +181,9 @@ class RegexCheck(Check):
     def answer_end(self, text: str) -> int | None:
         return None  # a pattern may keep matching longer text: never stop early on it
 
+    def answer_line(self, final: str, gold: str) -> str | None:
+        return None  # the pattern is the user's: no line can be written for it
+
 
 class NoCheck(Check):
     """Free-form data: nothing is read, nothing is marked (``is_correct`` is None)."""
@@ -196,6 +211,9 @@ class NoCheck(Check):
     def answer_key(self, output: str) -> str | None:
         # The vote of inference strategies counts whole replies, normalised.
         return normalize_text(output) or None
+
+    def answer_line(self, final: str, gold: str) -> str | None:
+        return None  # free-form: nothing is read, so nothing to state
 
     def answer_end(self, text: str) -> int | None:
         return None

@@ -22,7 +22,7 @@ from saie_lite.protocols import Example
 
 @dataclass
 class Score:
-    """An answer read two ways (SAIE.md section 4): strict format, and flexible."""
+    """An answer read two ways (docs/protocol.md section 4): strict format, and flexible."""
 
     strict: str | None
     flexible: str | None
@@ -190,10 +190,19 @@ def read_csv(p: Path) -> list:
     return rows
 
 
+# A preset's rows that are all unusable are often a file in the user's own layout.
+PRESET_HINT = ": to read your own layout, give --task custom"
+
+
 def parse_all(
-    rows: list[dict], parse_row: Callable[[dict, int], Example | str], what: str, path: str
+    rows: list[dict],
+    parse_row: Callable[[dict, int], Example | str],
+    what: str,
+    path: str,
+    hint: str = "",
 ) -> tuple[list[Example], dict[str, int]]:
-    """Examples plus a count of skipped rows by reason (never a crash on a bad row)."""
+    """Examples plus a count of skipped rows by reason (never a crash on a bad row);
+    ``hint`` ends the line when no row is usable."""
     examples: list[Example] = []
     skipped: dict[str, int] = {}
     for i, row in enumerate(rows):
@@ -206,7 +215,7 @@ def parse_all(
         else:
             examples.append(parsed)
     if not examples:
-        raise UserError(f"no usable {what} rows in {path!r} (skipped: {skipped or 'none'})")
+        raise UserError(f"no usable {what} rows in {path!r} (skipped: {skipped or 'none'}){hint}")
     return distinct_ids(examples), skipped
 
 

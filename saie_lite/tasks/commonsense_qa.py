@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from saie_lite.protocols import Example
-from saie_lite.tasks.common import load_rows, parse_all
+from saie_lite.tasks.common import PRESET_HINT, load_rows, parse_all
 from saie_lite.tasks.multiple_choice import (  # noqa: F401  (the task interface)
     ANSWER_FORMAT,
     answer_end,
@@ -35,4 +35,5 @@ def parse_row(row: dict, index: int) -> Example | str:
 
 
 def load(path: str, split: str = "validation") -> tuple[list[Example], dict[str, int]]:
-    return parse_all(load_rows(path, split, HUB_CONFIG, BUNDLED), parse_row, "CommonsenseQA", path)
+    rows = load_rows(path, split, HUB_CONFIG, BUNDLED)
+    return parse_all(rows, parse_row, "CommonsenseQA", path, PRESET_HINT)

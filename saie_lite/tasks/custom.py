@@ -6,6 +6,12 @@ gold final answer in the check's comparable form, and for chat rows the turns be
 the answer (``Example.context``, system turn kept). What a row lacks is counted by
 reason and the row skipped; what a whole file lacks (no question field at all) is one
 line naming the fields the file has and the key to set.
+
+Data is read as it is written: a turn's ``content`` may be the OpenAI/TRL list of text
+parts; a file may mix chat rows and question/answer rows (each row is read by its own
+shape); of two answer fields, the worked text is the reference and the short one the
+final answer; and the reference ends with the final answer in the form the strict
+reading looks for (``#### N``, 'The answer is X'), so a trained model learns to state it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import math
 from saie_lite.config import DataConfig
 from saie_lite.errors import UserError
 from saie_lite.protocols import Example
+from saie_lite.safe_text import one_line
 from saie_lite.tasks import multiple_choice as mc
 from saie_lite.tasks import numbers
 from saie_lite.tasks.checks import Check, make_check
@@ -23,6 +30,10 @@ from saie_lite.tasks.common import load_rows, parse_all
 QUESTION_FIELDS = ("question", "prompt", "instruction", "input", "query", "problem")
 ANSWER_FIELDS = ("answer", "completion", "output", "response", "solution", "target")
 FINAL_FIELDS = ("final", "label", "final_answer")
+# Content part types that carry text: chat completions' 'text', the Responses API's
+# 'input_text' / 'output_text'.
+TEXT_PARTS = ("text", "input_text", "output_text")
+NOT_TEXT = "messages hold parts that are not text (images, audio): the learner reads text only"
 # 'auto' picks ``exact`` when every final answer is at most this many words, else none.
 SHORT_ANSWER_WORDS = 5
 SNIFF_ROWS = 200  # rows looked at to find fields and choose a check
@@ -41,14 +52,44 @@ def _text(value) -> str | None:
     return None
 
 
+def _content(value) -> str | None:
+    """A chat turn's content as text: a string, or a list of text parts
+    (``[{"type": "text", "text": "..."}]``, the OpenAI and TRL layout) joined by newlines
+    as OpenAI-compatible servers join them. None for anything else, a non-text part
+    (an image) included."""
+    if not isinstance(value, list):
+        return _text(value)
+    if not all(
+        isinstance(p, dict) and p.get("type") in TEXT_PARTS and isinstance(p.get("text"), str)
+        for p in value
+    ):
+        return None
+    return "\n".join(p["text"] for p in value)
+
+
+def _has_other_parts(value) -> bool:
+    """A list content holding a part that is not text: the row is skipped as such, not
+    read without its image."""
+    return isinstance(value, list) and _content(value) is None
+
+
 def describe(data: DataConfig) -> str:
     """One line saying how the data was read (what 'auto' chose), for the views."""
+    fields = f"fields {data.question_field}/{data.answer_field}"
     if data.format == "chat":
         how = "chat messages (last assistant turn = reference)"
+        if data.question_field:
+            how += f" and {fields} (the file mixes both layouts; each row is read by its own)"
     else:
-        how = f"fields {data.question_field}/{data.answer_field}"
+        how = fields
     final = f", final answer from {data.final_field}" if data.final_field else ""
-    return f"data: {how}{final}, check {data.check}"
+    if data.final_field in ANSWER_FIELDS and data.format != "chat":
+        # Either field could be the reference: say which one is trained on, and why.
+        final += (
+            f" ({data.answer_field} is the worked solution and the training target, "
+            f"{data.final_field} only the short final answer)"
+        )
+    return one_line(f"data: {how}{final}, check {data.check}")
 
 
 class CustomTask:
@@ -110,28 +151,42 @@ class CustomTask:
         if dicts:  # with none (every row broken), parse_all's line counts them by reason
             self.resolve(dicts, path)
         what = "chat" if self.data.format == "chat" else "question/answer"
+        if self.data.format == "chat" and self.data.question_field:
+            what = "chat or question/answer"
         return parse_all(rows, self.parse_row, what, path)
 
     def resolve(self, rows: list[dict], path: str) -> None:
         """Settle format, fields and an 'auto' check from the first rows; written back
         into ``self.data`` so the saved config.yaml says what was used."""
         d = self.data
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
+        keys = _keys(rows)
         has = ", ".join(keys) or "none"
         if d.format == "auto":
             d.format = "chat" if "messages" in keys and not d.question_field else "fields"
+        fields_rows = rows
         if d.format == "chat":
             if "messages" not in keys:
                 raise UserError(
                     f"no 'messages' field in {path!r} (fields: {has}): use --set data.format=fields"
                 )
-        else:
+            # A file that mixes layouts (chat rows and question/answer rows): the other
+            # rows are read by their own fields, not all skipped as broken chat rows.
+            # Rows without a question and an answer field stay chat rows, skipped as such.
+            fields_rows = [r for r in rows if "messages" not in r]
+            fkeys = _keys(fields_rows)
+            if not d.question_field and not (
+                set(fkeys) & set(QUESTION_FIELDS) and set(fkeys) & set(ANSWER_FIELDS)
+            ):
+                fields_rows = []
+        if fields_rows:
+            fkeys = _keys(fields_rows)
+            given = d.answer_field
             d.question_field = self._field(
-                d.question_field, QUESTION_FIELDS, keys, "question", path
+                d.question_field, QUESTION_FIELDS, fkeys, "question", path
             )
-            d.answer_field = self._field(d.answer_field, ANSWER_FIELDS, keys, "answer", path)
+            d.answer_field = self._field(d.answer_field, ANSWER_FIELDS, fkeys, "answer", path)
+            if not given:
+                self._worked_reference(fields_rows, fkeys)
         if d.final_field and d.final_field not in keys:
             raise UserError(
                 f"data.final_field {d.final_field!r} is not a field of {path!r} (fields: {has})"
@@ -141,6 +196,22 @@ class CustomTask:
         if d.check == "auto":
             d.check = self._choose_check(rows, keys)
             self.check = make_check(d.check)
+
+    def _worked_reference(self, rows: list[dict], keys: list[str]) -> None:
+        """Of several answer fields, the worked text is the reference and a short one the
+        final answer: ``prompt``, ``completion`` (the solution) and ``answer`` ('18')
+        trains on the solution, checked against 18. By name order alone the bare number
+        won and the solution was ignored."""
+        d = self.data
+        found = [k for k in ANSWER_FIELDS if k in keys and k != d.question_field]
+        if len(found) < 2 or not _short(rows, d.answer_field):
+            return
+        worked = next((k for k in found if k != d.answer_field and not _short(rows, k)), None)
+        if worked is None:
+            return
+        short, d.answer_field = d.answer_field, worked
+        if not d.final_field and not any(k in keys for k in FINAL_FIELDS):
+            d.final_field = short
 
     def _field(self, given: str, candidates, keys: list[str], what: str, path: str) -> str:
         if given:
@@ -176,20 +247,25 @@ class CustomTask:
             f = _text(row.get(self.data.final_field))
             if f is not None and f.strip():
                 return f
-        if self.data.format == "chat":
+        if self._is_chat(row):
             turns = row.get("messages")
             if isinstance(turns, list):
                 for t in reversed(turns):
                     if isinstance(t, dict) and t.get("role") == "assistant":
-                        return _text(t.get("content"))
+                        return _content(t.get("content"))
             return None
         return _text(row.get(self.data.answer_field))
+
+    def _is_chat(self, row: dict) -> bool:
+        """Read as a chat row: in a chat file, a row with messages, or any row when the
+        file has no question/answer rows besides."""
+        return self.data.format == "chat" and ("messages" in row or not self.data.question_field)
 
     def parse_row(self, row: dict, index: int) -> Example | str:
         """An Example, or the reason the row is unusable (counted by ``parse_all``)."""
         rid = _text(row.get(self.data.id_field)) if self.data.id_field else None
         rid = rid or f"row-{index}"
-        if self.data.format == "chat":
+        if self._is_chat(row):
             parsed = self._chat_row(row)
         else:
             parsed = self._fields_row(row)
@@ -217,11 +293,25 @@ class CustomTask:
         return Example(
             id=rid,
             question=question,
-            reference=reference,
+            reference=self._stated(reference, final, gold),
             answer=gold,
             choices=choices,
             context=context,
         )
+
+    def _stated(self, reference: str, final: str, gold: str) -> str:
+        """The training target, ending the way the strict reading looks for: a reference
+        that does not ('...so 20 x 60 = 1200 minutes.', with the final answer 1200)
+        gets the check's answer line ('#### 1200'); a reference that is the bare final
+        answer ('1200') becomes that line. Trained on the data as written, a model never
+        states its answer in the checked form, and strict accuracy reads parse failures.
+        Left as written when the user set their own answer_format (its form is theirs)
+        or the check has no line to write (regex, none)."""
+        line = None if self.data.answer_format else self.check.answer_line(final, gold)
+        if line is None or self.check.score(reference, gold).strict_correct:
+            return reference
+        target = line if reference.strip() == final.strip() else f"{reference}\n{line}"
+        return target if self.check.score(target, gold).strict_correct else reference
 
     def _fields_row(self, row: dict):
         d = self.data
@@ -252,11 +342,13 @@ class CustomTask:
         last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=None)
         if last is None:
             return "messages without an assistant turn"
-        reference = _text(turns[last].get("content"))
+        if any(_has_other_parts(t.get("content")) for t in turns[: last + 1]):
+            return NOT_TEXT
+        reference = _content(turns[last].get("content"))
         if reference is None or not reference.strip():
             return "empty answer"
         context = [
-            {"role": t["role"], "content": _text(t.get("content")) or ""} for t in turns[:last]
+            {"role": t["role"], "content": _content(t.get("content")) or ""} for t in turns[:last]
         ]
         users = [t["content"] for t in context if t["role"] == "user"]
         if not users or not users[-1].strip():
@@ -287,7 +379,7 @@ class CustomTask:
             gold = labels[texts.index(f)]
         elif f.upper() in labels:
             gold = f.upper()
-        elif f.isdigit() and int(f) < len(texts):
+        elif f.isdecimal() and int(f) < len(texts):  # '²' is a digit to isdigit, not to int
             gold = labels[int(f)]
         else:
             return "answer is not one of the choices (label, index or text)"
@@ -295,3 +387,18 @@ class CustomTask:
         # A long reference (an explanation) stays the target; a bare label becomes a sentence.
         target = reference if reference.strip() not in (f, final) else ex.reference
         return ex.question, target, gold, labels
+
+
+def _keys(rows: list[dict]) -> list[str]:
+    """Every field the rows have, in the order first seen."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    return keys
+
+
+def _short(rows: list[dict], field: str) -> bool:
+    """Every value of the field in these rows is a short final answer (at most
+    SHORT_ANSWER_WORDS words), and there is at least one."""
+    values = [v for v in (_text(r.get(field)) for r in rows) if v is not None and v.strip()]
+    return bool(values) and all(len(v.split()) <= SHORT_ANSWER_WORDS for v in values)

@@ -1,6 +1,6 @@
 """GSM8K: grade-school math with worked solutions ending in ``#### N``.
 
-Scoring follows SAIE.md section 4: the reference number is the text after ``####`` with
+Scoring follows docs/protocol.md section 4: the reference number is the text after ``####`` with
 commas removed; a model answer is read two ways, *strict* (``#### N`` or "The answer is
 N") and *flexible* (the last number anywhere). No number means wrong.
 """
@@ -12,7 +12,7 @@ import re
 from saie_lite.protocols import Example
 from saie_lite.tasks import numbers
 from saie_lite.tasks.checks import NumberCheck
-from saie_lite.tasks.common import load_rows, parse_all
+from saie_lite.tasks.common import PRESET_HINT, load_rows, parse_all
 
 SYSTEM = (
     "You are a careful math tutor. Solve the problem step by step, "
@@ -59,4 +59,4 @@ def parse_row(row: dict, index: int) -> Example | str:
 
 def load(path: str, split: str = "train") -> tuple[list[Example], dict[str, int]]:
     rows = load_rows(path, split, HUB_CONFIG, BUNDLED)
-    return parse_all(rows, parse_row, "GSM8K", path)
+    return parse_all(rows, parse_row, "GSM8K", path, PRESET_HINT)

@@ -2,7 +2,7 @@
 
 The question shown to a model lists the choices as "(A) text"; the reference target is
 a short statement of the gold choice ("The answer is (B) bookstore."), since these
-datasets have no reference rationales. Letter extraction, per SAIE.md section 4:
+datasets have no reference rationales. Letter extraction, per docs/protocol.md section 4:
 *strict* reads "(B)" or "answer is B"; *flexible* also accepts a lone letter.
 """
 

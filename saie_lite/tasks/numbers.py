@@ -15,7 +15,10 @@ Rules (the README's "Reading answers" lists them with examples):
 - numbers compare by exact value, at any length, as canonical decimal text: ``18.00`` =
   ``18``, ``1,024`` = ``1024``, ``-0`` = ``0``, and
   ``0.99999999999999999999999999999999`` != ``1``. Canonical text, not ``int`` or
-  ``Decimal``, so a 40-digit or a 100,000-digit answer never raises and never rounds.
+  ``Decimal``, so a 40-digit or a 100,000-digit answer never raises and never rounds;
+- any script's decimal digits are digits (full-width ``１２``, Arabic-Indic ``١٢``,
+  Devanagari ``१२``...), with the full-width and Arabic separators (``，．`` and
+  ``٬٫``): the canonical text is in ASCII digits, so ``#### ١٢`` equals ``12``.
 
 Every pattern below is linear: no two adjacent repeated parts can match the same
 characters, so no input makes reading slow (tested on 100k-character inputs).
@@ -24,12 +27,25 @@ characters, so no input makes reading slow (tested on 100k-character inputs).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import deque
 
+# ``\d`` is any script's decimal digit (Unicode category Nd, as ``str.isdecimal``), so
+# the separators that go with those scripts are read too: a full-width comma and full
+# stop, and the Arabic thousands and decimal separators. The two sets share no
+# character, so the number pattern stays linear.
+_COMMAS = ",\uff0c\u066c"
+_POINTS = ".\uff0e\u066b"
+_MINUSES = "-\u2212\uff0d"  # hyphen-minus, minus sign, full-width hyphen-minus
+_TO_ASCII = str.maketrans(
+    {**dict.fromkeys(_COMMAS, ","), **dict.fromkeys(_POINTS, "."), **dict.fromkeys(_MINUSES, "-")}
+)
 # A sign is only a sign when attached: not after a word character or ')' / ']'.
-_SIGN = r"(?:(?<![\w)\]])[-\u2212])?"
+_SIGN = r"(?:(?<![\w)\]])[" + _MINUSES + "])?"
+_POINT = "[" + _POINTS + "]"
+_WHOLE = r"\d[\d" + _COMMAS + "]*"
 # A bare decimal ('.5') does not start inside an ellipsis: '...42' is 42, not 0.42.
-NUM = _SIGN + r"(?:\$\s?)?(?:\d[\d,]*(?:\.\d+)?|(?<!\.)\.\d+)"
+NUM = _SIGN + r"(?:\$\s?)?(?:" + _WHOLE + f"(?:{_POINT}\\d+)?|(?<!{_POINT}){_POINT}\\d+)"
 _STRICT = [
     re.compile(r"####\s*(" + NUM + ")"),
     # One character class between "answer is" and the number (': ', '**'), so nothing
@@ -45,7 +61,7 @@ _OP = r"(?:[/:^]|\*\*)"
 # after a digit: markdown bold before a number (answer is **7) is no power
 _TERM_BEFORE = re.compile(r"\d\**[ \t]*" + _OP + r"[ \t]*$")
 _TERM_AFTER = re.compile(
-    r"\**[ \t]*" + _OP + r"[ \t]*[-\u2212]?\$?\.?\d"  # '/2', ' / 2', '**/8', '^-3'
+    r"\**[ \t]*" + _OP + r"[ \t]*[" + _MINUSES + r"]?\$?" + _POINT + r"?\d"  # '/2', '^-3'
     r"|[ \t]+\d+[ \t]*/[ \t]*\d"  # a mixed number's fraction: ' 1/2'
 )
 _END = re.compile(r"####\s*(?:" + NUM + r")(?=\s)")
@@ -54,8 +70,8 @@ _CANON = re.compile(r"(-?)(\d*)(?:\.(\d*))?")
 
 def normalize(text: str) -> str | None:
     """Canonical decimal text of a number: '$1,234.50' -> '1234.5'; '18.00' -> '18';
-    '-0' -> '0'; None when it is not a number. Exact at any length."""
-    t = text.replace(",", "").replace("$", "").replace(" ", "").replace("\u2212", "-")
+    '-0' -> '0'; '١٢' -> '12'; None when it is not a number. Exact at any length."""
+    t = _ascii(text).replace(",", "").replace("$", "").replace(" ", "")
     t = t.rstrip(".")
     m = _CANON.fullmatch(t)
     if m is None:
@@ -67,6 +83,15 @@ def normalize(text: str) -> str | None:
     frac = frac.rstrip("0")
     out = whole + ("." + frac if frac else "")
     return out if out == "0" or not sign else "-" + out
+
+
+def _ascii(text: str) -> str:
+    """Any script's digits and separators as ASCII ('１２．５' -> '12.5'), so numbers
+    compare by value whatever digits they are written in."""
+    if text.isascii():
+        return text
+    t = text.translate(_TO_ASCII)
+    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in t)
 
 
 def last_match(pattern: re.Pattern, text: str) -> re.Match | None:
