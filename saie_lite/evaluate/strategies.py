@@ -1,4 +1,4 @@
-"""Inference-time strategies (SAIE.md section 3): single answer, self-consistency,
+"""Inference-time strategies (docs/protocol.md section 3): single answer, self-consistency,
 self-discussion and collaborative multi-agent debate, with majority vote.
 
 An *agent* is anything with ``generate(chats, max_new_tokens, temperature) -> list[str]``

@@ -1,4 +1,4 @@
-"""One discussion batch (SAIE.md section 2, steps 1-4): on-policy learner answers,
+"""One discussion batch (docs/protocol.md section 2, steps 1-4): on-policy learner answers,
 partner remarks per stance through the cache, the context check, revisions, and the
 training sequences. Every turn is appended to the rows the loop stores after the update.
 """

@@ -62,7 +62,7 @@ def partner_chat(
     lines = [f"Problem:\n{example.question}"]
     if sees_reference:
         # A small partner cannot check arithmetic reliably; grounding it in the reference
-        # keeps its remarks about the real error (SAIE.md: partner_sees_reference).
+        # keeps its remarks about the real error (docs/protocol.md: partner_sees_reference).
         lines.append(f"Reference solution (do not quote it verbatim):\n{example.reference}")
         if final:
             lines.append(f"Correct final answer: {final}")
@@ -116,7 +116,7 @@ class Branch:
 
 
 def choose_target(reference: str, revision: str | None, correct: bool, policy: str) -> str:
-    """SAIE.md target policy: the reference, or a correct revision in its place."""
+    """docs/protocol.md target policy: the reference, or a correct revision in its place."""
     if policy == "reference_or_revision" and revision is not None and correct:
         return revision
     return reference
