@@ -41,6 +41,8 @@ STANCES = ("supportive", "adversarial")
 TARGETS = ("reference", "reference_or_revision", "rationalized")
 EVAL_METRICS = ("accuracy", "nll", "rouge")
 CHECKS = ("number", "choice", "exact", "contains", "none")  # and regex:PATTERN
+STRATEGIES = ("single", "self-consistency", "self-discussion", "debate")
+LIVE_VIEWS = ("auto", "rich", "plain", "quiet")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -62,9 +64,12 @@ class LearnerConfig:
         "auto",
         "frozen weights: auto (bf16 on CUDA and on CPUs with bf16 units, else float32; "
         "mlx: as stored) | float32 | bfloat16 | float16; adapters are always float32",
+        choices=("auto", "float32", "bfloat16", "float16"),
     )
-    quantize: str = _f("auto", "4bit QLoRA: auto (on CUDA only) | 4bit | none")
-    device: str = _f("auto", "auto | cpu | cuda | mps")
+    quantize: str = _f(
+        "auto", "4bit QLoRA: auto (on CUDA only) | 4bit | none", choices=("auto", "4bit", "none")
+    )
+    device: str = _f("auto", "auto | cpu | cuda | mps", choices=("auto", "cpu", "cuda", "mps"))
     n_threads: int = _f(
         0,
         "torch CPU threads for the learner; 0 = torch's default (every core). Fewer leaves "
@@ -72,7 +77,7 @@ class LearnerConfig:
     )
     max_seq_len: int = _f(1024, "longest training/generation context in tokens")
     max_new_tokens: int = _f(192, "longest learner answer in tokens")
-    temperature: float = _f(0.0, "learner sampling temperature; 0 = greedy")
+    temperature: float = _f(0.0, "learner sampling temperature; 0 = greedy", usual=(0, 2))
     stop_at_answer: bool = _f(
         True, "stop an answer once its final answer is complete ('#### 18', 'answer is (B)')"
     )
@@ -82,12 +87,17 @@ class LearnerConfig:
         "on-policy; N = answers from a llama.cpp snapshot of the learner, refreshed every "
         "N updates (faster; up to N-1 updates stale; see snapshot_refresh)",
     )
-    snapshot_quant: str = _f("q8_0", "snapshot GGUF type: q8_0 | q4_0 | f16 | f32")
+    snapshot_quant: str = _f(
+        "q8_0",
+        "snapshot GGUF type: q8_0 | q4_0 | f16 | f32",
+        choices=("q8_0", "q4_0", "f16", "f32"),
+    )
     snapshot_refresh: str = _f(
         "merge",
         "how the snapshot follows the learner: merge (re-export the merged model) | "
         "adapter (export the base once, then only the LoRA adapter, applied by llama.cpp "
         "at run time: a refresh costs milliseconds, so snapshot_every=1 stays cheap)",
+        choices=("merge", "adapter"),
     )
     snapshot_gpu_layers: int = _f(
         0,
@@ -99,6 +109,7 @@ class LearnerConfig:
         "where learner answers come from: local (the learner itself) | snapshot (llama.cpp "
         "snapshot) | vllm (a vLLM server with the live adapter) | auto (snapshot when "
         "snapshot_every > 0, else local); snapshot and vllm refresh every snapshot_every updates",
+        choices=("auto", "local", "snapshot", "vllm"),
     )
     vllm_url: str = _f("", "generate_on=vllm: the server's base URL, e.g. http://127.0.0.1:8000/v1")
     vllm_adapter_dir: str = _f(
@@ -107,8 +118,8 @@ class LearnerConfig:
         "same path (empty = RUN/vllm-adapters)",
     )
     vllm_concurrency: int = _f(8, "generate_on=vllm: answers requested in parallel")
-    lora_r: int = _f(8, "LoRA rank")
-    lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)")
+    lora_r: int = _f(8, "LoRA rank", usual=(1, 256))
+    lora_alpha: int = _f(16, "LoRA alpha (scale = alpha / r)", usual=(1, 512))
     lora_dropout: float = _f(0.0, "LoRA dropout")
     gradient_checkpointing: bool = _f(
         False,
@@ -127,19 +138,7 @@ class LearnerConfig:
         _check(self.lora_r >= 1, "learner.lora_r must be >= 1")
         _check(self.lora_alpha >= 1, "learner.lora_alpha must be >= 1")
         _check(self.snapshot_every >= 0, "learner.snapshot_every must be >= 0 (0 = off)")
-        _check(
-            self.snapshot_quant in ("q8_0", "q4_0", "f16", "f32"),
-            "learner.snapshot_quant: q8_0 | q4_0 | f16 | f32",
-        )
         _check(self.snapshot_gpu_layers >= -1, "learner.snapshot_gpu_layers must be >= -1")
-        _check(
-            self.snapshot_refresh in ("merge", "adapter"),
-            "learner.snapshot_refresh: merge | adapter",
-        )
-        _check(
-            self.generate_on in ("auto", "local", "snapshot", "vllm"),
-            "learner.generate_on: auto | local | snapshot | vllm",
-        )
         _check(
             self.generate_on not in ("snapshot", "vllm") or self.snapshot_every >= 1,
             f"learner.generate_on={self.generate_on} refreshes every learner.snapshot_every "
@@ -153,11 +152,6 @@ class LearnerConfig:
         _check_url(self.vllm_url, "learner.vllm_url")
         _check(self.lora_layers >= 0, "learner.lora_layers must be >= 0")
         _check(0 <= self.lora_dropout < 1, "learner.lora_dropout must be in [0, 1)")
-        _check(self.quantize in ("auto", "4bit", "none"), "learner.quantize: auto | 4bit | none")
-        _check(
-            self.dtype in ("auto", "float32", "bfloat16", "float16"),
-            "learner.dtype: auto | float32 | bfloat16 | float16",
-        )
 
 
 @dataclass
@@ -179,13 +173,16 @@ class PartnerConfig:
         "share a second KV cache of up to 4 x n_ctx cells; 1 = one at a time, no extra cache",
     )
     max_tokens: int = _f(96, "longest remark in tokens")
-    temperature: float = _f(0.0, "partner sampling temperature; 0 = greedy")
+    temperature: float = _f(0.0, "partner sampling temperature; 0 = greedy", usual=(0, 2))
     seed: int = _f(0, "partner sampling seed")
     url: str = _f(
         "", "openai: base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8080/v1"
     )
     api_key_env: str = _f("", "openai: NAME of the environment variable holding the API key")
     timeout: float = _f(60.0, "openai: seconds to wait for one reply")
+    max_reply_mb: float = _f(
+        16.0, "openai: largest reply read, in MB; a longer one is refused unread (the run stops)"
+    )
     retries: int = _f(3, "openai: retries on 429/5xx, timeouts, refused connections, bad JSON")
     backoff: float = _f(1.0, "openai: first retry delay in seconds (doubles each time)")
     concurrency: int = _f(4, "openai: remarks requested in parallel")
@@ -202,6 +199,7 @@ class PartnerConfig:
         _check(self.max_tokens >= 1, "partner.max_tokens must be >= 1")
         _check(self.temperature >= 0, "partner.temperature must be >= 0")
         _check(self.timeout > 0, "partner.timeout must be > 0")
+        _check(0 < self.max_reply_mb <= 1024, "partner.max_reply_mb must be in (0, 1024]")
         _check(0 <= self.retries <= 20, "partner.retries must be in [0, 20]")
         _check(self.backoff >= 0, "partner.backoff must be >= 0")
         _check(1 <= self.concurrency <= 64, "partner.concurrency must be in [1, 64]")
@@ -239,6 +237,7 @@ class DataConfig:
         "auto",
         "custom: auto (chat when rows have 'messages', else fields) | fields | chat "
         "({'messages': [...]}: the last assistant turn is the reference)",
+        choices=("auto", "fields", "chat"),
     )
     question_field: str = _f(
         "",
@@ -278,7 +277,6 @@ class DataConfig:
         known = ("gsm8k", "commonsense_qa", "mmlu", "custom")
         _check(self.task in known, f"data.task {self.task!r} unknown; known: {', '.join(known)}")
         _check(self.limit >= 0, "data.limit must be >= 0")
-        _check(self.format in ("auto", "fields", "chat"), "data.format: auto | fields | chat")
         if self.task != "custom":
             own = [
                 k
@@ -308,7 +306,7 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    mode: str = _f("saie", "sft | saie | saie-support | saie-adversarial")
+    mode: str = _f("saie", "sft | saie | saie-support | saie-adversarial", choices=MODES)
     warmup_fraction: float = _f(0.2, "fraction of examples used for plain SFT warm-up")
     rounds: int = _f(1, "passes of discussion over the remaining examples")
     turns: int = _f(1, "learner/partner exchanges per discussion")
@@ -316,10 +314,13 @@ class MethodConfig:
     target: str = _f(
         "reference",
         "reference | reference_or_revision | rationalized (multiple choice: partner explains gold)",
+        choices=TARGETS,
     )
     mix_plain: float = _f(0.0, "fraction of plain question->reference samples added per batch")
     context_policy: str = _f(
-        "truncate", "when a discussion exceeds max_seq_len: truncate (clip turns) | skip"
+        "truncate",
+        "when a discussion exceeds max_seq_len: truncate (clip turns) | skip",
+        choices=("truncate", "skip"),
     )
 
     @property
@@ -332,24 +333,19 @@ class MethodConfig:
         }[self.mode]
 
     def validate(self) -> None:
-        _check(self.mode in MODES, f"method.mode must be one of {', '.join(MODES)}")
         _check(0 <= self.warmup_fraction < 1, "method.warmup_fraction must be in [0, 1)")
         _check(self.rounds >= 0, "method.rounds must be >= 0")
         _check(1 <= self.turns <= 8, "method.turns must be in [1, 8]")
         _check(0 <= self.mix_plain <= 1, "method.mix_plain must be in [0, 1]")
-        _check(self.target in TARGETS, f"method.target must be one of {', '.join(TARGETS)}")
-        _check(
-            self.context_policy in ("truncate", "skip"), "method.context_policy: truncate | skip"
-        )
 
 
 @dataclass
 class TrainConfig:
-    lr: float = _f(2e-4, "AdamW learning rate for the LoRA weights")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
+    lr: float = _f(2e-4, "AdamW learning rate for the LoRA weights", usual=(1e-6, 1e-2))
+    weight_decay: float = _f(0.0, "AdamW weight decay", usual=(0, 0.5))
     batch_size: int = _f(4, "examples per update")
     micro_batch_size: int = _f(4, "sequences per forward pass (gradient accumulation)")
-    grad_clip: float = _f(1.0, "max gradient norm; 0 = off")
+    grad_clip: float = _f(1.0, "max gradient norm; 0 = off", usual=(0, 100))
     seed: int = _f(0, "seed for torch/python RNGs")
     save_every: int = _f(4, "checkpoint every N updates (and at the end, and on Ctrl-C)")
     keep_checkpoints: int = _f(2, "how many checkpoints to keep")
@@ -369,11 +365,11 @@ class TrainConfig:
         "prepare the next batch's discussion (answers and remarks) while the learner "
         "updates, where that batch does not depend on the update in flight (fast path, "
         "same snapshot): auto (on when the learner is on CUDA/MPS) | on | off",
+        choices=("auto", "on", "off"),
     )
 
     def validate(self) -> None:
         _check(self.lr > 0, "train.lr must be > 0")
-        _check(self.overlap in ("auto", "on", "off"), "train.overlap must be auto | on | off")
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
         _check(self.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")
@@ -384,7 +380,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    strategy: str = _f("single", "single | self-consistency | self-discussion | debate")
+    strategy: str = _f(
+        "single", "single | self-consistency | self-discussion | debate", choices=STRATEGIES
+    )
     k: int = _f(5, "self-consistency: samples per question")
     rounds: int = _f(2, "self-discussion / debate: rounds after the first answer")
     agents: str = _f(
@@ -392,13 +390,20 @@ class EvalConfig:
         "debate agents, comma list: learner | llama_cpp:embedded | llama_cpp:PATH.gguf | "
         "torch:MODEL | run:RUN_DIR",
     )
-    temperature: float = _f(0.7, "sampling temperature for self-consistency and debate agents")
-    scoring: str = _f("generate", "generate | loglik (multiple choice: score the choice letters)")
+    temperature: float = _f(
+        0.7, "sampling temperature for self-consistency and debate agents", usual=(0, 2)
+    )
+    scoring: str = _f(
+        "generate",
+        "generate | loglik (multiple choice: score the choice letters)",
+        choices=("generate", "loglik"),
+    )
     loglik_dtype: str = _f(
         "float32",
         "loglik on torch: float32 = score in float32 even on a bf16/fp16 learner (the weights "
         "are upcast while scoring: twice their memory; 4-bit learners keep their dtype) | "
         "learner = the learner's own dtype, with a float32 output head and log-softmax",
+        choices=("float32", "learner"),
     )
     batch_size: int = _f(8, "items generated together")
     max_new_tokens: int = _f(256, "longest answer per turn")
@@ -414,13 +419,9 @@ class EvalConfig:
             not bad and bool(self.metrics.strip()),
             f"eval.metrics: comma list of {', '.join(EVAL_METRICS)} or all, got {self.metrics!r}",
         )
-        strategies = ("single", "self-consistency", "self-discussion", "debate")
-        _check(self.strategy in strategies, f"eval.strategy must be one of {', '.join(strategies)}")
         _check(self.k >= 1, "eval.k must be >= 1")
         _check(0 <= self.rounds <= 10, "eval.rounds must be in [0, 10]")
         _check(self.temperature >= 0, "eval.temperature must be >= 0")
-        _check(self.scoring in ("generate", "loglik"), "eval.scoring: generate | loglik")
-        _check(self.loglik_dtype in ("float32", "learner"), "eval.loglik_dtype: float32 | learner")
         _check(self.batch_size >= 1, "eval.batch_size must be >= 1")
         _check(self.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1")
         _check(bool(self.agents.strip()), "eval.agents must name at least one agent")
@@ -457,13 +458,9 @@ class AblateConfig:
 @dataclass
 class RunConfig:
     dir: str = _f("", "run directory; empty = $SAIE_LITE_HOME/runs/<timestamp>-<mode>")
-    live: str = _f("auto", "live view: auto (rich on a terminal) | rich | plain | quiet")
-
-    def validate(self) -> None:
-        _check(self.live in LIVE_VIEWS, f"run.live: {' | '.join(LIVE_VIEWS)}, got {self.live!r}")
-
-
-LIVE_VIEWS = ("auto", "rich", "plain", "quiet")
+    live: str = _f(
+        "auto", "live view: auto (rich on a terminal) | rich | plain | quiet", choices=LIVE_VIEWS
+    )
 
 
 @dataclass
@@ -480,6 +477,7 @@ class Config:
     def validate(self) -> Config:
         for section in dataclasses.fields(self):
             sub = getattr(self, section.name)
+            _check_choices(section.name, sub)
             if hasattr(sub, "validate"):
                 sub.validate()
         _check(
@@ -495,6 +493,50 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def allowed(key: str) -> tuple[str, ...]:
+    """The allowed values of a dotted key (empty when any value of its type goes): what
+    the checks, the error lines, ``--help`` and ``saie-lite config`` all read."""
+    section, name = key.split(".", 1)
+    owner = next(f for f in dataclasses.fields(Config) if f.name == section)
+    sub = owner.default_factory()
+    spec = next(f for f in dataclasses.fields(sub) if f.name == name)
+    return tuple(spec.metadata.get("choices", ()))
+
+
+def choices_help(key: str) -> str:
+    """``"a | b | c"`` for a flag's help text."""
+    return " | ".join(allowed(key))
+
+
+def unusual(cfg: Config) -> list[str]:
+    """One warning line per value far outside what anyone uses (a field's ``usual``
+    range): still allowed, but said before anything trains (``train.lr=5`` trains to a
+    loss of 44 where the default reaches about 1.3)."""
+    out = []
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub):
+            usual = f.metadata.get("usual")
+            value = getattr(sub, f.name)
+            if usual and not usual[0] <= value <= usual[1]:
+                out.append(
+                    f"{section.name}.{f.name}={value:g} is far outside the usual range "
+                    f"({usual[0]:g} to {usual[1]:g}): training may diverge or waste memory; "
+                    "kept as asked"
+                )
+    return out
+
+
+def _check_choices(section: str, sub: Any) -> None:
+    """A key with allowed values in its field's ``choices`` holds one of them: one check
+    and one wording for every such key."""
+    for f in dataclasses.fields(sub):
+        values = f.metadata.get("choices")
+        value = getattr(sub, f.name)
+        if values and value not in values:
+            raise UserError(f"config: {section}.{f.name}: {' | '.join(values)}, got {value!r}")
 
 
 def check_pattern(pattern: str):
@@ -518,6 +560,17 @@ def _check_url(url: str, key: str) -> None:
     not at the first request (after the warm-up, in a train run)."""
     if not url:
         return
+    # A key written into the URL (http://user:KEY@host) would be shown with every line
+    # naming the server and saved in config.yaml: refused, like a key pasted into
+    # partner.api_key_env, and the value is not echoed (the lines below echo the URL).
+    where_key = (
+        " and name the key's variable with partner.api_key_env" if key == "partner.url" else ""
+    )
+    _check(
+        "@" not in url,
+        f"{key} must not hold a user name or key (http://user:KEY@host): give the URL "
+        f"without it{where_key}; the value given is not shown or saved",
+    )
     from urllib.parse import urlsplit
 
     try:
@@ -597,6 +650,51 @@ def apply(cfg: Config, updates: dict[str, Any], source: str = "") -> Config:
     return cfg
 
 
+class _RepeatedKey(yaml.YAMLError):
+    def __init__(self, key: Any, first: int, second: int):
+        super().__init__(key, first, second)
+        self.key, self.first, self.second = key, first, second
+
+
+class _ForbiddenTag(yaml.YAMLError):
+    def __init__(self, tag: str, line: int):
+        super().__init__(tag, line)
+        self.tag, self.line = tag, line
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, stricter: a key given twice in one mapping (at any depth) is
+    refused, where plain YAML keeps the last one and silently drops the first (a repeated
+    ``train:`` loses every key of the first); and a tag no safe constructor knows
+    (``!!python/object:...``) is named, not reported as a syntax error."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then a key: overriding the merged value is meant
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class says so
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    raise _RepeatedKey(key, first, line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_undefined(self, node):
+        tag = node.tag
+        if tag.startswith("tag:yaml.org,2002:"):
+            tag = "!!" + tag[len("tag:yaml.org,2002:") :]
+        raise _ForbiddenTag(tag, node.start_mark.line + 1)
+
+
+_RecipeLoader.add_constructor(None, _RecipeLoader.construct_undefined)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
@@ -613,7 +711,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             "give a YAML recipe, e.g. recipes/quickstart.yaml"
         ) from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_RecipeLoader) or {}
+    except _RepeatedKey as e:
+        raise UserError(
+            f"recipe {p}: {e.key!r} is given twice, at line {e.first} and line {e.second} "
+            "(the second would silently replace the first): keep one"
+        ) from None
+    except _ForbiddenTag as e:
+        raise UserError(
+            f"recipe {p} line {e.line}: the tag {e.tag} is not allowed (a recipe holds plain "
+            "values; tags like !!python/... would run code): remove it"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
@@ -641,12 +749,18 @@ def build(
 ) -> Config:
     """Defaults <- base dict (e.g. a resumed run's config) <- recipe <- CLI overrides."""
     cfg = Config()
+    layers = [base, load_yaml(recipe) if recipe else None, overrides]
     if base:
         apply(cfg, base, "saved run config")
     if recipe:
-        apply(cfg, load_yaml(recipe), str(recipe))
+        apply(cfg, layers[1], str(recipe))
     if overrides:
         apply(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    # Whether a layer names data.task: if none does, a --data file's rows choose it
+    # (saie_lite.tasks.detect). An attribute, not a field, so it is never saved.
+    cfg.task_given = any(
+        (d.get("data.task") is not None or "task" in (d.get("data") or {})) for d in layers if d
+    )
     return cfg.validate()
 
 

@@ -20,6 +20,7 @@ class Key:
     default: Any
     choices: tuple[str, ...]
     help: str
+    usual: tuple[float, float] | None = None
 
 
 def _type_name(value: Any) -> str:
@@ -44,6 +45,7 @@ def keys() -> list[Key]:
                     default,
                     tuple(f.metadata.get("choices", ())),
                     f.metadata.get("help", ""),
+                    f.metadata.get("usual"),
                 )
             )
     return out
@@ -82,6 +84,8 @@ def describe(key: Key) -> str:
     lines = [key.name, f"  type:    {key.type}", f"  default: {shown(key.default)}"]
     if key.choices:
         lines.append(f"  allowed: {' | '.join(key.choices)}")
+    if key.usual:
+        lines.append(f"  usual:   {key.usual[0]:g} to {key.usual[1]:g} (outside it: a warning)")
     lines.append(f"  {key.help}")
     section, name = key.name.split(".")
     lines.append(f"  set it:  --set {key.name}=VALUE, or in a recipe: {section}: {{{name}: VALUE}}")

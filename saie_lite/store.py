@@ -2,18 +2,89 @@
 
 Migrations are an ordered list; ``PRAGMA user_version`` records how many have run, so
 an older run directory opens with a newer saie-lite.
+
+A database another process holds is waited for, said at once on stderr and for at most
+``SAIE_LITE_DB_WAIT`` seconds (30), when it is opened and when it is written; a debate
+that still cannot be saved is written to a JSON file beside the database.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
 import sqlite3
+import sys
 import time
 from pathlib import Path
 
 from saie_lite.errors import UserError
+
+# How long a command waits for a database another process holds (a second saie-lite
+# writing, a database browser inside a transaction) before it gives up with one line.
+WAIT_ENV = "SAIE_LITE_DB_WAIT"
+DEFAULT_WAIT_S = 30.0
+# While waiting, each try blocks this long in SQLite, so the wait can be announced at once
+# (SQLite's own busy timeout would block for its whole length without a word).
+_POLL_MS = 250
+# "locked" answers that come at once, not after a wait (a new file switching to WAL while
+# another process opens it), clear in milliseconds: not worth a line.
+_QUIET_S = 0.2
+_TIMEOUT_S = 5.0  # sqlite3's default busy timeout, for the reads that do not wait patiently
+
+
+def db_wait() -> float:
+    """Seconds to wait for a busy database: ``SAIE_LITE_DB_WAIT``, else 30."""
+    raw = os.environ.get(WAIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_WAIT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        raise UserError(f"{WAIT_ENV} must be a number of seconds (>= 0), got {raw!r}")
+    return seconds
+
+
+def is_busy(e: BaseException) -> bool:
+    """Whether SQLite refused because another connection holds a lock (SQLITE_BUSY,
+    SQLITE_LOCKED): nothing is wrong with the file or the disk, it is in use."""
+    if not isinstance(e, sqlite3.OperationalError):
+        return False
+    name = getattr(e, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return True
+    message = str(e)
+    return "database is locked" in message or "database is busy" in message
+
+
+class DatabaseBusy(UserError):
+    """A database stayed busy (held by another process) for the whole wait."""
+
+    def __init__(self, path: Path, waited: float):
+        self.path, self.waited = Path(path), waited
+        super().__init__(self.line("run the command again"))
+
+    def line(self, again: str) -> str:
+        return (
+            f"{self.path} is busy (held by another process) and stayed so for {self.waited:g} "
+            f"s: let that process finish (or close it), then {again} ({WAIT_ENV} sets the "
+            "wait, in seconds)"
+        )
+
+
+def _patient(method):
+    """A write that waits for a busy database (see ``Store._patiently``)."""
+
+    @functools.wraps(method)
+    def write(self, *args, **kwargs):
+        return self._patiently(lambda: method(self, *args, **kwargs))
+
+    return write
+
 
 MIGRATIONS = [
     """
@@ -164,18 +235,18 @@ class Store:
         try:
             # The loop may prepare the next batch (remark cache) on a worker thread while
             # the update runs; it never uses the connection from two threads at once.
-            self.db = sqlite3.connect(self.path, check_same_thread=False)
-            self._wal()
-            self._migrate()
+            self.db = sqlite3.connect(self.path, timeout=_TIMEOUT_S, check_same_thread=False)
+            # Opening reads the file: a process holding it (even against readers) is
+            # waited for, with a line, rather than for minutes without one.
+            self._patiently(self._wal)
+            self._patiently(self._migrate)
+        except UserError:  # busy for the whole wait (or the wait misspelt)
+            self.db.close()
+            raise
         except sqlite3.Error as e:
             if reader and self.path.is_file():
                 self._open_read_only()
                 return
-            if "locked" in str(e):
-                raise UserError(
-                    f"the database {self.path} stayed locked by another saie-lite process: "
-                    "wait for it to finish, then run the command again"
-                ) from None
             # The directory was checked for writing before; what is left is a file that
             # is not a database, or one on a file system sqlite cannot lock.
             raise UserError(
@@ -186,15 +257,41 @@ class Store:
     def _wal(self) -> None:
         """Write-ahead logging: readers and one writer at once. Switching a new file to it
         needs a moment alone, and SQLite answers "locked" at once, without waiting, when
-        another process opens it in the same instant: so wait and try again."""
-        for attempt in range(100):
-            try:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or attempt == 99:
-                    raise
-                time.sleep(0.05)
+        another process opens it in the same instant: ``_patiently`` tries again."""
+        self.db.execute("PRAGMA journal_mode=WAL")
+
+    def _patiently(self, work):
+        """``work()``, tried again while another process holds the database: the wait is
+        said at once on stderr (so a command does not hang without a word) and bounded by
+        ``db_wait()``, after which ``DatabaseBusy``. A write that fails busy has written
+        nothing (its transaction is rolled back), so trying it again is safe."""
+        started = time.monotonic()
+        limit = None
+        said = False
+        self.db.execute(f"PRAGMA busy_timeout = {_POLL_MS}")
+        try:
+            while True:
+                try:
+                    return work()
+                except sqlite3.OperationalError as e:
+                    if not is_busy(e):
+                        raise
+                    if limit is None:
+                        limit = db_wait()
+                    waited = time.monotonic() - started
+                    if waited >= limit:
+                        raise DatabaseBusy(self.path, limit) from None
+                    if not said and waited >= _QUIET_S:
+                        print(
+                            f"waiting for {self.path}, held by another process "
+                            f"(up to {limit:g} s)...",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                        said = True
+                    time.sleep(min(0.05, max(0.0, limit - waited)))
+        finally:
+            self.db.execute(f"PRAGMA busy_timeout = {int(_TIMEOUT_S * 1000)}")
 
     def _open_read_only(self) -> None:
         if getattr(self, "db", None) is not None:  # connect may have failed, or a pragma
@@ -241,6 +338,7 @@ class Store:
         row = self.db.execute("SELECT text FROM remark_cache WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
+    @_patient
     def cache_remark(self, key: str, partner: str, chat: list[dict], text: str) -> None:
         # Committed at once: a remark paid for is never asked again, even after a crash.
         with self.db:
@@ -250,6 +348,7 @@ class Store:
             )
 
     # -- turns and steps ----------------------------------------------------------
+    @_patient
     def add_turns(self, rows: list[dict]) -> None:
         now = time.time()
         with self.db:
@@ -276,6 +375,7 @@ class Store:
                 ],
             )
 
+    @_patient
     def add_step(self, row: dict) -> None:
         with self.db:
             self.db.execute(
@@ -289,12 +389,14 @@ class Store:
         row = self.db.execute("SELECT MAX(step) FROM steps").fetchone()
         return int(row[0] or 0)
 
+    @_patient
     def truncate_after(self, step: int) -> None:
         """Drop rows of updates past the checkpoint being resumed (they will be redone)."""
         with self.db:
             self.db.execute("DELETE FROM turns WHERE step > ?", (step,))
             self.db.execute("DELETE FROM steps WHERE step > ?", (step,))
 
+    @_patient
     def event(self, kind: str, message: str) -> None:
         with self.db:
             self.db.execute(
@@ -307,6 +409,7 @@ class Store:
         row = self.db.execute("SELECT config FROM evals WHERE name = ?", (name,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    @_patient
     def start_eval(self, name: str, settings: dict) -> None:
         with self.db:
             self.db.execute(
@@ -314,6 +417,7 @@ class Store:
                 (name, json.dumps(settings, sort_keys=True), time.time()),
             )
 
+    @_patient
     def add_eval_items(self, name: str, rows: list[dict]) -> None:
         now = time.time()
         with self.db:
@@ -351,13 +455,74 @@ class Store:
 
     # -- debates ------------------------------------------------------------------
     def add_debate(self, question: str, agents: list[str], rounds: int, turns: list, final) -> int:
-        with self.db:
-            cur = self.db.execute(
-                "INSERT INTO debates (question, agents, rounds, turns, final, created)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (question, json.dumps(agents), rounds, json.dumps(turns), final, time.time()),
-            )
-        return int(cur.lastrowid)
+        """The debate's number. A debate is computed before it is saved, so where the
+        database stays busy for the whole wait its transcript is written to a JSON file
+        instead (the layout of ``logs export --format json``), and the one line says where."""
+        created = time.time()
+
+        def insert() -> int:
+            with self.db:
+                cur = self.db.execute(
+                    "INSERT INTO debates (question, agents, rounds, turns, final, created)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (question, json.dumps(agents), rounds, json.dumps(turns), final, created),
+                )
+            return int(cur.lastrowid)
+
+        try:
+            return self._patiently(insert)
+        except DatabaseBusy as e:
+            debate = {
+                "id": None,
+                "question": question,
+                "agents": agents,
+                "rounds": rounds,
+                "turns": turns,
+                "final": final,
+                "created": created,
+            }
+            kept = self._keep_aside("debate", debate)
+            raise UserError(
+                f"{self.path} is busy (held by another process) and stayed so for "
+                f"{e.waited:g} s, so this debate is not in 'logs list': its transcript is kept "
+                f"in {kept}; let that process finish before the next debate"
+            ) from None
+
+    def _keep_aside(self, what: str, record: dict) -> Path:
+        """Write ``record`` as JSON to a new file beside the database, else in the working
+        directory, else in the temporary one: the first that can be written."""
+        import tempfile
+
+        from saie_lite.safe_text import json_text
+
+        body = json_text(json.dumps(record, indent=2, ensure_ascii=False)) + "\n"
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(record.get("created")))
+        failure: OSError | None = None
+        for where in (self.path.parent, Path.cwd(), Path(tempfile.gettempdir())):
+            for n in range(100):
+                path = where / f"{what}-unsaved-{stamp}{f'-{n}' if n else ''}.json"
+                try:
+                    f = open(path, "x", encoding="utf-8")  # never over another one
+                except FileExistsError:
+                    continue
+                except OSError as e:
+                    failure = e
+                    break
+                try:
+                    with f:
+                        f.write(body)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    return path.resolve()
+                except OSError as e:  # a full disk: no half-written file left behind
+                    failure = e
+                    path.unlink(missing_ok=True)
+                    break
+        raise UserError(
+            f"{self.path} stayed busy and no file could be written for the {what} either "
+            f"({failure.strerror if failure else 'no free name'}): free disk space or "
+            "make SAIE_LITE_HOME writable"
+        )
 
     def debates(self) -> list[dict]:
         cur = self.db.execute("SELECT * FROM debates ORDER BY id")
@@ -396,6 +561,7 @@ class Store:
 
     # -- places (the logs database) -------------------------------------------------
 
+    @_patient
     def remember_place(self, kind: str, path: Path) -> None:
         with self.db:
             self.db.execute(

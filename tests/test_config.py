@@ -45,12 +45,53 @@ def test_bad_yaml_names_line(tmp_path):
         config.build(r)
 
 
+@pytest.mark.parametrize(
+    "text, key, first, second",
+    [
+        # a repeated section would silently drop the first one's keys (lr here)
+        ("train:\n  lr: 0.001\nmethod:\n  rounds: 2\ntrain:\n  batch_size: 2\n", "train", 1, 5),
+        ("train:\n  lr: 0.001\n  batch_size: 2\n  lr: 0.1\n", "lr", 2, 4),
+        ("learner:\n  model: a\ntrain: {lr: 1, seed: 2, lr: 3}\n", "lr", 3, 3),
+    ],
+)
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path, text, key, first, second):
+    r = tmp_path / "r.yaml"
+    r.write_text(text)
+    with pytest.raises(UserError) as e:
+        config.build(r)
+    assert str(e.value) == (
+        f"recipe {r}: {key!r} is given twice, at line {first} and line {second} "
+        "(the second would silently replace the first): keep one"
+    )
+
+
+def test_a_merge_key_may_be_overridden(tmp_path):
+    # `<<: *base` then a key of its own: YAML's way to override, not a repeat
+    r = tmp_path / "r.yaml"
+    r.write_text("train:\n  <<: &base {lr: 0.001, seed: 7}\n  lr: 0.01\n")
+    cfg = config.build(r)
+    assert cfg.train.lr == 0.01 and cfg.train.seed == 7
+
+
+def test_an_unsafe_tag_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where os.system would have touched its file
+    r = tmp_path / "r.yaml"
+    r.write_text("train:\n  lr: !!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(UserError) as e:
+        config.build(r)
+    assert str(e.value) == (
+        f"recipe {r} line 2: the tag !!python/object/apply:os.system is not allowed (a recipe "
+        "holds plain values; tags like !!python/... would run code): remove it"
+    )
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_type_and_range_checks():
     with pytest.raises(UserError, match="config: train.batch_size expects an integer, got 'two'"):
         config.build(overrides={"train.batch_size": "two"})
     with pytest.raises(UserError, match=r"method.warmup_fraction must be in \[0, 1\)"):
         config.build(overrides={"method.warmup_fraction": 1.5})
-    with pytest.raises(UserError, match="method.mode must be one of"):
+    with pytest.raises(UserError, match="method.mode: sft | saie"):
         config.build(overrides={"method.mode": "debate"})
 
 

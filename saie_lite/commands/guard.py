@@ -63,9 +63,19 @@ def storage_failure(
     "saie-lite train --resume RUN_DIR",
 ) -> str | None:
     """One line for the storage errors that are not ``OSError``: SQLite's (a full disk
-    under a run's database) and safetensors' (a full disk, a damaged weights file)."""
+    under a run's database; or a database another process holds, which is no fault of
+    the disk or the file) and safetensors' (a full disk, a damaged weights file)."""
     import sqlite3
 
+    from saie_lite.store import DatabaseBusy, is_busy
+
+    if isinstance(e, DatabaseBusy):  # waited for already: the line with this command's `again`
+        return e.line(again)
+    if is_busy(e):
+        return (
+            f"a database is busy (held by another process) ({e}): let that process finish "
+            f"(or close it), then {again}"
+        )
     if isinstance(e, sqlite3.Error):
         what = f"database error ({e})"
     elif type(e).__name__ == "SafetensorError":  # safetensors is imported only by some commands

@@ -39,16 +39,21 @@ def logs_export(
     out: Path | None = typer.Option(
         None, help="write here instead of stdout (dataset: a directory)"
     ),
+    text: bool = typer.Option(
+        False, "--text", help="dataset: prompt and completion as plain text, not chat messages"
+    ),
 ) -> None:
     """Export a debate transcript (Markdown, JSON), or a run's discussions as a dataset."""
     if format == "dataset":
         from saie_lite.export.dataset import export_dataset
 
-        typer.echo(f"wrote {export_dataset(Path(what), out)}")
+        typer.echo(f"wrote {export_dataset(Path(what), out, text)}")
         return
     from saie_lite.evaluate.start import get_debate
     from saie_lite.evaluate.transcripts import to_json, to_markdown
 
+    if text:
+        raise UserError("--text goes with --format dataset (md and json are text already)")
     if format not in ("md", "json"):
         raise UserError(f"--format must be md, json or dataset, got {format!r}")
     if not what.isdigit():

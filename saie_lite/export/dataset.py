@@ -4,8 +4,11 @@ dataset (parquet plus a dataset card), for trainers that run on a cluster.
 One row per training target the run made. The columns follow the layout TRL's
 self-distillation trainers read, where text feedback is privileged context that the
 teacher sees and the student does not: ``prompt`` (the question as a chat), ``completion``
-(the target the learner was trained on), ``privileged_context`` (the partner's remark
-for that stance; empty for plain warm-up targets), ``stance``, ``learner_answer``,
+(the target the learner was trained on, as one assistant message: TRL's conversational
+prompt-completion layout, so its SFTTrainer trains on the export as it is), and
+``privileged_context`` (the partner's remark for that stance as a string, as those trainers
+read it; empty for plain warm-up targets); with ``text`` both ``prompt`` and ``completion``
+are plain strings instead (TRL's standard layout). Then ``stance``, ``learner_answer``,
 ``correct``; and, to trace a row back into the run, ``step``, ``phase``, ``round``,
 ``example_id``, ``turn`` and ``discussion`` (the whole chat the target followed).
 """
@@ -36,8 +39,8 @@ learner `{learner}`, partner `{partner}`).
 
 | column | what |
 |---|---|
-| `prompt` | the question, as the chat the learner first saw |
-| `completion` | the target the learner was trained on |
+| `prompt` | the question, as the chat the learner first saw{prompt_text} |
+| `completion` | the target the learner was trained on, {completion_layout} |
 | `privileged_context` | the partner's remark on the learner's answer for this stance (empty for warm-up targets) |
 | `stance` | `supportive`, `adversarial`, or `plain` (warm-up / no discussion) |
 | `learner_answer` | the learner's own first answer (empty for warm-up targets) |
@@ -45,13 +48,15 @@ learner `{learner}`, partner `{partner}`).
 | `discussion` | the whole chat the target followed (question, answer, remark, ...) |
 | `step`, `phase`, `round`, `example_id`, `turn` | where the row sits in the run |
 
-Written by `saie-lite logs export {name} --format dataset`. The questions and reference
+Written by `saie-lite logs export {name} --format dataset{text_flag}`. The questions and reference
 answers keep the licence of the data the run was trained on.
 """
 
 
-def discussion_rows(run_dir: Path) -> list[dict]:
-    """Every target row of the run, joined with its answer and remark."""
+def discussion_rows(run_dir: Path, text: bool = False) -> list[dict]:
+    """Every target row of the run, joined with its answer and remark. ``prompt`` and
+    ``completion`` are chat messages, or with ``text`` plain strings: TRL's SFTTrainer
+    needs the two in one layout (it adds a string completion to a list prompt)."""
     db_path = Path(run_dir) / "saie.sqlite"
     if not db_path.is_file():
         raise UserError(f"{run_dir} has no saie.sqlite: give a training run directory")
@@ -85,8 +90,8 @@ def discussion_rows(run_dir: Path) -> list[dict]:
         prompt = json.loads(answer["prompt"]) if answer is not None else discussion
         rows.append(
             {
-                "prompt": prompt,
-                "completion": t["text"],
+                "prompt": _as_text(prompt) if text else prompt,
+                "completion": t["text"] if text else [{"role": "assistant", "content": t["text"]}],
                 "privileged_context": remarks.get((*key, t["turn"], t["stance"]), ""),
                 "stance": t["stance"] or "plain",
                 "learner_answer": answer["text"] if answer is not None else "",
@@ -104,14 +109,22 @@ def discussion_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
-def export_dataset(run_dir: Path, out: Path | None = None) -> Path:
+def _as_text(chat: list[dict]) -> str:
+    """A chat as plain text: its messages (the instructions, then the question) one after
+    another, and a blank line where the completion starts, so that the two do not run
+    together when a trainer joins them."""
+    return "".join(f"{m['content']}\n\n" for m in chat)
+
+
+def export_dataset(run_dir: Path, out: Path | None = None, text: bool = False) -> Path:
     """Write ``out/data/train-00000-of-00001.parquet`` and ``out/README.md``."""
+    import datasets
     from datasets import Dataset
 
     from saie_lite.paths import writable_dir
 
     run_dir = Path(run_dir)
-    rows = discussion_rows(run_dir)
+    rows = discussion_rows(run_dir, text)
     if not rows and not (run_dir / "config.yaml").is_file():  # an evaluation's folder
         raise UserError(f"{run_dir} is not a training run (no config.yaml): give a run directory")
     if not rows:
@@ -121,7 +134,15 @@ def export_dataset(run_dir: Path, out: Path | None = None) -> Path:
         raise UserError(f"{out} exists and is not empty: pick another --out or remove it")
     writable_dir(out / "data", "dataset directory", "choose another --out")
     parquet = out / "data" / "train-00000-of-00001.parquet"
-    Dataset.from_list(rows).to_parquet(str(parquet))
+    # `datasets` draws a progress bar on the terminal for even a few rows; the command says
+    # in its own line what it wrote. Restored after, for a caller that wants its bars.
+    quiet = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        Dataset.from_list(rows).to_parquet(str(parquet))
+    finally:
+        if not quiet:
+            datasets.enable_progress_bars()
     cfg = _saved(run_dir)
     # `datasets` caches a local directory's data under its name and config, not its
     # contents: every export is a directory called `dataset`, so a config named after the
@@ -130,6 +151,11 @@ def export_dataset(run_dir: Path, out: Path | None = None) -> Path:
     (out / "README.md").write_text(
         CARD.format(
             config=f"saie-{digest}",
+            prompt_text=" (plain text: its messages, each followed by a blank line)"
+            if text
+            else "",
+            completion_layout="as plain text" if text else "as one assistant message",
+            text_flag=" --text" if text else "",
             name=run_dir.name,
             n=len(rows),
             steps=max(r["step"] for r in rows),
