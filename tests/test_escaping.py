@@ -330,3 +330,16 @@ def test_eval_progress_counts_both_readings_like_the_summary(tmp_path):
     assert 0 < strict < flexible  # the case that looked contradictory
     assert f"strict   accuracy {100 * strict / 8:.1f}%" in r.output
     assert f"flexible accuracy {100 * flexible / 8:.1f}%" in r.output
+
+
+def test_an_error_line_quoting_outside_text_cannot_drive_the_terminal(tmp_path):
+    """A refusal quotes what it refuses (here a recipe path holding an escape): the line
+    shows it, written out, with no ESC byte from it."""
+    from typer.testing import CliRunner
+
+    from saie_lite.cli import app
+
+    bad = tmp_path / "r\x1b]0;pwned\x07.yaml"
+    r = CliRunner().invoke(app, ["train", "--dry-run", "--recipe", str(bad)])
+    assert r.exit_code == 2
+    assert "\x1b]0;pwned" not in r.output and "\\x1b]0;pwned\\x07" in r.output

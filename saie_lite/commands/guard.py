@@ -86,5 +86,9 @@ def storage_failure(
 
 
 def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg="red", err=True)
+    from saie_lite.safe_text import visible
+
+    # an error line often quotes what it refuses (a path, a data field, a server's
+    # body): written out visibly, so it cannot drive the terminal
+    typer.secho(f"error: {visible(message)}", fg="red", err=True)
     raise typer.Exit(2)
