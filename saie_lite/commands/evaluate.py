@@ -9,7 +9,11 @@ import typer
 
 
 def eval_(
-    task: str = typer.Option("gsm8k", help="gsm8k | commonsense_qa | mmlu | custom (own data)"),
+    task: str | None = typer.Option(
+        None,
+        help="gsm8k | commonsense_qa | mmlu | custom (own data); default: a --data file's "
+        "rows choose, else gsm8k",
+    ),
     check: str | None = typer.Option(
         None, help="--task custom: number | choice | exact | contains | regex:PATTERN | none"
     ),
@@ -63,11 +67,13 @@ def eval_(
         given = {k: v for k, v in flags.items() if v is not None}
         cfg = config_mod.build(None, {**config_mod.parse_sets(set_), **given})
         summary = start_eval(cfg, run, out)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         typer.secho("aborted; finished items are saved", fg="yellow", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     if summary["status"] == "stopped":
-        raise typer.Exit(130)
+        from saie_lite.train.runs import exit_code
+
+        raise typer.Exit(exit_code(summary.get("signal")))  # 128 + the signal that stopped it
 
 
 def compare(
@@ -110,17 +116,19 @@ def ablate(
         cfg = config_mod.build(recipe, config_mod.parse_sets(set_))
         target = Path(out) if out else default_dir(cfg, recipe)
         view = make_ablate_view(live)
-        with StopFlag(lambda: view.note("stopping after this step (Ctrl-C again aborts)")) as flag:
+        with StopFlag(lambda again: view.note(f"stopping after this step ({again})")) as flag:
             res = run_ablation(cfg, target, view, flag)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         typer.secho(
             "aborted; finished parts are kept, run the same command to continue",
             fg="yellow",
             err=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     if res["status"] == "stopped":
-        raise typer.Exit(130)
+        from saie_lite.train.runs import exit_code
+
+        raise typer.Exit(exit_code(flag.signum))  # 128 + the signal that stopped it
     typer.echo((target / "table.md").read_text())
 
 
@@ -137,8 +145,10 @@ def debate_cmd(
     stance: str | None = typer.Option(
         None, help="'adversarial' makes the last agent the critic; or N:adversarial"
     ),
-    task: str = typer.Option(
-        "gsm8k", help="answer format and extraction: gsm8k | commonsense_qa | mmlu | custom"
+    task: str | None = typer.Option(
+        None,
+        help="answer format and extraction: gsm8k | commonsense_qa | mmlu | custom; "
+        "default: a --file of data's rows choose, else gsm8k",
     ),
     check: str | None = typer.Option(
         None, help="--task custom: number | choice | exact | contains | regex:PATTERN | none"
@@ -158,5 +168,7 @@ def debate_cmd(
         start_debate(
             question, file, agents, rounds, stance, task, temperature, max_new_tokens, live, sets
         )
-    except (KeyboardInterrupt, EOFError):
+    except KeyboardInterrupt:
+        # the live view is stopped by now (start_debate), so this line lands on a clean one
+        typer.secho("aborted; finished debates are saved (saie-lite logs list)", err=True)
         raise typer.Exit(130) from None

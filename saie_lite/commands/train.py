@@ -98,8 +98,11 @@ def train(
         if line is None:
             raise
         fail(line)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         typer.secho("aborted; the last checkpoint is intact", fg="yellow", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     if summary["status"] == "stopped":
-        raise typer.Exit(130)
+        from saie_lite.train.runs import exit_code
+
+        # 128 + the signal, as a shell reports it: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
+        raise typer.Exit(exit_code(summary.get("signal")))

@@ -111,19 +111,22 @@ def train_system(cfg: Config, system: str, out: Path, examples, view, stop) -> d
     c = copy.deepcopy(cfg)
     c.method.mode, c.run.dir = system, str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_mod.save(c, run_dir / "config.yaml")
-    if latest(run_dir) is not None:
-        view.note(f"{system}: resuming its run")
-    learner, partner = build_backends(c, False, run_dir)
-    store = Store(run_dir / "saie.sqlite")
-    try:
-        summary = train(
-            c, learner, partner, examples, store, run_dir, _Progress(view, system), stop
-        )
-    finally:
-        store.close()
-        del learner, partner
-        gc.collect()
+    from saie_lite.locks import hold
+
+    with hold(run_dir, "run", lambda line: view.note(f"{system}: {line}")):
+        config_mod.save(c, run_dir / "config.yaml")
+        if latest(run_dir) is not None:
+            view.note(f"{system}: resuming its run")
+        learner, partner = build_backends(c, False, run_dir)
+        store = Store(run_dir / "saie.sqlite")
+        try:
+            summary = train(
+                c, learner, partner, examples, store, run_dir, _Progress(view, system), stop
+            )
+        finally:
+            store.close()
+            del learner, partner
+            gc.collect()
     if summary["status"] != "finished":
         return None
     facts = run_facts(run_dir)
@@ -147,20 +150,23 @@ def eval_system(ecfg: Config, system: str, out: Path, examples, view, stop) -> d
     run_dir = None if system == "base" else out / "runs" / system
     agents = build_agents(ecfg, ["learner"], run_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(eval_dir / "saie.sqlite")
 
     def on_batch(done: int, total: int, rows: list) -> None:
         if rows:
             view.advance(len(rows), f"eval {system} {done}/{total}")
 
-    try:
-        summary = evaluate(
-            ecfg, get_task(ecfg.data), examples, agents, store, system, eval_dir, on_batch, stop
-        )
-    finally:
-        store.close()
-        del agents
-        gc.collect()
+    from saie_lite.locks import hold
+
+    with hold(eval_dir, "evaluation", lambda line: view.note(f"{system}: {line}")):
+        store = Store(eval_dir / "saie.sqlite")
+        try:
+            summary = evaluate(
+                ecfg, get_task(ecfg.data), examples, agents, store, system, eval_dir, on_batch, stop
+            )
+        finally:
+            store.close()
+            del agents
+            gc.collect()
     return summary if summary["status"] == "finished" else None
 
 
@@ -185,10 +191,8 @@ def units_done(out: Path, systems: list[str], n_eval: int) -> int:
 
 def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
     from saie_lite.paths import EMBEDDED, writable_dir
-    from saie_lite.places import remember
     from saie_lite.tasks.common import splits_overlap
-    from saie_lite.train.loop import schedule
-    from saie_lite.train.runs import prepare_examples, resolve_backend, settle_partner_model
+    from saie_lite.train.runs import resolve_backend, settle_partner_model
 
     systems = cfg.ablate.system_list
     trained = [s for s in systems if s != "base"]
@@ -200,6 +204,10 @@ def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
             "different splits"
         )
     resolve_backend(cfg, view.note)
+    from saie_lite.tasks.detect import settle_task
+
+    if chosen := settle_task(cfg):  # a data file given no task: chosen before it is saved
+        view.note(chosen)
     saved = out / "config.yaml"
     if saved.is_file():  # a resumed ablation goes on with the partner model it started with
         prior = (config_mod.load_yaml(saved).get("partner") or {}).get("model")
@@ -208,6 +216,20 @@ def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
     else:
         settle_partner_model(cfg, view.note)
     writable_dir(out, "ablation directory", "pass another --out, or set SAIE_LITE_HOME")
+    from saie_lite.locks import hold
+
+    # One process per experiment: two would train and evaluate every row twice. Its runs
+    # and evaluations (runs/SYSTEM, evals/SYSTEM) are locked too, each while it is written,
+    # against a `train --resume` or an `eval` of one of them meanwhile.
+    with hold(out, "ablation", view.note):
+        return _run_ablation(cfg, out, view, stop, systems, trained)
+
+
+def _run_ablation(cfg: Config, out: Path, view, stop, systems, trained) -> dict:
+    from saie_lite.places import remember
+    from saie_lite.train.loop import schedule
+    from saie_lite.train.runs import prepare_examples
+
     remember("ablations", out)
     check_settings(cfg, out)
     config_mod.save(cfg, out / "config.yaml")

@@ -1,4 +1,4 @@
-"""Accuracy runs and paired comparisons (SAIE.md section 4).
+"""Accuracy runs and paired comparisons (docs/protocol.md section 4).
 
 Items are evaluated in batches and written to SQLite as they finish, so an evaluation
 that stops resumes where it stopped. The summary reports n, accuracy with a 95% Wilson

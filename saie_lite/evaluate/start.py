@@ -17,6 +17,7 @@ from saie_lite.config import Config
 from saie_lite.errors import UserError
 from saie_lite.paths import home, writable_dir
 from saie_lite.places import found, logs_db, remember
+from saie_lite.safe_text import one_line, visible
 
 
 def _slug(text: str) -> str:
@@ -79,7 +80,8 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     view = view or make_eval_view()
     if run_dir is None:  # else the run's own backend is used (load_learner)
         resolve_backend(cfg, view.note)
-    examples, skipped = prepare_examples(cfg)  # settles an 'auto' check into cfg.data
+    # settles the task of a --data file given none, and an 'auto' check, into cfg.data
+    examples, skipped = prepare_examples(cfg, view.note)
     task = get_task(cfg.data)
     if skipped:
         view.note(skipped_line(skipped))
@@ -107,29 +109,34 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
             "writable directory and evaluate it there",
         )
     writable_dir(out_dir, "evaluation directory", "choose another --out, or set SAIE_LITE_HOME")
-    remember("evals", out_dir)
-    store = Store(db)
-    try:
-        with StopFlag(lambda: view.note("stopping after this batch (Ctrl-C again aborts)")) as flag:
-            summary = evaluate(
-                cfg,
-                task,
-                examples,
-                agents,
-                store,
-                key,
-                out_dir,
-                view.progress,
-                flag,
-                view.note,
-            )
-    finally:
-        store.close()
+    from saie_lite.locks import hold
+
+    # One process per evaluation: two at once would each evaluate every item.
+    with hold(out_dir, "evaluation", view.note):
+        remember("evals", out_dir)
+        store = Store(db)
+        try:
+            with StopFlag(lambda again: view.note(f"stopping after this batch ({again})")) as flag:
+                summary = evaluate(
+                    cfg,
+                    task,
+                    examples,
+                    agents,
+                    store,
+                    key,
+                    out_dir,
+                    view.progress,
+                    flag,
+                    view.note,
+                )
+        finally:
+            store.close()
     view.summary(summary, out_dir)
+    summary["signal"] = flag.signum  # the command's exit code says which one stopped it
     return summary
 
 
-def _questions(question: str | None, file: Path | None):
+def _questions(question: str | None, file: Path | None, note=lambda message: None):
     if question:
         yield question
         return
@@ -151,17 +158,33 @@ def _questions(question: str | None, file: Path | None):
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
-            from rich.prompt import Prompt
+            from saie_lite.ui.line_input import ask_line
 
-            q = Prompt.ask("[bold]Question[/] (empty line quits)", default="", show_default=False)
+            q = ask_line("Question (empty line quits): ", note)
         else:
             q = sys.stdin.readline()
-            if not q:
-                return
+        if not q:  # an empty line, or the end of input (Ctrl-D)
+            return
         q = q.strip()
         if not q:
             return
         yield q
+
+
+def fit_debate_question(cfg: Config, task, agents: list, ex, max_new: int, note):
+    """The question clipped to the context of every agent that can count its tokens,
+    with the note ``train`` and ``eval`` give: a question far past the context would
+    otherwise be fed whole (minutes of attention for an answer that cannot fit)."""
+    from saie_lite.train.context import fit_example
+
+    for agent in {id(a): a for a in agents}.values():
+        if not hasattr(agent, "count_tokens"):
+            continue
+        fitted, line = fit_example(agent, task, ex, max_new, cfg.learner.max_seq_len, "truncate")
+        if line:
+            note(line if fitted is not None else f"{line}; debated unclipped")
+        ex = fitted or ex
+    return ex
 
 
 def parse_stances(stance: str | None, n: int) -> list[str | None]:
@@ -188,6 +211,7 @@ def start_debate(
     from saie_lite import config as config_mod
     from saie_lite.evaluate.agents import build_agents
     from saie_lite.evaluate.strategies import interactive_debate, majority
+    from saie_lite.protocols import Example
     from saie_lite.store import Store
     from saie_lite.tasks import get_task, is_checked, key_correct
     from saie_lite.ui.debate_view import make_debate_view
@@ -203,6 +227,7 @@ def start_debate(
         raise UserError("--agents must name at least one agent")
     stances = parse_stances(stance, len(specs))
     cfg = config_mod.build(overrides={**config_mod.parse_sets(list(sets)), "data.task": task_name})
+    # (no --task: data.task is None and dropped, so a --file of data chooses it)
     items = data_questions(cfg, file)  # a data file: its questions, and gold answers to mark
     task = get_task(cfg.data)
     from saie_lite.train.runs import resolve_backend
@@ -213,8 +238,11 @@ def start_debate(
     names = [s.strip() + (" (critic)" if st else "") for s, st in zip(specs, stances)]
     view = make_debate_view(live)
     store = Store(logs_db())
+    asked = items or ((q, None) for q in _questions(question, file, view.note))
     try:
-        for q, gold in items or ((q, None) for q in _questions(question, file)):
+        for n, (q, gold) in enumerate(asked):
+            ex = Example(id=f"question {n + 1}", question=q, reference="", answer=gold or "")
+            q = fit_debate_question(cfg, task, models, ex, max_new, view.note).question
             res = interactive_debate(
                 q, models, names, task, rounds, temperature, max_new, stances, view
             )
@@ -224,8 +252,10 @@ def start_debate(
             view.verdict([t.key for t in last], final, did)
             if gold is not None and is_checked(task):
                 ok = key_correct(task, final, gold)
-                print(f"reference answer: {gold} ({'RIGHT' if ok else 'WRONG'})", flush=True)
+                mark = "RIGHT" if ok else "WRONG"
+                print(f"reference answer: {one_line(gold)} ({mark})", flush=True)
     finally:
+        view.close()  # Ctrl-C mid-answer too: a live view left running hides the cursor
         store.close()
 
 
@@ -239,7 +269,7 @@ def data_questions(cfg: Config, file: Path | None) -> list[tuple[str, str]] | No
     if file is None or Path(file).suffix not in LOCAL_SUFFIXES:
         return None
     cfg.data.path, cfg.data.split = str(file), "all"
-    examples, _ = prepare_examples(cfg)
+    examples, _ = prepare_examples(cfg, lambda line: print(f"note: {line}", flush=True))
     return [(e.question, e.answer) for e in examples]
 
 
@@ -269,8 +299,9 @@ def list_logs() -> str:
     lines.append(f"debates ({len(debates)}):")
     for d in debates:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created"]))
-        q = d["question"] if len(d["question"]) < 60 else d["question"][:57] + "..."
-        lines.append(f"  {d['id']:>4}  {when}  final={d['final']}  {q}")
+        q = one_line(d["question"])  # made visible before it is cut, so no escape is split
+        q = q if len(q) < 60 else q[:57] + "..."
+        lines.append(f"  {d['id']:>4}  {when}  final={one_line(d['final'])}  {q}")
     for kind in ("runs", "evals"):
         lines.append(f"{kind} ({len(places[kind])}):")
         for p in places[kind]:
@@ -303,7 +334,9 @@ def list_logs() -> str:
                 else "not finished: the same ablate command continues it"
             )  # fmt: skip
         )
-    return "\n".join(lines)
+    # Paths, run events and summaries are read back from the stores: made visible as a
+    # whole, so none of them can drive the terminal either.
+    return visible("\n".join(lines))
 
 
 def run_state(run_dir: Path) -> list[str]:
@@ -327,6 +360,11 @@ def run_state(run_dir: Path) -> list[str]:
     d = json.loads(message)
     resume = f"saie-lite train --resume {run_dir}"
     if kind == "begin":
+        from saie_lite.locks import holder
+
+        pid = holder(run_dir)  # its lock says which, without taking it
+        if pid is not None:
+            return [f"running now (pid {pid or '?'}) at update {steps}"]
         # killed (or running now): a resume goes on from the last checkpoint
         saved = checkpoint.saved_step(run_dir)
         if saved is None:
@@ -395,4 +433,5 @@ def run_remarks(run_dir: Path) -> str:
     lines = remark_figures(Path(run_dir))
     if not lines and not (Path(run_dir) / "config.yaml").is_file():  # an evaluation's folder
         raise UserError(f"{run_dir} is not a training run (no config.yaml): give a run directory")
-    return "\n".join(lines) if lines else f"{run_dir}: no partner remarks with diagnostics"
+    out = "\n".join(lines) if lines else f"{run_dir}: no partner remarks with diagnostics"
+    return visible(out)

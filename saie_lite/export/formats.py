@@ -29,7 +29,59 @@ def _run_config(run_dir: Path):
     ckpt = usable(run_dir, note=lambda m: print(f"note: {m}", file=sys.stderr))
     if ckpt is None:
         raise UserError(f"{run_dir} has no checkpoint yet: train it first")
+    line = not_the_last_update(run_dir, ckpt)
+    if line:
+        print(f"note: {line}", file=sys.stderr)
     return cfg, ckpt
+
+
+def not_the_last_update(run_dir: Path, ckpt: Path) -> str | None:
+    """Which update an export holds when it is not the run's last: the run is training
+    now (its lock is held), it never ended (killed: no end mark), it stopped part-way,
+    or its newer checkpoints are gone. None for a finished run's own last checkpoint."""
+    import sqlite3
+
+    from saie_lite.locks import holder
+    from saie_lite.store import Store
+    from saie_lite.train.checkpoint import check_files
+
+    step = check_files(ckpt)["step"]
+    what = f"exporting update {step} ({ckpt.name})"
+    pid = holder(run_dir)
+    if pid is not None:
+        who = f"pid {pid}" if pid else "another process"
+        return (
+            f"the run is still training ({who}): {what}, the newest checkpoint so far; "
+            "export again once it ends for its last update"
+        )
+    try:
+        store = Store(run_dir / "saie.sqlite", reader=True)
+        try:
+            last = store.last_event("begin", "end")
+            recorded = store.recorded_steps()
+        finally:
+            store.close()
+    except (UserError, sqlite3.Error, OSError):
+        return None  # the run's database cannot say more than the checkpoint did
+    resume = f"saie-lite train --resume {run_dir} goes on"
+    if last is not None and last[0] == "begin":
+        return (
+            f"the run never ended (killed, with no end mark) after {recorded} update(s): "
+            f"{what}, its newest checkpoint; {resume}"
+        )
+    if recorded > step:
+        return (
+            f"the run recorded {recorded} updates, but its checkpoints past update {step} "
+            f"are gone: {what}"
+        )
+    if last is not None:
+        try:
+            status = json.loads(last[1]).get("status")
+        except (ValueError, AttributeError):
+            status = None
+        if status in ("stopped", "failed"):
+            return f"the run {status} before its end: {what}; {resume}"
+    return None
 
 
 def merge_torch(cfg, ckpt: Path, out: Path) -> None:

@@ -141,6 +141,9 @@ def usable(run_dir: Path, note: Callable[[str], None] | None = None) -> Path | N
     commands that only read a run (export, eval --run, debate run:); ``note`` hears about
     newer ones passed over. ``load`` (resume) goes further and loads each in turn."""
     tried: list[str] = []
+    named = _pointer(_ckpt_root(run_dir))
+    if named and not (_ckpt_root(run_dir) / named).is_dir():
+        tried.append(f"{named} was deleted")  # else an older update would go unmentioned
     for path in candidates(run_dir):
         try:
             check_files(path)
@@ -180,13 +183,19 @@ def check_files(path: Path) -> dict:
 
 
 def load(
-    run_dir: Path, learner, note: Callable[[str], None] = print, recorded_steps: int = 0
+    run_dir: Path,
+    learner,
+    note: Callable[[str], None] = print,
+    recorded_steps: int = 0,
+    saved_before: bool = False,
 ) -> LoopState:
     """Load the newest checkpoint that reads back whole.
 
     ``recorded_steps`` is how many updates the run's database says were done: when it is
-    above zero and no checkpoint can be loaded, resuming would silently start over, so
-    this refuses instead.
+    above zero and the checkpoints the run wrote are gone, resuming would silently start
+    over, so this refuses instead. When none was ever written (``saved_before`` false, no
+    ``latest`` pointer: a run killed before its first), there is nothing to lose: it
+    starts again from update 0, saying so (the loop removes the rows past it).
     """
     removed = remove_stale_temporaries(run_dir)
     if removed:
@@ -214,6 +223,12 @@ def load(
             f"no usable checkpoint in {root} ({'; '.join(tried)}); "
             f"start a new run, or restore the files and resume again"
         )
+    if recorded_steps and not (saved_before or (root / "latest").exists()):
+        note(
+            f"the run recorded {recorded_steps} update(s) but stopped before its first "
+            "checkpoint: starting again from update 0 (cached remarks are reused)"
+        )
+        return LoopState()
     if recorded_steps:
         raise UserError(
             f"{run_dir} recorded {recorded_steps} updates but has no checkpoint left in {root}; "

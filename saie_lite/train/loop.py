@@ -27,6 +27,8 @@ from saie_lite.train.context import ContextFit, fit_chat_bases
 from saie_lite.train.next_steps import next_commands
 from saie_lite.train.prompts import mix_plain_sequences, plain_sequence
 
+SAVED = "checkpoint-saved"  # the store's event for every checkpoint written
+
 
 @dataclass
 class Batch:
@@ -179,7 +181,13 @@ def train(
     task = get_task(cfg.data)
     m = cfg.method
     loaded_notes: list[str] = []  # shown once the view has started
-    state = checkpoint.load(run_dir, learner, loaded_notes.append, store.recorded_steps())
+    state = checkpoint.load(
+        run_dir,
+        learner,
+        loaded_notes.append,
+        store.recorded_steps(),
+        saved_before=store.count_events(SAVED) > 0,
+    )
     store.truncate_after(state.step)  # rows past the checkpoint are redone below
     bases = [example_chat(task, e) for e in examples]
     examples, bases, fit_notes = fit_chat_bases(learner, examples, bases, cfg)
@@ -223,7 +231,10 @@ def train(
     def save() -> None:
         if group is None or group.is_main:
             at = checkpoint.LoopState(state.step, trained_through)
-            checkpoint.save(run_dir, learner, at, cfg.train.keep_checkpoints)
+            path = checkpoint.save(run_dir, learner, at, cfg.train.keep_checkpoints)
+            # Recorded, so that a resume can tell checkpoints deleted since (refused) from
+            # none ever written (a run killed before its first: it starts again).
+            store.event(SAVED, path.name)
 
     fit = ContextFit(ctx, examples, bases)
     # Missing remarks of updates already made (a resumed run) count too.

@@ -7,6 +7,7 @@ turn, update and cached remark) and ``checkpoints/``.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import signal
 import time
@@ -63,9 +64,13 @@ def saved_config(run_dir: Path) -> dict:
     return saved
 
 
-def prepare_examples(cfg: Config) -> tuple[list[Example], dict[str, int]]:
+def prepare_examples(cfg: Config, note=None) -> tuple[list[Example], dict[str, int]]:
     from saie_lite.tasks import get_task
+    from saie_lite.tasks.detect import settle_task
 
+    chosen = settle_task(cfg)  # --data without a task: the rows' shape chooses it
+    if chosen and note:
+        note(chosen)
     examples, skipped = get_task(cfg.data).load(cfg.data.path, cfg.data.split)
     if cfg.data.limit:
         order = list(range(len(examples)))
@@ -154,30 +159,83 @@ def build_backends(
     return learner, partner
 
 
+# The signals that stop a run the way Ctrl-C does: a scheduler's (SIGTERM: Slurm, Kubernetes,
+# systemd, `kill`) and a closed terminal's (SIGHUP). Each ends the command with 128 + its
+# number, as a shell reports a process ended by that signal (SIGINT 130, SIGTERM 143,
+# SIGHUP 129). Where a platform lacks one (Windows: SIGHUP), it is left out.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second stop signal: abort at once. ``exit_code`` is 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.exit_code = 128 + signum
+
+
+def exit_code(signum: int | None) -> int:
+    return 128 + (signum or signal.SIGINT)
+
+
 class StopFlag:
-    """First Ctrl-C: finish the current step, checkpoint, exit. Second: abort at once."""
+    """First stop signal (Ctrl-C, SIGTERM, SIGHUP): finish the current step, checkpoint,
+    exit. Second: abort at once. ``on_first`` hears how to abort ("Ctrl-C again aborts");
+    ``signum`` is the signal that asked to stop (None while none did)."""
 
     def __init__(self, on_first=None):
         self.requested = False
+        self.signum: int | None = None
         self.on_first = on_first
-        self._old = None
+        self._old: dict[int, object] = {}
 
     def __call__(self) -> bool:
         return self.requested
 
     def _handler(self, signum, frame):
+        if signum == getattr(signal, "SIGHUP", None):
+            _leave_closed_terminal()
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Interrupted(signum)
+        self.requested, self.signum = True, signum
         if self.on_first:
-            self.on_first()
+            again = (
+                "Ctrl-C again aborts"
+                if signum == signal.SIGINT
+                else f"a second {signal.Signals(signum).name} aborts"
+            )
+            self.on_first(again)
 
     def __enter__(self):
-        self._old = signal.signal(signal.SIGINT, self._handler)
+        for s in STOP_SIGNALS:
+            self._old[s] = signal.signal(s, self._handler)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
+
+
+def _leave_closed_terminal() -> None:
+    """After SIGHUP the terminal is usually gone, and every write to it fails (EIO): the
+    checkpoint and the resume line must not fail with it. Output that goes to a terminal
+    goes nowhere from now on; output to a file or a pipe (nohup, a log) stays."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        for fd in (1, 2):
+            try:
+                if os.isatty(fd):
+                    os.dup2(devnull, fd)
+            except OSError:
+                pass
+    finally:
+        os.close(devnull)
 
 
 class WithRemarkFigures:
@@ -197,12 +255,50 @@ class WithRemarkFigures:
         self._view.on_end(summary)
 
 
+def refuse_foreign_folder(run_dir: Path) -> None:
+    """A new run goes into a new or empty folder, or one a run was made in (its
+    config.yaml is saie-lite's): never into a folder of the user's, whose config.yaml it
+    would overwrite and beside whose files it would add its own."""
+    from saie_lite.locks import LOCK_NAME
+
+    try:
+        entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
+    except (FileNotFoundError, NotADirectoryError):
+        return  # made anew (a file in the way is writable_dir's to report)
+    except OSError:
+        return  # unreadable: writable_dir says why
+    if not entries or _made_by_saie_lite(run_dir):
+        return
+    raise UserError(
+        f"{run_dir} is not empty and is not a saie-lite run (no saie.sqlite, and no "
+        "config.yaml of saie-lite's): pick a new or empty --run-dir; nothing was written there"
+    )
+
+
+def _made_by_saie_lite(run_dir: Path) -> bool:
+    """A run's folder: its database with its config, or the config alone (a run killed
+    while its model loaded). An ablation's folder (runs/) and an evaluation's
+    (summary.json) keep other things, and are not runs."""
+    if (run_dir / "runs").is_dir() or (run_dir / "summary.json").is_file():
+        return False
+    if (run_dir / "saie.sqlite").is_file() and (run_dir / "config.yaml").is_file():
+        return True
+    try:
+        saved = config_mod.load_yaml(run_dir / "config.yaml")
+    except (UserError, OSError):
+        return False
+    return isinstance(saved, dict) and all(
+        isinstance(saved.get(f.name), dict) for f in dataclasses.fields(Config)
+    )
+
+
 def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view) -> dict:
-    from saie_lite.store import Store
     from saie_lite.train.checkpoint import latest
-    from saie_lite.train.loop import train
+    from saie_lite.train.distributed import rank
 
     run_dir = Path(run_dir)
+    if not resume:
+        refuse_foreign_folder(run_dir)
     if not resume and latest(run_dir) is not None:
         raise UserError(
             f"{run_dir} already holds a run: resume it with --resume {run_dir} or pick another --run-dir"
@@ -219,13 +315,11 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         cfg.learner.backend = cfg.partner.backend = "scripted"
     else:
         resolve_backend(cfg, view.on_event)
-        from saie_lite.train.distributed import rank
-
         # A resumed run's config already names it; of data-parallel processes only the
         # first talks to the partner (and saves the config).
         if not resume and rank() == 0:
             settle_partner_model(cfg, view.on_event)
-    examples, skipped = prepare_examples(cfg)
+    examples, skipped = prepare_examples(cfg, view.on_event)
     if not resume:
         absolute_data_path(cfg)
     if skipped:
@@ -236,6 +330,23 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         view.on_event(describe(cfg.data))
     created = not run_dir.exists()
     writable_dir(run_dir, "run directory", RUN_HINT)
+    from saie_lite.locks import hold
+
+    # One writer per run: a second `train --resume` of the same run is refused here, before
+    # it writes anything. Of data-parallel processes (all on this run) only the first
+    # writes the run, so only it holds the lock.
+    lock = hold(run_dir, "run", view.on_event) if rank() == 0 else None
+    try:
+        return _train_in(cfg, run_dir, resume, dry_run, view, examples, created, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in(cfg, run_dir: Path, resume: bool, dry_run: bool, view, examples, created, lock):
+    from saie_lite.store import Store
+    from saie_lite.train.loop import train
+
     group = join_group(cfg, dry_run)
     main = group is None or group.is_main
     if main:
@@ -247,6 +358,8 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         # empty one, and the same --run-dir would then be refused as taken).
         if main and not resume:
             (run_dir / "config.yaml").unlink(missing_ok=True)
+            if lock is not None:
+                lock.release()  # its file must not keep the folder from being removed
             if created and not any(run_dir.iterdir()):
                 run_dir.rmdir()
         raise
@@ -260,15 +373,18 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
     # keep their rows in memory, where they are thrown away.
     store = Store(run_dir / "saie.sqlite" if main else Path(":memory:"))
     try:
-        with StopFlag(
-            lambda: view.on_event("stopping after this step (Ctrl-C again aborts)")
-        ) as flag:
-            return train(
+        with StopFlag(lambda again: view.on_event(f"stopping after this step ({again})")) as flag:
+            # Data-parallel processes must stop at the same batch (or the next collective
+            # waits forever): one that was signalled stops them all.
+            stop = flag if group is None else (lambda: group.sum_number(float(flag())) > 0)
+            summary = train(
                 cfg, learner, partner, examples, store, run_dir,
-                WithRemarkFigures(view, store) if main else None, flag, group=group,
+                WithRemarkFigures(view, store) if main else None, stop, group=group,
             )  # fmt: skip
     finally:
         store.close()
+    summary["signal"] = flag.signum  # the command's exit code says which one stopped it
+    return summary
 
 
 def join_group(cfg: Config, dry_run: bool):
