@@ -60,3 +60,23 @@ def test_unknown_key_is_one_line_with_a_suggestion():
     r = invoke("config", "learner.lora")
     assert r.exit_code == 2
     assert "learner.lora_r" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_values_far_outside_the_usual_get_one_note_and_still_train(tmp_path):
+    """Tried as a new user would: lora_r=1024 and lr=5 trained without a word to a loss of
+    44. They stay possible, and each gets one line before training."""
+    r = invoke(
+        "train", "--dry-run", "--limit", "4", "--live", "plain", "--run-dir", str(tmp_path / "r"),
+        "--set", "train.lr=5", "--set", "learner.lora_r=1024",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    notes = [line for line in r.output.splitlines() if "far outside the usual range" in line]
+    assert notes == [
+        "note: learner.lora_r=1024 is far outside the usual range (1 to 256): training may "
+        "diverge or waste memory; kept as asked",
+        "note: train.lr=5 is far outside the usual range (1e-06 to 0.01): training may "
+        "diverge or waste memory; kept as asked",
+    ]
+    plain = invoke("train", "--dry-run", "--limit", "4", "--live", "plain",
+                   "--run-dir", str(tmp_path / "d"))  # fmt: skip
+    assert "far outside" not in plain.output

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+# Allowed values are read from the schema, so a new one shows in --help at once.
+from saie_lite.config import choices_help
+
 
 def eval_(
     task: str | None = typer.Option(
@@ -25,14 +28,14 @@ def eval_(
     model: str | None = typer.Option(None, help="learner: hub id, local dir, or 'embedded'"),
     backend: str | None = typer.Option(None, help="learner backend"),
     run: Path | None = typer.Option(None, help="evaluate this run's learner (latest adapter)"),
-    strategy: str | None = typer.Option(
-        None, help="single | self-consistency | self-discussion | debate"
-    ),
+    strategy: str | None = typer.Option(None, help=choices_help("eval.strategy")),
     k: int | None = typer.Option(None, help="self-consistency samples"),
     rounds: int | None = typer.Option(None, help="self-discussion / debate rounds"),
     agents: str | None = typer.Option(None, help="debate agents, e.g. learner,llama_cpp:embedded"),
     temperature: float | None = typer.Option(None, help="sampling temperature"),
-    scoring: str | None = typer.Option(None, help="generate | loglik (multiple choice)"),
+    scoring: str | None = typer.Option(
+        None, help=f"{choices_help('eval.scoring')} (loglik: multiple choice)"
+    ),
     max_new_tokens: int | None = typer.Option(None, help="longest answer per turn"),
     batch_size: int | None = typer.Option(None, help="items generated together"),
     metrics: str | None = typer.Option(

@@ -7,12 +7,15 @@ from pathlib import Path
 import typer
 
 from saie_lite.commands.guard import fail, storage_failure
+
+# Allowed values are read from the schema, so a new one shows in --help at once.
+from saie_lite.config import choices_help
 from saie_lite.errors import UserError
 
 
 def train(
     recipe: Path | None = typer.Option(None, "--recipe", "-r", help="YAML recipe (see recipes/)"),
-    mode: str | None = typer.Option(None, help="sft | saie | saie-support | saie-adversarial"),
+    mode: str | None = typer.Option(None, help=choices_help("method.mode")),
     backend: str | None = typer.Option(None, help="learner backend: torch | scripted | ..."),
     model: str | None = typer.Option(None, help="learner: hub id, local dir, or 'embedded'"),
     partner: str | None = typer.Option(None, help="partner backend: llama_cpp | openai | self"),
@@ -38,7 +41,7 @@ def train(
     max_steps: int | None = typer.Option(None, help="stop after N updates"),
     run_dir: Path | None = typer.Option(None, help="where to write the run"),
     resume: Path | None = typer.Option(None, help="continue the run in this directory"),
-    live: str | None = typer.Option(None, help="auto | rich | plain | quiet"),
+    live: str | None = typer.Option(None, help=choices_help("run.live")),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="scripted models: check config, data and view"
     ),

@@ -204,6 +204,8 @@ def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
             "different splits"
         )
     resolve_backend(cfg, view.note)
+    for line in config_mod.unusual(cfg):  # allowed, but said before anything trains
+        view.note(line)
     from saie_lite.tasks.detect import settle_task
 
     if chosen := settle_task(cfg):  # a data file given no task: chosen before it is saved

@@ -81,6 +81,10 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
     if run_dir is None:  # else the run's own backend is used (load_learner)
         resolve_backend(cfg, view.note)
     # settles the task of a --data file given none, and an 'auto' check, into cfg.data
+    from saie_lite.config import unusual
+
+    for line in unusual(cfg):  # allowed, but said before anything loads
+        view.note(line)
     examples, skipped = prepare_examples(cfg, view.note)
     task = get_task(cfg.data)
     if skipped:

@@ -319,6 +319,8 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         # first talks to the partner (and saves the config).
         if not resume and rank() == 0:
             settle_partner_model(cfg, view.on_event)
+    for line in config_mod.unusual(cfg):  # allowed, but said before anything trains
+        view.on_event(line)
     examples, skipped = prepare_examples(cfg, view.on_event)
     if not resume:
         absolute_data_path(cfg)
