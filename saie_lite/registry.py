@@ -9,20 +9,24 @@ uses, so nothing here knows any backend by name. ``register_*`` adds one at run 
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 from saie_lite.errors import UserError
+from saie_lite.protocols import LearnerFactory, PartnerFactory
 
-Factory = Callable[..., Any]
+Factory = Callable[..., Any]  # a LearnerFactory or a PartnerFactory, by kind
 _extra: dict[str, dict[str, Factory]] = {"learners": {}, "partners": {}}
 
 
-def register_learner(name: str, factory: Factory) -> None:
+def register_learner(name: str, factory: LearnerFactory) -> None:
+    """``--backend NAME`` (and ``learner.backend``) builds ``factory(cfg)`` from now on,
+    in this process; it wins over an entry point of the same name."""
     _extra["learners"][name] = factory
 
 
-def register_partner(name: str, factory: Factory) -> None:
+def register_partner(name: str, factory: PartnerFactory) -> None:
+    """``--partner NAME`` builds ``factory(cfg, learner)`` from now on, in this process."""
     _extra["partners"][name] = factory
 
 
@@ -58,7 +62,7 @@ def factory(kind: str, name: str) -> Factory:
             f"unknown {role} backend {name!r}; available: {', '.join(sorted(table)) or 'none'}"
         )
     item = table[name]
-    if callable(item) and not hasattr(item, "load"):
+    if not isinstance(item, EntryPoint):  # added with register_*: the factory itself
         return item
     try:
         return item.load()

@@ -21,7 +21,7 @@ from saie_lite.evaluate.agents import asked_precision, tokens_generated
 from saie_lite.evaluate.pairing import ID_SCHEME, content_id, unique_ids
 from saie_lite.evaluate.stats import wilson
 from saie_lite.fsutil import atomic_write_text
-from saie_lite.protocols import Example
+from saie_lite.protocols import CountsTokens, Example, Reseeds, ScoresChoices, supports
 from saie_lite.store import Store
 from saie_lite.tasks import example_chat
 
@@ -65,7 +65,7 @@ def check_can_run(cfg: Config, task, agents: list) -> list[str]:
     cannot do: log-likelihood scoring, or a metric asked for by name."""
     from saie_lite.evaluate.metrics import resolve
 
-    if cfg.eval.scoring == "loglik" and not hasattr(agents[0], "choice_logprobs"):
+    if cfg.eval.scoring == "loglik" and not supports(agents[0], ScoresChoices):
         raise UserError(
             f"agent {agents[0].name} cannot score log-likelihoods: use --scoring generate"
         )
@@ -106,7 +106,7 @@ def fit_question(cfg: Config, task, agent, ex: Example, note: Callable[[str], No
     training does: a question of tens of thousands of tokens would otherwise cost minutes
     of attention for an answer that cannot fit. Never skipped: every item stays, so the
     evaluation still pairs with others; an item that clipping cannot fit goes as it is."""
-    if not hasattr(agent, "count_tokens"):
+    if not supports(agent, CountsTokens):
         return ex
     from saie_lite.train.context import fit_example
 
@@ -298,7 +298,7 @@ def evaluate(
         chunk = todo[start : start + bs]
         # Sampling strategies draw the same numbers for the same items, resumed or not.
         for agent in {id(a): a for a in agents}.values():
-            if hasattr(agent, "reseed"):
+            if supports(agent, Reseeds):
                 agent.reseed(cfg.data.seed * 1_000_003 + chunk[0][0])
         t0, tok0 = time.perf_counter(), tokens_generated(agents)
         results = run_batch(cfg, task, agents, [x for _, x in chunk])

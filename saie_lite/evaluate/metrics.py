@@ -16,6 +16,7 @@ import math
 
 from saie_lite.config import EVAL_METRICS
 from saie_lite.errors import UserError
+from saie_lite.protocols import ScoresNll, supports
 from saie_lite.remarks import rouge_l
 from saie_lite.tasks import example_chat, is_checked
 
@@ -32,12 +33,12 @@ def resolve(spec: str, task, scoring: str, agent) -> list[str]:
     one that cannot apply is refused in one line."""
     can = {
         "accuracy": is_checked(task),
-        "nll": hasattr(agent, "nll"),
+        "nll": supports(agent, ScoresNll),
         "rouge": scoring == "generate",
     }
     why = {
         "accuracy": "the data has no answer check (data.check: none)",
-        "nll": f"agent {getattr(agent, 'name', '?')} cannot score log-likelihoods",
+        "nll": f"agent {agent.name} cannot score log-likelihoods",
         "rouge": "log-likelihood scoring generates no answer to compare",
     }
     names = [m.strip() for m in spec.split(",") if m.strip()]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from saie_lite.protocols import Chat, Example
+from saie_lite.protocols import Chat, Example, Streams, supports
 from saie_lite.tasks import example_chat
 
 STRATEGIES = ("single", "self-consistency", "self-discussion", "debate")
@@ -201,7 +201,7 @@ def run_debate(
 
 def stream_or_generate(agent, chat: Chat, max_new: int, temperature: float) -> Iterator[str]:
     """Yield the growing reply: token by token where the agent can stream."""
-    if hasattr(agent, "stream"):
+    if supports(agent, Streams):
         text = ""
         for piece in agent.stream(chat, max_new, temperature):
             text += piece

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from saie_lite.protocols import SyncsGradients, supports
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -83,7 +85,7 @@ class DataParallelLearner:
     """Wraps a torch learner: generation and updates on this rank's shard of the batch."""
 
     def __init__(self, learner, group: Group):
-        if not hasattr(learner, "grad_sync"):
+        if not supports(learner, SyncsGradients):
             raise _unsupported(learner)
         self.inner, self.group = learner, group
         learner.grad_sync = group
@@ -126,5 +128,5 @@ def _unsupported(learner):
 
     return UserError(
         f"data-parallel training (WORLD_SIZE={world_size()}) needs the torch learner; "
-        f"this run's learner is {getattr(learner, 'name', type(learner).__name__)}"
+        f"this run's learner is {learner.name}"
     )

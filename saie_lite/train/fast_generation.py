@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from saie_lite.errors import UserError
-from saie_lite.protocols import Chat
+from saie_lite.protocols import Chat, Snapshots, supports
 from saie_lite.tasks import cut_at_answer, reply_finished
 
 PARALLEL = 8  # answers decoded together (a batch is usually 4-8 questions)
@@ -41,12 +41,12 @@ class SnapshotAnswers:
     """Wraps a torch learner: ``generate`` runs on llama.cpp, the rest is the learner's."""
 
     def __init__(self, learner, cfg, directory: Path):
-        if not hasattr(learner, "merged_weights") or getattr(learner, "seq2seq", False):
+        if not supports(learner, Snapshots) or learner.seq2seq:
             raise UserError(
                 "learner.snapshot_every needs the torch backend with a decoder-only model: "
                 "set learner.snapshot_every=0"
             )
-        if getattr(learner, "quantized", False):
+        if learner.quantized:
             raise UserError(
                 "learner.snapshot_every cannot merge a 4-bit (QLoRA) base: set "
                 "learner.quantize=none or learner.snapshot_every=0"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from saie_lite.errors import PartnerError, UserError
 from saie_lite.fsutil import atomic_write_text
-from saie_lite.protocols import Chat, MissingRemark
+from saie_lite.protocols import Chat, ExportsAdapter, MissingRemark, supports
 from saie_lite.tasks import cut_at_answer
 from saie_lite.train.fast_generation import due_step
 
@@ -37,7 +37,7 @@ class VllmAnswers:
     """Wraps a torch learner: ``generate`` runs on the vLLM server, the rest is local."""
 
     def __init__(self, learner, cfg, run_dir: Path):
-        if not hasattr(learner, "save_adapter"):
+        if not supports(learner, ExportsAdapter):
             raise UserError(
                 "learner.generate_on=vllm needs the torch backend (its adapters load in vLLM): "
                 "set learner.generate_on=local"
@@ -46,6 +46,7 @@ class VllmAnswers:
 
         lc = cfg.learner
         self.inner = learner
+        self.seed = cfg.train.seed
         self.every = lc.snapshot_every
         self.url = lc.vllm_url.rstrip("/")
         self.run = Path(run_dir)
@@ -151,7 +152,7 @@ class VllmAnswers:
         self.refresh_if_due()
         self.client.model = self.loaded
         # Sampled answers follow the update count, as on the other paths.
-        self.client.seed = self.inner.cfg.train.seed * 1_000_003 + self.inner.step
+        self.client.seed = self.seed * 1_000_003 + self.inner.step
         try:
             replies = self.client.generate(chats, max_new_tokens, temperature)
         except PartnerError as e:
