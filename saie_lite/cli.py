@@ -11,6 +11,7 @@ import typer
 
 from saie_lite.commands import config_cmd, evaluate, logs, tools, train
 from saie_lite.commands.guard import GuardedTyper
+from saie_lite.commands.report import report
 
 app = GuardedTyper(
     add_completion=False,
@@ -38,6 +39,7 @@ app.command("eval")(evaluate.eval_)
 app.command()(evaluate.compare)
 app.command()(evaluate.ablate)
 app.command("debate")(evaluate.debate_cmd)
+app.command()(report)
 
 logs_app = GuardedTyper(help="Saved debates, evaluations and training runs.", no_args_is_help=True)
 logs_app.command("list")(logs.logs_list)

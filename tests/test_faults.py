@@ -320,8 +320,9 @@ def test_finished_run_says_what_to_do_next(tmp_path):
     lines = r.output.splitlines()
     # a dry run's scripted models cannot be evaluated or exported
     assert lines[lines.index("next:") + 1 :] == [
-        f"  train for real: the same command without --dry-run, into a new run directory "
-        f"({run} holds this dry run)"
+        f"  train for real:          the same command without --dry-run, into a new run "
+        f"directory ({run} holds this dry run)",
+        f"  see it in one HTML page: saie-lite report {run}",
     ]
     from saie_lite.train.next_steps import next_commands
 
@@ -333,6 +334,7 @@ def test_finished_run_says_what_to_do_next(tmp_path):
         f"saie-lite eval --run {run} {rows} --out {run}/eval-{step}",
         f"saie-lite eval --model embedded --backend torch {rows} --out {run}/eval-base",
         f"saie-lite compare {run}/eval-base {run}/eval-{step}",
+        f"saie-lite report {run}",
         f"saie-lite export {run} --to gguf",
         f"saie-lite train --resume {run} --set method.rounds=2",
     ]
@@ -349,7 +351,7 @@ def test_next_commands_read_own_data_the_same_way_and_lift_the_step_cap(tmp_path
             "data.question_field": "q", "data.answer_field": "a", "train.max_steps": 5,
         }
     )  # fmt: skip
-    (what, run_eval), _, _, _, (_, further) = next_commands(cfg, tmp_path)
+    (what, run_eval), *_, (_, further) = next_commands(cfg, tmp_path)
     assert run_eval == (
         f"saie-lite eval --run {tmp_path} --task custom --data 'my qa.jsonl' "
         "--check 'regex:Answer: (\\w+)' --set data.question_field=q --set data.answer_field=a "

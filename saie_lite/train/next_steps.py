@@ -31,8 +31,10 @@ def data_flags(d: DataConfig) -> str:
 
 def next_commands(cfg: Config, run_dir: Path) -> list[tuple[str, str]]:
     """(what, command) pairs: evaluate the run and its base on the same rows, compare
-    them, export the learner, train further."""
+    them, see the run in one page, export the learner, train further."""
     run = shlex.quote(str(run_dir))
+    # a dry run's page is worth a look too: every discussion, as a real run's would be
+    report = ("see it in one HTML page", f"saie-lite report {run}")
     if cfg.learner.backend in ("auto", "scripted"):  # --dry-run: scripted models
         # not --resume or the same --run-dir: that directory holds the scripted run
         return [
@@ -40,7 +42,8 @@ def next_commands(cfg: Config, run_dir: Path) -> list[tuple[str, str]]:
                 "train for real",
                 f"the same command without --dry-run, into a new run directory ({run} "
                 "holds this dry run)",
-            )
+            ),
+            report,
         ]
     d = cfg.data
     rows = data_flags(d)
@@ -75,6 +78,7 @@ def next_commands(cfg: Config, run_dir: Path) -> list[tuple[str, str]]:
             "compare them (paired test)",
             f"saie-lite compare {shlex.quote(out_base)} {shlex.quote(out_run)}",
         ),
+        report,
         ("export it (or --to hf | mlx)", f"saie-lite export {run} --to gguf"),
         ("train it further", further),
     ]
