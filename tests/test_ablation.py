@@ -106,17 +106,53 @@ def test_ablate_refuses_changed_settings_and_overlapping_rows(tmp_path):
             out,
             PlainAblateView(io.StringIO()),
         )
-    # rows may be added or dropped: the others are reused
+    # rows may be added or dropped: the others are reused; the base row stays unless
+    # turned off
     buf = io.StringIO()
     res = run_ablation(cfg(**{"ablate.systems": "sft"}), out, PlainAblateView(buf))
-    assert [r["system"] for r in res["rows"]] == ["sft"] and "train " not in buf.getvalue()
-    # dev rows are carved out of the file: every training split but nodev holds them
-    for split in ("dev", "all", "train"):
+    assert [r["system"] for r in res["rows"]] == ["base", "sft"] and "train " not in buf.getvalue()
+    buf = io.StringIO()
+    over = {"ablate.systems": "sft", "ablate.base": False}
+    res = run_ablation(cfg(**over), out, PlainAblateView(buf))
+    assert [r["system"] for r in res["rows"]] == ["sft"] and "eval " not in buf.getvalue()
+    with pytest.raises(UserError, match="ablate.base is false but ablate.systems names base"):
+        cfg(**{"ablate.systems": "base,sft", "ablate.base": False})
+    # dev rows are carved out of the file: a split named that holds them is refused
+    for split in ("dev", "all"):
         with pytest.raises(UserError, match="would share rows"):
             run_ablation(
                 cfg(**{"data.split": split}), tmp_path / "x", PlainAblateView(io.StringIO())
             )
     assert not (tmp_path / "x").exists()
+
+
+def test_ablate_trains_on_nodev_when_the_split_is_left_at_train(tmp_path):
+    """A local file's (or the bundled rows') 'train' is every row: the ablation picks the
+    held-out split for the user instead of refusing, and says so."""
+    buf = io.StringIO()
+    over = {"data.split": "train", "ablate.systems": "sft", "ablate.base": False}
+    res = run_ablation(cfg(**over), tmp_path / "e", PlainAblateView(buf))
+    assert res["status"] == "finished"
+    assert "note: training on data.split=nodev, evaluating on the held-out dev rows" in (
+        buf.getvalue()
+    )
+    assert res["settings"]["train_split"] == "nodev" and res["settings"]["eval_split"] == "dev"
+    saved = config.load_yaml(tmp_path / "e" / "config.yaml")
+    assert saved["data"]["split"] == "nodev"  # a resume compares like with like
+
+
+def test_ablate_resumes_by_the_one_rule(tmp_path):
+    """What may change on a resumed ablation is config.resume_changes' rule: a partner's
+    server settings may (noted), how far a row trains may not (finished rows would not
+    follow)."""
+    out = tmp_path / "exp"
+    over = {"ablate.systems": "sft", "ablate.base": False}
+    run_ablation(cfg(**over), out, PlainAblateView(io.StringIO()))
+    buf = io.StringIO()
+    run_ablation(cfg(**over, **{"partner.timeout": 5.0}), out, PlainAblateView(buf))
+    assert "note: resume: partner.timeout changed to 5.0" in buf.getvalue()
+    with pytest.raises(UserError, match=r"other settings \(method.rounds\)"):
+        run_ablation(cfg(**over, **{"method.rounds": 3}), out, PlainAblateView(io.StringIO()))
 
 
 def test_cli_ablate_writes_outputs_and_bad_input_is_one_line(tmp_path):

@@ -134,7 +134,7 @@ def test_debate_question_over_the_context_gets_the_train_and_eval_note(tmp_path)
         r"note: question 1: question needs \d+ tokens, over max_seq_len=256, clipped", r.output
     ), r.output[-600:]
     did = int(re.search(r"Saved as debate (\d+)", r.output).group(1))
-    from saie_lite.evaluate.start import get_debate
+    from saie_lite.evaluate.logs import get_debate
 
     saved = get_debate(did)["question"]
     assert len(saved.split()) < 256 < len(long_q.split())  # the debate ran on the clipped one

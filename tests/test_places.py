@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from saie_lite import config
 from saie_lite.backends.scripted import ScriptedLearner, ScriptedPartner
 from saie_lite.cli import app
-from saie_lite.evaluate.start import run_state
+from saie_lite.evaluate.logs import run_state
 from saie_lite.store import Store
 from saie_lite.tasks import gsm8k
 from saie_lite.train.loop import train

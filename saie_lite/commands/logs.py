@@ -11,22 +11,33 @@ from saie_lite.errors import UserError
 
 def logs_list() -> None:
     """List saved debates, evaluations and runs."""
-    from saie_lite.evaluate.start import list_logs
+    from saie_lite.evaluate.logs import list_logs
 
     typer.echo(list_logs())
 
 
-def logs_show(debate_id: int = typer.Argument(..., help="debate number from 'logs list'")) -> None:
-    """Print one debate transcript."""
-    from saie_lite.evaluate.start import get_debate
+def logs_show(
+    what: str = typer.Argument(
+        ..., help="debate number from 'logs list', or an evaluation directory"
+    ),
+) -> None:
+    """Print one debate transcript, or an evaluation's items (question, answer, mark, reference)."""
+    from saie_lite.evaluate.logs import get_debate, show_eval
     from saie_lite.evaluate.transcripts import to_markdown
 
-    typer.echo(to_markdown(get_debate(debate_id)))
+    if what.isdigit():
+        typer.echo(to_markdown(get_debate(int(what))))
+    elif Path(what).is_dir():
+        typer.echo(show_eval(Path(what)))
+    else:
+        raise UserError(
+            f"{what!r} is neither a debate number nor a directory: see 'saie-lite logs list'"
+        )
 
 
 def logs_remarks(run_dir: Path = typer.Argument(..., help="a training run directory")) -> None:
     """A run's remark diagnostics: echo, on-stance and degenerate rates per stance."""
-    from saie_lite.evaluate.start import run_remarks
+    from saie_lite.evaluate.logs import run_remarks
 
     typer.echo(run_remarks(run_dir))
 
@@ -49,7 +60,7 @@ def logs_export(
 
         typer.echo(f"wrote {export_dataset(Path(what), out, text)}")
         return
-    from saie_lite.evaluate.start import get_debate
+    from saie_lite.evaluate.logs import get_debate
     from saie_lite.evaluate.transcripts import to_json, to_markdown
 
     if text:

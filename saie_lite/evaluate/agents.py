@@ -15,6 +15,7 @@ from pathlib import Path
 from saie_lite.config import Config
 from saie_lite.errors import UserError
 from saie_lite.paths import EMBEDDED
+from saie_lite.protocols import CountsGenerated, LoadsAdapter, supports
 
 
 def asked_precision(cfg: Config) -> dict[str, str]:
@@ -53,7 +54,9 @@ def load_learner(cfg: Config, run_dir: Path | None = None):
         cfg.learner.backend = choose_learner("auto")[0]
     learner = factory("learners", cfg.learner.backend)(cfg)
     if run_dir is not None:
-        learner.load_adapter(ckpt)
+        # The adapter alone where the backend can (no optimizer state to read), else the
+        # whole checkpoint ``save`` wrote.
+        (learner.load_adapter if supports(learner, LoadsAdapter) else learner.load)(ckpt)
         # The checkpoint is part of the name, which an evaluation's settings record: an
         # evaluation is never resumed, nor a debate logged, under a newer adapter.
         learner.name = f"{learner.name}+{Path(run_dir).name}@{ckpt.name}"
@@ -98,4 +101,5 @@ def build_agents(cfg: Config, specs: list[str], run_dir: Path | None = None) -> 
 
 
 def tokens_generated(agents: list) -> int:
-    return sum(getattr(a, "tokens_generated", 0) for a in {id(a): a for a in agents}.values())
+    unique = {id(a): a for a in agents}.values()
+    return sum(a.tokens_generated for a in unique if supports(a, CountsGenerated))
