@@ -9,7 +9,7 @@ uses, so nothing here knows any backend by name. ``register_*`` adds one at run 
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import entry_points
 from typing import Any
 
 from saie_lite.errors import UserError
@@ -62,7 +62,10 @@ def factory(kind: str, name: str) -> Factory:
             f"unknown {role} backend {name!r}; available: {', '.join(sorted(table)) or 'none'}"
         )
     item = table[name]
-    if not isinstance(item, EntryPoint):  # added with register_*: the factory itself
+    # Added with register_*: the factory itself (a class may well have a `load` method).
+    # Not an isinstance test against importlib.metadata's EntryPoint either: once the
+    # importlib_metadata backport is imported (mlflow does), entry_points() yields its class.
+    if _extra[kind].get(name) is item:
         return item
     try:
         return item.load()
