@@ -43,6 +43,7 @@ EVAL_METRICS = ("accuracy", "nll", "rouge")
 CHECKS = ("number", "choice", "exact", "contains", "none")  # and regex:PATTERN
 STRATEGIES = ("single", "self-consistency", "self-discussion", "debate")
 LIVE_VIEWS = ("auto", "rich", "plain", "quiet")
+TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to; saie_lite/track/
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -367,9 +368,22 @@ class TrainConfig:
         "same snapshot): auto (on when the learner is on CUDA/MPS) | on | off",
         choices=("auto", "on", "off"),
     )
+    # A comma list, so not a `choices` key (one value of them): checked in validate.
+    report_to: str = _f(
+        "none",
+        f"also log runs, evaluations and ablations to these trackers, comma list: "
+        f"{' | '.join(TRACKERS)} | none (the run's own files stay the record; "
+        "docs/tracking.md)",
+    )
 
     def validate(self) -> None:
         _check(self.lr > 0, "train.lr must be > 0")
+        asked = [n.strip() for n in self.report_to.split(",")]
+        _check(
+            all(n in TRACKERS for n in asked) or asked == ["none"],
+            f"train.report_to: comma list of {', '.join(TRACKERS)}, or none, "
+            f"got {self.report_to!r}",
+        )
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")
         _check(self.micro_batch_size >= 1, "train.micro_batch_size must be >= 1")
         _check(self.grad_clip >= 0, "train.grad_clip must be >= 0")
@@ -436,6 +450,11 @@ class AblateConfig:
         "base,sft,saie-support,saie-adversarial,saie",
         "comma list of the rows: base (the untrained learner) and training modes",
     )
+    base: bool = _f(
+        True,
+        "keep the base row (the untrained learner, the reference every row is compared "
+        "with) even when ablate.systems leaves it out; false = only the rows named",
+    )
     dir: str = _f("", "experiment directory; empty = $SAIE_LITE_HOME/ablations/<recipe name>")
     eval_split: str = _f("dev", "held-out split the systems are evaluated on (local files: dev)")
     eval_limit: int = _f(50, "evaluate on N held-out items (0 = all)")
@@ -449,10 +468,16 @@ class AblateConfig:
             f"got {self.systems!r}",
         )
         _check(self.eval_limit >= 0, "ablate.eval_limit must be >= 0")
+        _check(
+            self.base or "base" not in names,
+            "ablate.base is false but ablate.systems names base: drop one",
+        )
 
     @property
     def system_list(self) -> list[str]:
-        return [x.strip() for x in self.systems.split(",") if x.strip()]
+        """The rows in order; the base row first unless named elsewhere or turned off."""
+        names = [x.strip() for x in self.systems.split(",") if x.strip()]
+        return ["base", *names] if self.base and "base" not in names else names
 
 
 @dataclass
@@ -460,6 +485,13 @@ class RunConfig:
     dir: str = _f("", "run directory; empty = $SAIE_LITE_HOME/runs/<timestamp>-<mode>")
     live: str = _f(
         "auto", "live view: auto (rich on a terminal) | rich | plain | quiet", choices=LIVE_VIEWS
+    )
+    memory_check: str = _f(
+        "error",
+        "memory plan before a model loads (train, ablate, eval; docs/memory.md): error = stop "
+        "with the settings that would fit when the estimate clearly exceeds free memory | "
+        "warn = say so and go on | off = no estimate",
+        choices=("error", "warn", "off"),
     )
 
 
@@ -764,9 +796,13 @@ def build(
     return cfg.validate()
 
 
-# Keys a resumed run may change without changing what its finished part means: how far it
-# goes (more updates or rounds append batches; the schedule of earlier ones is unchanged),
-# where the partner server is and how patiently it is asked, and the view.
+# One rule for what may change when a command takes up what it left: `train --resume`, and
+# `ablate` on the same --out (an `eval` on the same --out compares the settings that decide
+# its items' results: saie_lite.evaluate.evaluation.settings).
+#
+# Keys that never change what the finished part means: how far a run goes (more updates or
+# rounds append batches; the schedule of earlier ones is unchanged), where the partner
+# server is and how patiently it is asked, threads, and the view.
 SAFE_ON_RESUME = (
     "train.max_steps",
     "method.rounds",
@@ -780,22 +816,53 @@ SAFE_ON_RESUME = (
     "learner.vllm_url",
     "learner.vllm_concurrency",
     "run.live",
+    "run.memory_check",
+    # how an update is split and recomputed, not what it computes (the same gradient):
+    # what an out-of-memory run resumes with
+    "train.micro_batch_size",
+    "learner.gradient_checkpointing",
     "run.dir",
+    "train.report_to",  # which trackers mirror it changes nothing the run holds
 )
+# Of those, the keys that say how far training goes: an ablation's finished rows would not
+# follow them (every row trains the same updates), so an ablation refuses them.
+HOW_FAR = ("train.max_steps", "method.rounds")
+# What each command adds: for an ablation, where it is and which rows it holds (each row
+# depends only on the shared settings, so rows are added or dropped without redoing others).
+RESUME_FREE = {
+    "train": SAFE_ON_RESUME,
+    "ablate": tuple(k for k in SAFE_ON_RESUME if k not in HOW_FAR)
+    + ("ablate.dir", "ablate.systems", "ablate.base"),
+}
 
 
 def flat(cfg: Config) -> dict[str, Any]:
     return {f"{sec}.{k}": v for sec, sub in cfg.to_dict().items() for k, v in sub.items()}
 
 
-def resume_changes(saved: Config, asked: Config) -> tuple[list[str], list[str]]:
-    """(safe, unsafe): the dotted keys whose values differ between a run's saved config
-    and the one a ``--resume`` command line asks for."""
+def resume_changes(
+    saved: Config, asked: Config, command: str = "train"
+) -> tuple[list[str], list[str]]:
+    """(safe, unsafe): the dotted keys whose values differ between the config a command
+    saved and the one it is asked for now, by ``command``'s rule (``RESUME_FREE``)."""
+    free = RESUME_FREE[command]
     a, b = flat(saved), flat(asked)
     changed = [k for k in b if a.get(k) != b[k] and k != "run.dir"]
-    return [k for k in changed if k in SAFE_ON_RESUME], [
-        k for k in changed if k not in SAFE_ON_RESUME
-    ]
+    return [k for k in changed if k in free], [k for k in changed if k not in free]
+
+
+def resume_config(saved: dict[str, Any], overrides: dict[str, Any] | None) -> tuple[Config, list]:
+    """A resumed run's config: its saved one with ``overrides`` on top, refused (one line)
+    when they change a key ``train``'s rule keeps; also the safe keys that changed."""
+    cfg = build(None, overrides, base=saved)
+    safe, unsafe = resume_changes(build(None, None, saved), cfg)
+    if unsafe:
+        raise UserError(
+            f"--resume cannot change {', '.join(unsafe)}: the resumed run would no "
+            "longer match its first part. Drop those flags, or start a new run. "
+            f"Keys a resume may change: {', '.join(k for k in SAFE_ON_RESUME if k != 'run.dir')}"
+        )
+    return cfg, safe
 
 
 def save(cfg: Config, path: Path) -> None:

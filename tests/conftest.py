@@ -22,6 +22,9 @@ def saie_home(tmp_path_factory):
     # the suite's verdict the same on CPUs with and without bf16 units. Tests of the probe
     # and of bf16 paths set what they need explicitly.
     os.environ["SAIE_LITE_CPU_BF16"] = "0"
+    # A dry run plans memory for the real model (importing transformers for its tokenizer:
+    # seconds per process); the suite's many dry runs skip that, the plan's tests ask for it.
+    os.environ["SAIE_LITE_DRY_RUN_PLAN"] = "0"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     yield home

@@ -7,24 +7,19 @@ from pathlib import Path
 
 import typer
 
+from saie_lite.commands import options
+
 # Allowed values are read from the schema, so a new one shows in --help at once.
 from saie_lite.config import choices_help
+from saie_lite.track.registry import REPORT_TO_HELP
 
 
 def eval_(
-    task: str | None = typer.Option(
-        None,
-        help="gsm8k | commonsense_qa | mmlu | custom (own data); default: a --data file's "
-        "rows choose, else gsm8k",
-    ),
-    check: str | None = typer.Option(
-        None, help="--task custom: number | choice | exact | contains | regex:PATTERN | none"
-    ),
-    data: str | None = typer.Option(
-        None, help="hub name, .jsonl/.json/.csv/.parquet path, or 'bundled'"
-    ),
-    split: str | None = typer.Option(None, help="hub split; local files: dev | nodev | all"),
-    limit: int | None = typer.Option(None, help="evaluate N items (0 = all)"),
+    task: str | None = options.task_option(),
+    check: str | None = options.check_option(),
+    data: str | None = options.data_option(),
+    split: str | None = options.split_option(),
+    limit: int | None = options.limit_option("evaluate N items (0 = all)"),
     model: str | None = typer.Option(None, help="learner: hub id, local dir, or 'embedded'"),
     backend: str | None = typer.Option(None, help="learner backend"),
     run: Path | None = typer.Option(None, help="evaluate this run's learner (latest adapter)"),
@@ -41,20 +36,17 @@ def eval_(
     metrics: str | None = typer.Option(
         None, help="comma list of accuracy | nll | rouge (default: all that apply)"
     ),
+    report_to: str | None = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
     out: Path | None = typer.Option(None, help="eval directory (same one = resume)"),
     set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value"),
 ) -> None:
     """Measure accuracy, nll and rouge (with 95% intervals) of a learner under a strategy."""
     from saie_lite import config as config_mod
-    from saie_lite.evaluate.start import start_eval
+    from saie_lite.evaluate.start import eval_config, start_eval
 
     try:
         flags = {
-            "data.task": task,
-            "data.check": check,
-            "data.path": data,
-            "data.split": split,
-            "data.limit": limit,
+            **options.data_keys(task, data, split, limit, check),
             "learner.model": model,
             "learner.backend": backend,
             "eval.strategy": strategy,
@@ -66,9 +58,12 @@ def eval_(
             "eval.max_new_tokens": max_new_tokens,
             "eval.batch_size": batch_size,
             "eval.metrics": metrics,
+            "train.report_to": report_to,
         }
         given = {k: v for k, v in flags.items() if v is not None}
-        cfg = config_mod.build(None, {**config_mod.parse_sets(set_), **given})
+        # given a run, its own data settings unless these say otherwise
+        note = lambda line: typer.echo(f"note: {line}")  # noqa: E731
+        cfg = eval_config({**config_mod.parse_sets(set_), **given}, run, note)
         summary = start_eval(cfg, run, out)
     except KeyboardInterrupt as e:
         typer.secho("aborted; finished items are saved", fg="yellow", err=True)
@@ -105,7 +100,16 @@ def ablate(
         None,
         help="experiment directory (same one = resume); default $SAIE_LITE_HOME/ablations/<recipe>",
     ),
+    task: str | None = options.task_option(),
+    data: str | None = options.data_option(),
+    split: str | None = options.split_option(
+        "training split (evaluation: ablate.eval_split); a local file or 'bundled' trains "
+        "on nodev, keeping the dev rows out"
+    ),
+    limit: int | None = options.limit_option("train on N examples (0 = all)"),
+    check: str | None = options.check_option(),
     live: str = typer.Option("auto", help="auto | rich | plain"),
+    report_to: str | None = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
     set_: list[str] = typer.Option([], "--set", help="any config key: section.key=value"),
 ) -> None:
     """The paper's rows in one command: train sft, saie-support, saie-adversarial, saie; evaluate
@@ -116,7 +120,9 @@ def ablate(
     from saie_lite.ui.ablate_view import make_ablate_view
 
     try:
-        cfg = config_mod.build(recipe, config_mod.parse_sets(set_))
+        given = options.data_keys(task, data, split, limit, check)
+        given.update({"train.report_to": report_to} if report_to is not None else {})
+        cfg = config_mod.build(recipe, {**config_mod.parse_sets(set_), **given})
         target = Path(out) if out else default_dir(cfg, recipe)
         view = make_ablate_view(live)
         with StopFlag(lambda again: view.note(f"stopping after this step ({again})")) as flag:
@@ -140,37 +146,61 @@ def debate_cmd(
     file: Path | None = typer.Option(
         None, help="one question per line, or a .jsonl/.json/.csv/.parquet data file"
     ),
-    agents: str = typer.Option(
-        "llama_cpp:embedded,llama_cpp:embedded",
-        help="comma list: llama_cpp:embedded | llama_cpp:PATH.gguf | torch:MODEL | run:RUN_DIR",
+    agents: str | None = typer.Option(
+        None,
+        help="comma list: llama_cpp:embedded | llama_cpp:PATH.gguf | torch:MODEL | run:RUN_DIR "
+        "(default: llama_cpp:embedded,llama_cpp:embedded)",
     ),
-    rounds: int = typer.Option(1, help="rounds after the first answers"),
+    rounds: int | None = typer.Option(None, help="rounds after the first answers (default: 1)"),
     stance: str | None = typer.Option(
         None, help="'adversarial' makes the last agent the critic; or N:adversarial"
     ),
-    task: str | None = typer.Option(
-        None,
-        help="answer format and extraction: gsm8k | commonsense_qa | mmlu | custom; "
-        "default: a --file of data's rows choose, else gsm8k",
+    task: str | None = options.task_option(
+        "answer format and extraction: gsm8k | commonsense_qa | mmlu | custom; "
+        "default: a data file's rows choose, else gsm8k"
     ),
-    check: str | None = typer.Option(
-        None, help="--task custom: number | choice | exact | contains | regex:PATTERN | none"
+    data: str | None = options.data_option(
+        "debate the questions of this data file (hub name or local file), checked against "
+        "its answers"
     ),
+    split: str | None = options.split_option(),
+    limit: int | None = options.limit_option("debate N questions of the data (0 = all)"),
+    check: str | None = options.check_option(),
     set_: list[str] = typer.Option(
-        [], "--set", help="data keys for --file data, e.g. data.question_field=q"
+        [], "--set", help="any config key, e.g. data.question_field=q for a data file"
     ),
-    temperature: float = typer.Option(0.7, help="sampling temperature of every agent"),
-    max_new_tokens: int = typer.Option(192, help="longest turn"),
+    temperature: float | None = typer.Option(
+        None, help="sampling temperature of every agent (default: 0.7)"
+    ),
+    max_new_tokens: int | None = typer.Option(None, help="longest turn (default: 192)"),
     live: str = typer.Option("auto", help="auto | rich | plain"),
 ) -> None:
     """Let models discuss a question: n agents, r rounds, streamed turns, majority vote."""
-    from saie_lite.evaluate.start import start_debate
+    from saie_lite.errors import UserError
+    from saie_lite.evaluate.start import debate_config, start_debate
 
     try:
-        sets = [*set_, *([f"data.check={check}"] if check else [])]
-        start_debate(
-            question, file, agents, rounds, stance, task, temperature, max_new_tokens, live, sets
-        )
+        # the flags' own words for their own values (the schema would name eval.* keys)
+        if rounds is not None and not 0 <= rounds <= 10:
+            raise UserError("--rounds must be in [0, 10]")
+        if (max_new_tokens is not None and max_new_tokens < 1) or (
+            temperature is not None and temperature < 0
+        ):
+            raise UserError("--max-new-tokens must be >= 1 and --temperature >= 0")
+        if file is not None and data is not None:
+            raise UserError("--file and --data both name the questions: give one")
+        from saie_lite import config as config_mod
+
+        flags = {
+            **options.data_keys(task, data, split, limit, check),
+            "eval.agents": agents,
+            "eval.rounds": rounds,
+            "eval.temperature": temperature,
+            "eval.max_new_tokens": max_new_tokens,
+        }
+        given = {k: v for k, v in flags.items() if v is not None}
+        cfg = debate_config({**config_mod.parse_sets(set_), **given})
+        start_debate(cfg, question, file, stance, live)
     except KeyboardInterrupt:
         # the live view is stopped by now (start_debate), so this line lands on a clean one
         typer.secho("aborted; finished debates are saved (saie-lite logs list)", err=True)

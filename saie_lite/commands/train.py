@@ -6,11 +6,13 @@ from pathlib import Path
 
 import typer
 
+from saie_lite.commands import options
 from saie_lite.commands.guard import fail, storage_failure
 
 # Allowed values are read from the schema, so a new one shows in --help at once.
 from saie_lite.config import choices_help
 from saie_lite.errors import UserError
+from saie_lite.track.registry import REPORT_TO_HELP
 
 
 def train(
@@ -27,21 +29,17 @@ def train(
     partner_url: str | None = typer.Option(
         None, help="--partner openai: server base URL, e.g. http://127.0.0.1:8080/v1"
     ),
-    data: str | None = typer.Option(
-        None, help="hub name, .jsonl/.json/.csv/.parquet path, or 'bundled'"
-    ),
-    task: str | None = typer.Option(
-        None, help="gsm8k | commonsense_qa | mmlu | custom (your own data, see data.* keys)"
-    ),
-    check: str | None = typer.Option(
-        None, help="--task custom: number | choice | exact | contains | regex:PATTERN | none"
-    ),
-    limit: int | None = typer.Option(None, help="use N examples (0 = all)"),
+    data: str | None = options.data_option(),
+    task: str | None = options.task_option(),
+    split: str | None = options.split_option(),
+    check: str | None = options.check_option(),
+    limit: int | None = options.limit_option(),
     rounds: int | None = typer.Option(None, help="discussion rounds"),
     max_steps: int | None = typer.Option(None, help="stop after N updates"),
     run_dir: Path | None = typer.Option(None, help="where to write the run"),
     resume: Path | None = typer.Option(None, help="continue the run in this directory"),
     live: str | None = typer.Option(None, help=choices_help("run.live")),
+    report_to: str | None = typer.Option(None, "--report-to", help=REPORT_TO_HELP),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="scripted models: check config, data and view"
     ),
@@ -61,14 +59,12 @@ def train(
         "partner.backend": partner,
         "partner.model": partner_model,
         "partner.url": partner_url,
-        "data.path": data,
-        "data.task": task,
-        "data.check": check,
-        "data.limit": limit,
+        **options.data_keys(task, data, split, limit, check),
         "method.rounds": rounds,
         "train.max_steps": max_steps,
         "run.dir": str(resume or run_dir) if (resume or run_dir) else None,
         "run.live": live,
+        "train.report_to": report_to,
     }
     target = None
     try:
@@ -78,15 +74,8 @@ def train(
         if resume:
             if recipe:
                 raise UserError("--resume takes the run's saved config; drop --recipe")
-            saved = saved_config(resume)
-            cfg = config_mod.build(None, overrides, base=saved)
-            safe, unsafe = config_mod.resume_changes(config_mod.build(None, None, saved), cfg)
-            if unsafe:
-                raise UserError(
-                    f"--resume cannot change {', '.join(unsafe)}: the resumed run would no "
-                    "longer match its first part. Drop those flags, or start a new run. "
-                    f"Keys a resume may change: {', '.join(config_mod.SAFE_ON_RESUME[:-1])}"
-                )
+            # what a resume may change: the one rule (config.resume_changes)
+            cfg, safe = config_mod.resume_config(saved_config(resume), overrides)
             for key in safe:
                 typer.echo(f"resume: {key} changed to {config_mod.flat(cfg)[key]!r}")
         else:
@@ -97,7 +86,9 @@ def train(
     except Exception as e:
         # the updates made so far are checkpointed (train.loop): say how to go on
         again = f"saie-lite train --resume {target}" if target else "run the command again"
-        line = storage_failure(e, again)
+        from saie_lite.train.memory import out_of_memory_line
+
+        line = out_of_memory_line(e, target) or storage_failure(e, again)
         if line is None:
             raise
         fail(line)

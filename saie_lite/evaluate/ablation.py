@@ -27,10 +27,6 @@ from saie_lite.fsutil import atomic_write_text
 from saie_lite.protocols import Callbacks
 
 TRAINED = ("sft", "saie-support", "saie-adversarial", "saie")
-# Keys that may differ on a resumed experiment: where it is, how it is shown, and which
-# rows it holds (each row depends only on the shared settings, so rows are added or
-# dropped without redoing the others).
-FREE_KEYS = ("run.live", "run.dir", "ablate.dir", "ablate.systems")
 
 
 def default_dir(cfg: Config, recipe: Path | None) -> Path:
@@ -49,18 +45,38 @@ def eval_config(cfg: Config) -> Config:
     return e
 
 
-def check_settings(cfg: Config, out: Path) -> None:
-    """A resumed experiment must ask for what its finished parts were made with."""
+def check_settings(cfg: Config, out: Path, note=lambda line: None) -> None:
+    """A resumed experiment must ask for what its finished parts were made with: the
+    rule every command resumes by (``config.resume_changes``, an ablation's keys)."""
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = config_mod.flat(config_mod.build(None, None, config_mod.load_yaml(saved_path)))
-    now = config_mod.flat(cfg)
-    diff = sorted(k for k in now if saved.get(k) != now[k] and k not in FREE_KEYS)
-    if diff:
+    saved = config_mod.build(None, None, config_mod.load_yaml(saved_path))
+    safe, unsafe = config_mod.resume_changes(saved, cfg, "ablate")
+    if unsafe:
         raise UserError(
-            f"{out} holds an ablation with other settings ({', '.join(diff)}): pass another "
-            "--out, or drop the changes to resume it"
+            f"{out} holds an ablation with other settings ({', '.join(sorted(unsafe))}): pass "
+            "another --out, or drop the changes to resume it"
+        )
+    now = config_mod.flat(cfg)
+    for key in safe:
+        note(f"resume: {key} changed to {now[key]!r}")
+
+
+def held_out_split(cfg: Config, note) -> None:
+    """Train on the rows the evaluation never sees. A local file's (or the bundled rows')
+    split ``train`` is every row, dev rows included: the ablation always evaluates on
+    held-out rows, so it trains on ``nodev`` instead (what ``train`` suggests), and says so.
+    A split named otherwise is left as asked (and refused below when it overlaps)."""
+    from saie_lite.tasks.common import is_local
+
+    d = cfg.data
+    local = d.path == "bundled" or is_local(d.path)
+    if local and d.split == "train" and cfg.ablate.eval_split == "dev":
+        d.split = "nodev"
+        note(
+            "training on data.split=nodev, evaluating on the held-out dev rows "
+            "(split 'train' of a local file or the bundled rows is every row, dev ones too)"
         )
 
 
@@ -192,10 +208,13 @@ def units_done(out: Path, systems: list[str], n_eval: int) -> int:
 def run_ablation(cfg: Config, out: Path, view, stop=lambda: False) -> dict:
     from saie_lite.paths import EMBEDDED, writable_dir
     from saie_lite.tasks.common import splits_overlap
+    from saie_lite.track.registry import require
     from saie_lite.train.runs import resolve_backend, settle_partner_model
 
+    require(cfg.train.report_to)  # a tracker's missing library: said before anything is written
     systems = cfg.ablate.system_list
     trained = [s for s in systems if s != "base"]
+    held_out_split(cfg, view.note)
     if splits_overlap(cfg.data.path, cfg.data.split, cfg.ablate.eval_split):
         raise UserError(
             f"training and evaluation would share rows (data.split={cfg.data.split}, "
@@ -233,11 +252,14 @@ def _run_ablation(cfg: Config, out: Path, view, stop, systems, trained) -> dict:
     from saie_lite.train.runs import prepare_examples
 
     remember("ablations", out)
-    check_settings(cfg, out)
+    check_settings(cfg, out, view.note)
     config_mod.save(cfg, out / "config.yaml")
     examples, _ = prepare_examples(cfg)
     ecfg = eval_config(cfg)
     eval_examples, _ = prepare_examples(ecfg)
+    from saie_lite.train.memory import check_memory
+
+    check_memory(cfg, examples, view.note, "ablate")  # before the first model loads
     batches = schedule(len(examples), cfg)
     n_updates = len(batches)
     # Every unit in the order it runs, by kind, for the progress bar's ETA.
@@ -275,6 +297,9 @@ def _run_ablation(cfg: Config, out: Path, view, stop, systems, trained) -> dict:
         return {"status": "stopped", "dir": str(out)}
     results = assemble(systems, runs, evals, cfg, time.perf_counter() - t0)
     write_outputs(results, out)
+    from saie_lite.track.feeds import track_ablation
+
+    track_ablation(cfg, out, results, view.note)  # mirrors the files just written
     view.finish(f"wrote {out / 'table.md'}, {out / 'results.json'} and {out / 'ablation.png'}")
     return results
 

@@ -1,4 +1,4 @@
-"""Glue for the inference-time commands: ``eval``, ``debate`` and ``logs``.
+"""Glue for the inference-time commands: ``eval`` and ``debate`` (``logs``: logs.py).
 
 Evaluations live in an eval directory (``summary.json``); their items go to the run's
 SQLite file when a run is evaluated, else to the eval directory's own. Debates are kept
@@ -8,16 +8,14 @@ in ``$SAIE_LITE_HOME/logs.sqlite``.
 from __future__ import annotations
 
 import re
-import sqlite3
 import sys
-import time
 from pathlib import Path
 
 from saie_lite.config import Config
 from saie_lite.errors import UserError
 from saie_lite.paths import home, writable_dir
-from saie_lite.places import found, logs_db, remember
-from saie_lite.safe_text import one_line, visible
+from saie_lite.places import logs_db, remember
+from saie_lite.safe_text import one_line
 
 
 def _slug(text: str) -> str:
@@ -65,6 +63,48 @@ def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
     return home() / "evals" / f"{cfg.learner.backend}-{_slug(cfg.learner.model)}-{name}"
 
 
+def run_data(run_dir: Path, overrides: dict, note=lambda line: None) -> dict:
+    """A run's data settings, as a base layer for evaluating it: the task, the file and
+    how its rows were read (fields, check, format...), so that ``eval --run RUN`` reads
+    rows the way the run did. The overrides (dotted keys) still win; naming another task
+    drops the run's reading of its own (a preset has its own fields and check). The run's
+    task counts as given (``config.build``'s ``task_given``): no detection second-guesses
+    it. Without ``--data`` and ``--split``, a run trained on ``nodev`` of a local file is
+    evaluated on its held-out ``dev`` rows, with a note."""
+    from saie_lite.tasks.common import is_local
+    from saie_lite.train.next_steps import READING_KEYS
+    from saie_lite.train.runs import saved_config
+
+    if not (Path(run_dir) / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a saie-lite run directory (no config.yaml)")
+    saved = saved_config(run_dir)["data"]
+    task = overrides.get("data.task")
+    if task is not None and task != saved.get("task"):
+        return {}
+    keys = ("task", "path", "check", *READING_KEYS)
+    data = {k: saved[k] for k in keys if k in saved}
+    path = data.get("path", "bundled")
+    if (
+        "data.path" not in overrides
+        and "data.split" not in overrides
+        and saved.get("split") == "nodev"
+        and (path == "bundled" or is_local(path))
+    ):
+        data["split"] = "dev"
+        note("evaluating on the run's held-out dev rows (it trained on data.split=nodev)")
+    return {"data": data}
+
+
+def eval_config(overrides: dict, run_dir: Path | None = None, note=lambda line: None) -> Config:
+    """An evaluation's config from dotted overrides (flags, ``--set``, the Python API);
+    given a run, its data settings are the base (``run_data``)."""
+    from saie_lite import config as config_mod
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    base = run_data(Path(run_dir), overrides, note) if run_dir is not None else None
+    return config_mod.build(None, overrides, base=base)
+
+
 def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -> dict:
     from saie_lite.evaluate.agents import build_agents
     from saie_lite.evaluate.evaluation import check_can_run, evaluate
@@ -75,8 +115,10 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
 
     if run_dir is not None and not (Path(run_dir) / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a saie-lite run directory (no config.yaml)")
+    from saie_lite.track.registry import require
     from saie_lite.train.runs import resolve_backend
 
+    require(cfg.train.report_to)  # a tracker's missing library: said before anything loads
     view = view or make_eval_view()
     if run_dir is None:  # else the run's own backend is used (load_learner)
         resolve_backend(cfg, view.note)
@@ -94,6 +136,9 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
 
         view.note(describe(cfg.data))
         view.checked = task.checked
+    from saie_lite.train.memory import check_memory
+
+    check_memory(cfg, examples, view.note, "eval", run_dir=run_dir)  # before a model loads
     out_dir = Path(out) if out else default_eval_dir(cfg, run_dir)
     specs = cfg.eval.agents.split(",") if cfg.eval.strategy == "debate" else ["learner"]
     agents = build_agents(cfg, specs, run_dir)
@@ -136,6 +181,9 @@ def start_eval(cfg: Config, run_dir: Path | None, out: Path | None, view=None) -
         finally:
             store.close()
     view.summary(summary, out_dir)
+    from saie_lite.track.feeds import track_eval
+
+    track_eval(cfg, out_dir, summary, view.note, run_dir)  # mirrors summary.json, written above
     summary["signal"] = flag.signum  # the command's exit code says which one stopped it
     return summary
 
@@ -179,10 +227,11 @@ def fit_debate_question(cfg: Config, task, agents: list, ex, max_new: int, note)
     """The question clipped to the context of every agent that can count its tokens,
     with the note ``train`` and ``eval`` give: a question far past the context would
     otherwise be fed whole (minutes of attention for an answer that cannot fit)."""
+    from saie_lite.protocols import CountsTokens, supports
     from saie_lite.train.context import fit_example
 
     for agent in {id(a): a for a in agents}.values():
-        if not hasattr(agent, "count_tokens"):
+        if not supports(agent, CountsTokens):
             continue
         fitted, line = fit_example(agent, task, ex, max_new, cfg.learner.max_seq_len, "truncate")
         if line:
@@ -209,10 +258,28 @@ def parse_stances(stance: str | None, n: int) -> list[str | None]:
     return stances
 
 
-def start_debate(
-    question, file, agents, rounds, stance, task_name, temperature, max_new, live, sets=()
-):
+# A debate's own defaults for the eval.* keys it reads (eval's would debate the learner
+# with itself for two rounds): two embedded partners, one round, shorter turns.
+DEBATE_DEFAULTS = {
+    "eval.agents": "llama_cpp:embedded,llama_cpp:embedded",
+    "eval.rounds": 1,
+    "eval.max_new_tokens": 192,
+}
+
+
+def debate_config(overrides: dict) -> Config:
+    """A debate's config: its agents, rounds, temperature and turn length are the eval.*
+    keys, its questions' data the data.* keys, checked like every other command's."""
     from saie_lite import config as config_mod
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # (no --task: data.task is not given, so a data file's rows choose it)
+    return config_mod.build(None, {**DEBATE_DEFAULTS, **given})
+
+
+def start_debate(cfg: Config, question=None, file=None, stance=None, live="auto"):
+    """Debate ``question``, or each question of ``file`` (one per line, or a data file),
+    or of ``cfg.data.path`` when it names data, or questions typed one at a time."""
     from saie_lite.evaluate.agents import build_agents
     from saie_lite.evaluate.strategies import interactive_debate, majority
     from saie_lite.protocols import Example
@@ -220,18 +287,14 @@ def start_debate(
     from saie_lite.tasks import get_task, is_checked, key_correct
     from saie_lite.ui.debate_view import make_debate_view
 
-    if rounds < 0 or rounds > 10:
-        raise UserError("--rounds must be in [0, 10]")
-    if max_new < 1 or temperature < 0:
-        raise UserError("--max-new-tokens must be >= 1 and --temperature >= 0")
+    e = cfg.eval
+    rounds, temperature, max_new = e.rounds, e.temperature, e.max_new_tokens
     if question is not None and not question.strip():
         raise UserError("--question is empty: give a question, or leave it out to type them")
-    specs = [s for s in agents.split(",") if s.strip()]
+    specs = [s for s in e.agents.split(",") if s.strip()]
     if not specs:
         raise UserError("--agents must name at least one agent")
     stances = parse_stances(stance, len(specs))
-    cfg = config_mod.build(overrides={**config_mod.parse_sets(list(sets)), "data.task": task_name})
-    # (no --task: data.task is None and dropped, so a --file of data chooses it)
     items = data_questions(cfg, file)  # a data file: its questions, and gold answers to mark
     task = get_task(cfg.data)
     from saie_lite.train.runs import resolve_backend
@@ -270,172 +333,12 @@ def data_questions(cfg: Config, file: Path | None) -> list[tuple[str, str]] | No
     from saie_lite.tasks.common import LOCAL_SUFFIXES
     from saie_lite.train.runs import prepare_examples
 
-    if file is None or Path(file).suffix not in LOCAL_SUFFIXES:
+    if file is not None:
+        if Path(file).suffix not in LOCAL_SUFFIXES:
+            return None
+        cfg.data.path = str(file)
+    elif cfg.data.path == "bundled":  # the default: no data named, questions are asked
         return None
-    cfg.data.path, cfg.data.split = str(file), "all"
+    # a local file's default split ('train') is every row, as 'all' is
     examples, _ = prepare_examples(cfg, lambda line: print(f"note: {line}", flush=True))
     return [(e.question, e.answer) for e in examples]
-
-
-def get_debate(debate_id: int) -> dict:
-    from saie_lite.store import Store
-
-    store = Store(logs_db())
-    try:
-        found = [d for d in store.debates() if d["id"] == debate_id]
-    finally:
-        store.close()
-    if not found:
-        raise UserError(f"no debate {debate_id}: see 'saie-lite logs list'")
-    return found[0]
-
-
-def list_logs() -> str:
-    from saie_lite.store import Store
-
-    lines = []
-    store = Store(logs_db())
-    try:
-        debates = store.debates()
-        places = {kind: found(kind, store) for kind in ("runs", "evals", "ablations")}
-    finally:
-        store.close()
-    lines.append(f"debates ({len(debates)}):")
-    for d in debates:
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(d["created"]))
-        q = one_line(d["question"])  # made visible before it is cut, so no escape is split
-        q = q if len(q) < 60 else q[:57] + "..."
-        lines.append(f"  {d['id']:>4}  {when}  final={one_line(d['final'])}  {q}")
-    for kind in ("runs", "evals"):
-        lines.append(f"{kind} ({len(places[kind])}):")
-        for p in places[kind]:
-            lines.append(f"  {p}")
-            if kind == "evals":
-                lines.append(f"      {eval_line(p)}")
-                continue
-            if (p / "saie.sqlite").is_file():
-                try:
-                    lines += [f"      {line}" for line in run_state(p) + remark_figures(p)]
-                except (UserError, sqlite3.Error, OSError, ValueError) as e:
-                    # one damaged run must not hide the others
-                    why = str(e) if isinstance(e, UserError) else "its saie.sqlite cannot be read"
-                    lines.append(f"      ({why})")
-            # evaluations kept inside the run: eval --run's default RUN/evals/*, and the
-            # RUN/eval and RUN/eval-base that the end-of-run hints suggest
-            inside = [q for q in p.glob("*") if (q / "summary.json").is_file()]
-            inside += [q for q in (p / "evals").glob("*") if q.is_dir()]
-            for e in sorted(inside):
-                lines.append(f"      eval {e.relative_to(p).as_posix()}: {eval_line(e)}")
-    # ablations keep their runs and evaluations inside (runs/SYSTEM, evals/SYSTEM)
-    lines.append(f"ablations ({len(places['ablations'])}):")
-    for p in places["ablations"]:
-        done = (p / "table.md").is_file()
-        lines.append(
-            f"  {p}\n      "
-            + (
-                "finished: table.md, results.json, ablation.png"
-                if done
-                else "not finished: the same ablate command continues it"
-            )  # fmt: skip
-        )
-    # Paths, run events and summaries are read back from the stores: made visible as a
-    # whole, so none of them can drive the terminal either.
-    return visible("\n".join(lines))
-
-
-def run_state(run_dir: Path) -> list[str]:
-    """Where a run stands: finished, stopped (and the command that goes on), failed, or
-    begun and never ended (killed, or running now). Empty for a run from before runs
-    recorded it."""
-    import json
-
-    from saie_lite.store import Store
-    from saie_lite.train import checkpoint
-
-    store = Store(Path(run_dir) / "saie.sqlite", reader=True)
-    try:
-        last = store.last_event("begin", "end")
-        steps = store.recorded_steps()
-    finally:
-        store.close()
-    if last is None:
-        return []
-    kind, message = last
-    d = json.loads(message)
-    resume = f"saie-lite train --resume {run_dir}"
-    if kind == "begin":
-        from saie_lite.locks import holder
-
-        pid = holder(run_dir)  # its lock says which, without taking it
-        if pid is not None:
-            return [f"running now (pid {pid or '?'}) at update {steps}"]
-        # killed (or running now): a resume goes on from the last checkpoint
-        saved = checkpoint.saved_step(run_dir)
-        if saved is None:
-            return [
-                f"not finished (killed, or running now) at update {steps}, before its "
-                "first checkpoint: nothing to resume, start it again"
-            ]
-        return [
-            f"not finished (killed, or running now) at update {steps}: {resume} goes on "
-            f"from its checkpoint at update {saved}"
-        ]
-    where = f"update {d['step']} ({d['batches_done']}/{d['total']} batches)"
-    if d["status"] == "finished":
-        return [f"finished: {d['step']} updates ({d['total']} batches)"]
-    if d["status"] == "stopped":
-        return [f"stopped at {where}: {resume} goes on"]
-    return [f"failed at {where} (see the error it printed): {resume} goes on once fixed"]
-
-
-def eval_line(eval_dir: Path) -> str:
-    """An evaluation's headline from its summary.json: n, every metric's mean with its
-    95% interval, and whether it was stopped before the end."""
-    import json
-
-    try:
-        s = json.loads((eval_dir / "summary.json").read_text())
-        parts = [f"n={s['n']}"]
-        for name, m in (s.get("metrics") or {}).items():
-            if m.get("mean") is None:
-                continue
-            lo, hi = m.get("ci95") or (None, None)
-            pct = name == "accuracy"
-            fmt = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
-            span = f" [{fmt(lo)}, {fmt(hi)}]" if lo is not None and hi is not None else ""
-            parts.append(f"{name} {fmt(m['mean'])}{span}")
-        if s.get("status") == "stopped":
-            parts.append("stopped: the same eval command continues it")
-        return ", ".join(parts)
-    except FileNotFoundError:
-        return "(no summary.json: not finished, or not an evaluation)"
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return "(its summary.json cannot be read)"
-
-
-def remark_figures(run_dir: Path) -> list[str]:
-    """A run's remark diagnostics per stance, and the weak-partner line when it holds
-    (empty for a run without discussion remarks)."""
-    from saie_lite.remarks import rates, rates_line, weak_partner
-    from saie_lite.store import Store
-
-    store = Store(Path(run_dir) / "saie.sqlite", reader=True)
-    try:
-        r = rates(store.remark_diagnostics())
-    finally:
-        store.close()
-    if not r:
-        return []
-    warn = weak_partner(r)
-    return [f"remarks: {rates_line(r)}"] + ([f"warning: {warn}"] if warn else [])
-
-
-def run_remarks(run_dir: Path) -> str:
-    """``saie-lite logs remarks RUN_DIR``."""
-    if not (Path(run_dir) / "saie.sqlite").is_file():
-        raise UserError(f"{run_dir} is not a saie-lite run directory (no saie.sqlite)")
-    lines = remark_figures(Path(run_dir))
-    if not lines and not (Path(run_dir) / "config.yaml").is_file():  # an evaluation's folder
-        raise UserError(f"{run_dir} is not a training run (no config.yaml): give a run directory")
-    out = "\n".join(lines) if lines else f"{run_dir}: no partner remarks with diagnostics"
-    return visible(out)

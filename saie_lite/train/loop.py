@@ -9,6 +9,7 @@ variants compare at the same number of updates on the same data.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 import time
@@ -18,7 +19,19 @@ from pathlib import Path
 
 from saie_lite.config import Config
 from saie_lite.errors import PartnerError
-from saie_lite.protocols import Callbacks, Example, Learner, Partner
+from saie_lite.protocols import (
+    Callbacks,
+    Chat,
+    Example,
+    Learner,
+    OnDevice,
+    Partner,
+    PreparesAhead,
+    SharesLearner,
+    Summary,
+    TrainSequence,
+    supports,
+)
 from saie_lite.store import Store
 from saie_lite.tasks import example_chat, get_task
 from saie_lite.train import checkpoint
@@ -103,8 +116,10 @@ class Overlap:
     """
 
     def __init__(self, cfg: Config, learner, partner, ctx: RunContext, prepare) -> None:
-        device = getattr(learner, "device", None)
-        self.on = overlap_enabled(cfg.train.overlap, device) and not hasattr(partner, "learner")
+        device = learner.device if supports(learner, OnDevice) else None
+        self.on = overlap_enabled(cfg.train.overlap, device) and not supports(
+            partner, SharesLearner
+        )
         self.learner, self.ctx, self.prepare = learner, ctx, prepare
         self.pool = None
         self.pending = None  # (b_index, future, deferred calls, worker timer, worker context)
@@ -113,8 +128,8 @@ class Overlap:
     def start(self, b_index: int, step: int) -> None:
         """Begin batch ``b_index`` (to be trained as update ``step + 1``) during update
         ``step``, if its discussion does not depend on that update."""
-        unchanged = getattr(self.learner, "unchanged_by_update", None)
-        if not (self.on and unchanged is not None and unchanged(step)):
+        ahead = supports(self.learner, PreparesAhead)
+        if not (self.on and ahead and self.learner.unchanged_by_update(step)):
             return
         from concurrent.futures import ThreadPoolExecutor
 
@@ -161,6 +176,52 @@ class Overlap:
         self.wait()
 
 
+@dataclass
+class Plan:
+    """What every batch of a run is prepared from: the schedule, the examples with their
+    learner prompts (as fitted to the context), and the fit of those not checked yet."""
+
+    batches: list[Batch]
+    examples: list[Example]
+    bases: list[Chat]
+    fit: ContextFit
+
+
+def prepare_batch(
+    plan: Plan, c: RunContext, b_index: int, step: int
+) -> tuple[list[TrainSequence], list[dict]]:
+    """Batch ``b_index``'s training sequences and the turn rows to store with them, for
+    update ``step``.
+
+    May run on the overlap worker thread (``Overlap``) while the learner updates on the
+    batch before: then ``c`` is the worker's copy of the run context, whose notes, cards
+    and times the main thread replays when the loop reaches this batch, and the draws
+    come from an RNG seeded by the batch's position, so the result is the same on either
+    thread."""
+    m = c.cfg.method
+    batch = plan.batches[b_index]
+    rng = random.Random(c.cfg.train.seed * 1_000_003 + b_index)  # mix_plain's draws
+    rows: list[dict] = []
+    plain = batch.phase == "warmup" or not m.stances
+    exs, exs_bases = plan.fit.batch(batch.indices, c.note, answers=not plain)
+    meta = {"step": step, "phase": batch.phase, "round": batch.round}
+    if plain:
+        sequences = [plain_sequence(b, e) for b, e in zip(exs_bases, exs)]
+        for ex, seq in zip(exs, sequences):
+            rows.append(
+                turn_row(meta, ex, turn=0, role="target", prompt=seq.context, text=seq.target)
+            )
+            c.cb.on_exchange({"phase": batch.phase, "example": ex, "target": seq.target})
+    elif exs:
+        sequences = discussion_batch(c, exs, exs_bases, rows, meta)
+        sequences += mix_plain_sequences(
+            plan.examples, plan.bases, m.mix_plain, len(sequences), rng
+        )
+    else:  # every example of the batch was skipped by the context policy
+        sequences = []
+    return sequences, rows
+
+
 def train(
     cfg: Config,
     learner: Learner,
@@ -171,7 +232,7 @@ def train(
     callbacks: Callbacks | None = None,
     stop: Callable[[], bool] = lambda: False,
     group=None,
-) -> dict:
+) -> Summary:
     """Run (or resume) training in ``run_dir``. Returns a summary dict.
 
     Stops cleanly (checkpoint first) when ``stop()`` turns true between batches.
@@ -240,28 +301,7 @@ def train(
     # Missing remarks of updates already made (a resumed run) count too.
     ctx.missing_remarks = store.count_missing_remarks()
 
-    def prepare(c: RunContext, b_index: int, step: int) -> tuple[list, list[dict]]:
-        """Batch ``b_index``'s training sequences and the turn rows to store with them."""
-        batch = batches[b_index]
-        rng = random.Random(cfg.train.seed * 1_000_003 + b_index)  # mix_plain's draws
-        rows: list[dict] = []
-        plain = batch.phase == "warmup" or not m.stances
-        exs, exs_bases = fit.batch(batch.indices, c.note, answers=not plain)
-        meta = {"step": step, "phase": batch.phase, "round": batch.round}
-        if plain:
-            sequences = [plain_sequence(b, e) for b, e in zip(exs_bases, exs)]
-            for ex, seq in zip(exs, sequences):
-                rows.append(
-                    turn_row(meta, ex, turn=0, role="target", prompt=seq.context, text=seq.target)
-                )
-                c.cb.on_exchange({"phase": batch.phase, "example": ex, "target": seq.target})
-        elif exs:
-            sequences = discussion_batch(c, exs, exs_bases, rows, meta)
-            sequences += mix_plain_sequences(examples, bases, m.mix_plain, len(sequences), rng)
-        else:  # every example of the batch was skipped by the context policy
-            sequences = []
-        return sequences, rows
-
+    prepare = functools.partial(prepare_batch, Plan(batches, examples, bases, fit))
     overlap = Overlap(cfg, learner, partner, ctx, prepare)
     if group is not None:
         # Every process must meet the same collectives in the same order: a worker
@@ -365,7 +405,7 @@ def train(
     if state.step != last_saved or checkpoint.latest(run_dir) is None:
         save()
     ended(status)
-    summary = {
+    summary: Summary = {
         "status": status,
         "step": state.step,
         "batches_done": state.batches_done,

@@ -297,6 +297,9 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
     from saie_lite.train.distributed import rank
 
     run_dir = Path(run_dir)
+    from saie_lite.track.registry import require
+
+    require(cfg.train.report_to)  # a tracker's missing library: said before anything is written
     if not resume:
         refuse_foreign_folder(run_dir)
     if not resume and latest(run_dir) is not None:
@@ -309,6 +312,7 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
             f"{run_dir} was trained with the {cfg.learner.backend} learner: a dry run cannot "
             "go on with it; resume it without --dry-run"
         )
+    real = (cfg.learner.backend, cfg.partner.backend)  # a dry run plans memory for these
     if dry_run:
         # The run's config says what ran, so that eval --run, export and --resume of a
         # dry run load the scripted models its checkpoints belong to.
@@ -330,6 +334,10 @@ def start_training(cfg: Config, run_dir: Path, resume: bool, dry_run: bool, view
         from saie_lite.tasks.custom import describe
 
         view.on_event(describe(cfg.data))
+    from saie_lite.train.memory import check_memory
+
+    # before anything is written or loaded: a run that cannot fit stops here
+    check_memory(cfg, examples, view.on_event, backends=real, dry_run=dry_run)
     created = not run_dir.exists()
     writable_dir(run_dir, "run directory", RUN_HINT)
     from saie_lite.locks import hold
@@ -379,10 +387,14 @@ def _train_in(cfg, run_dir: Path, resume: bool, dry_run: bool, view, examples, c
             # Data-parallel processes must stop at the same batch (or the next collective
             # waits forever): one that was signalled stops them all.
             stop = flag if group is None else (lambda: group.sum_number(float(flag())) > 0)
-            summary = train(
-                cfg, learner, partner, examples, store, run_dir,
-                WithRemarkFigures(view, store) if main else None, stop, group=group,
-            )  # fmt: skip
+            from saie_lite.track.feeds import tracked_training
+
+            shown = WithRemarkFigures(view, store) if main else None
+            with tracked_training(cfg, run_dir, shown, view.on_event) as callbacks:
+                summary = train(
+                    cfg, learner, partner, examples, store, run_dir, callbacks, stop,
+                    group=group,
+                )  # fmt: skip
     finally:
         store.close()
     summary["signal"] = flag.signum  # the command's exit code says which one stopped it
