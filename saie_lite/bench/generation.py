@@ -25,12 +25,17 @@ def bench_generate(s: BenchSettings) -> dict:
     chats = [q.context for q in _sequences(s, s.batch)]
     learner.generate(chats[:1], 4)
     ours = _gen_rate(learner, chats, s.new_tokens)["tokens_per_s"]
+    paths = generation_paths(learner, chats, s.new_tokens)
     try:
         from llama_cpp import Llama
 
         from saie_lite.train.fast_generation import SnapshotAnswers
     except ImportError:
-        return {"ours_tokens_per_s": ours, "llama_cpp": "skipped: llama-cpp-python not installed"}
+        return {
+            "ours_tokens_per_s": ours,
+            "generation_path_tokens_per_s": paths,
+            "llama_cpp": "skipped: llama-cpp-python not installed",
+        }
     cfg.learner.snapshot_every = 1
     # The snapshot as q8_0 (the default), as q4_0 (llama.cpp's quantizer; repacked at
     # load on AVX2) and as f32, merged; and as an f32 base with the adapter applied at
@@ -70,6 +75,7 @@ def bench_generate(s: BenchSettings) -> dict:
     llm.close()
     return {
         "ours_tokens_per_s": ours,
+        "generation_path_tokens_per_s": paths,
         "fast_path_tokens_per_s": fast["q8_0"],
         "fast_path_model": f"q8_0 snapshot, refreshed in {refresh['q8_0']:.2f} s",
         "fast_path_q4_0_tokens_per_s": fast["q4_0"],
@@ -87,4 +93,38 @@ def bench_generate(s: BenchSettings) -> dict:
         "ratio_fast_path_over_llama_cpp": fast["q8_0"] / ref,
         "ratio_fast_path_q4_0_over_llama_cpp": fast["q4_0"] / ref,
         "ratio_fast_path_f32_over_llama_cpp": fast["f32"] / ref,
+    }
+
+
+def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> dict:
+    """Torch generation before and after the per-token levers (early stop judged on the
+    device, the adapter merged while generating) with early stop on, as in a run; the
+    two paths alternate call by call (a shared VM drifts between blocks of calls), and
+    their greedy answers are compared."""
+    from saie_lite.tasks import gsm8k
+
+    end, learner.answer_end = learner.answer_end, gsm8k.answer_end
+    spent = {"before": 0.0, "after": 0.0}
+    tokens = {"before": 0, "after": 0}
+    answers: dict = {}
+    try:
+        for _ in range(rounds):
+            for label, on in (("before", False), ("after", True)):
+                learner.stop_on_device = learner.merge_for_generation = on
+                t0, n0 = time.perf_counter(), learner.tokens_generated
+                answers[label] = learner.generate(chats, new_tokens)
+                spent[label] += time.perf_counter() - t0
+                tokens[label] += learner.tokens_generated - n0
+        merged = len(learner._mergeable_layers())
+    finally:
+        learner.answer_end = end
+        learner.stop_on_device = learner.merge_for_generation = True
+    before, after = tokens["before"] / spent["before"], tokens["after"] / spent["after"]
+    return {
+        "before": before,
+        "after": after,
+        "ratio": after / before,
+        "same_answers": answers["before"] == answers["after"],
+        "dtype": str(learner.dtype).replace("torch.", ""),
+        "merged_layers": merged,
     }

@@ -19,7 +19,35 @@ def machine() -> dict:
         "processor": platform.processor(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
+        **cpu_kind(),
     }
+
+
+# The flags that decide what a figure means on this CPU: bf16 matmul units (AMX,
+# AVX512-BF16) make bf16 weights fast; without them float32 is, and AVX2 alone halves
+# the float32 rate of AVX-512. The same VM has changed form between runs.
+CPU_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+def cpu_kind(cpuinfo: str | None = None) -> dict:
+    """The CPU's model name and kind from /proc/cpuinfo: ``amx_bf16``, ``avx512_bf16``,
+    ``avx512`` or ``avx2`` (the best present), with the flags seen; ``unknown`` where
+    there is no /proc/cpuinfo (macOS, Windows)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model, flags = platform.processor() or platform.machine(), set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() in ("flags", "Features") and not flags:
+            flags = set(value.split())
+    seen = [f for f in CPU_FLAGS if f in flags]
+    kind = seen[0].replace("avx512f", "avx512") if seen else ("other" if flags else "unknown")
+    return {"cpu_model": model, "cpu_kind": kind, "cpu_flags": seen}
 
 
 def versions() -> dict:
@@ -69,14 +97,16 @@ def _split(run: dict) -> str:
 
 def markdown(r: dict) -> str:
     m, v, res = r["machine"], r["versions"], r["results"]
+    kind = m.get("cpu_kind", "-")  # beside the figures that depend on it
     lines = [
         f"Machine: {m['system']} {m['machine']}, {m['cpus']} CPUs, Python {m['python']}; "
+        f"CPU {m.get('cpu_model', '-')}, kind {m.get('cpu_kind', '-')}; "
         + ", ".join(f"{k} {x}" for k, x in v.items() if x)
         + f"; peak RSS {r['peak_rss_mb']:.0f} MB",
         "",
         "Settings: " + ", ".join(f"{k}={x}" for k, x in r["settings"].items()),
         "",
-        "| measure | value |",
+        f"| measure (CPU {m.get('cpu_model', '-')}, kind {kind}) | value |",
         "|---|---|",
     ]
     row = lines.append
@@ -161,8 +191,18 @@ def markdown(r: dict) -> str:
     if "generate" in res:
         g = res["generate"]
         row(
-            f"| learner generation tokens/s, ours (torch, batched) | {_f(g['ours_tokens_per_s'])} |"
+            f"| learner generation tokens/s, ours (torch, batched; CPU {kind}) | "
+            f"{_f(g['ours_tokens_per_s'])} |"
         )
+        gp = g.get("generation_path_tokens_per_s")
+        if gp:
+            row(
+                "| learner generation tokens/s, torch, early stop on: per-token check + "
+                f"unmerged adapter -> device check + merged ({gp['dtype']}, "
+                f"{gp['merged_layers']} layers merged; CPU {kind}) | {_f(gp['before'])} -> "
+                f"{_f(gp['after'])} ({_f(gp['ratio'], 2)}x; same answers: "
+                f"{'yes' if gp['same_answers'] else 'NO'}) |"
+            )
         if "fast_path_tokens_per_s" in g:
             row(
                 f"| learner generation tokens/s, fast path ({g['fast_path_model']}) | "

