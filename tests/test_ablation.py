@@ -24,6 +24,8 @@ SETS = {
     "train.save_every": 1,
     "method.warmup_fraction": 0.2,
     "eval.batch_size": 3,
+    # one strategy keeps these fast; tests/test_ablation_strategies.py runs the others
+    "ablate.strategies": "single",
 }
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -129,3 +129,43 @@ def paired_continuous(
         "t_p": t_p,
         "wilcoxon_p": w_p,
     }
+
+
+def spread(values: list[float]) -> dict:
+    """Mean of per-seed values with their spread: sample sd (None for one seed), min, max."""
+    n = len(values)
+    mean = sum(values) / n if n else None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n >= 2 else None
+    return {
+        "mean": mean,
+        "sd": sd,
+        "min": min(values) if n else None,
+        "max": max(values) if n else None,
+        "seeds": list(values),
+    }
+
+
+def over_seeds(a: list[float], b: list[float]) -> dict:
+    """Test of B against A over training seeds (one mean per seed and side), two-sided:
+    Welch's t-test when both sides have two or more seeds (seeds of different systems
+    are independent runs, variances not assumed equal); a one-sample t-test of the
+    seeds against the other side's one value when one side has a single run (the base
+    learner, which no seed changes); None when neither side varies by seed. Spreads of
+    zero give p = 0 for a difference and p = 1 for none, as ``paired_continuous``."""
+    from scipy import stats
+
+    diff = sum(b) / len(b) - sum(a) / len(a)
+    out = {"test": None, "n_a": len(a), "n_b": len(b), "diff": diff, "p": None}
+    if len(a) < 2 and len(b) < 2:
+        return out
+    if len(a) >= 2 and len(b) >= 2:
+        out["test"] = "welch"
+        flat = len(set(a)) == 1 and len(set(b)) == 1
+        p = None if flat else float(stats.ttest_ind(b, a, equal_var=False).pvalue)
+    else:
+        out["test"] = "one-sample"
+        many, one = (b, a[0]) if len(b) >= 2 else (a, b[0])
+        flat = len(set(many)) == 1
+        p = None if flat else float(stats.ttest_1samp(many, one).pvalue)
+    out["p"] = (0.0 if diff != 0 else 1.0) if flat else p
+    return out

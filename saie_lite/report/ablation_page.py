@@ -13,13 +13,20 @@ from saie_lite.report.page import esc, facts, page
 
 
 def table_html(markdown: str) -> str:
-    """``table.md`` as HTML: its table, then its notes as paragraphs and lists."""
-    rows, notes, in_list = [], [], False
+    """``table.md`` as HTML: its tables (one per strategy, each under its ``###``
+    heading), then its notes as paragraphs and lists."""
+    tables, rows, notes, in_list = [], [], [], False
     for line in markdown.splitlines():
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip().strip("|").split("|")]
             if not all(set(c) <= set("-: ") for c in cells):  # not the |---| line
                 rows.append(cells)
+            continue
+        if rows:
+            tables.append(_table(rows))
+            rows = []
+        if line.startswith("### "):
+            tables.append(f"<h3>{esc(line[4:])}</h3>")
             continue
         if line.startswith("- ") != in_list:
             in_list = not in_list
@@ -30,14 +37,15 @@ def table_html(markdown: str) -> str:
             notes.append(f"<p>{esc(line)}</p>")
     if in_list:
         notes.append("</ul>")
-    table = ""
     if rows:
-        head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
-        body = "".join(
-            "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows[1:]
-        )
-        table = f"<table><tr>{head}</tr>{body}</table>"
-    return table + "".join(notes)
+        tables.append(_table(rows))
+    return "".join(tables) + "".join(notes)
+
+
+def _table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{esc(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def read_results(ablation_dir: Path) -> dict:

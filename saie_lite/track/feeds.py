@@ -151,6 +151,13 @@ def track_ablation(cfg: Config, out: Path, results: dict, note) -> None:
     from saie_lite.store import Store
 
     group = out.name
+    # the other strategies' means beside the top block's: eval-debate/accuracy, ...
+    others: dict[str, dict] = {}
+    for name, block in (results.get("strategies") or {}).items():
+        for r in block["rows"]:
+            for m, v in r["metrics"].items():
+                if v.get("mean") is not None:
+                    others.setdefault(r["system"], {})[f"eval-{name}/{m}"] = v["mean"]
     for row in results["rows"]:
         system = row["system"]
         c = copy.deepcopy(cfg)
@@ -182,9 +189,10 @@ def track_ablation(cfg: Config, out: Path, results: dict, note) -> None:
         )
         values["time/train_s"], values["time/eval_s"] = row["train_seconds"], row["eval_seconds"]
         values.update(remark_values(row["remarks"]))
+        values.update(others.get(system, {}))
         for versus, ps in row["p"].items():
             for m, p in ps.items():
-                key = "mcnemar_p" if m == "accuracy" else "t_p"
+                key = "mcnemar_p" if "mcnemar_p" in p else "t_p"  # seeds: no McNemar
                 values[f"p/{versus.replace(' ', '_')}/{m}"] = p[key]
         trackers.log(values, 0)
         trackers.summary(values)

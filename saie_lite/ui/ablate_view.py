@@ -13,7 +13,9 @@ from saie_lite.safe_text import markup, visible
 # been timed: a plain (SFT or warm-up) update, a discussion update (answers, two
 # remarks per answer, the longer two-stance update) and one evaluated item. From the
 # ablate-quick run on 2 CPU cores (see README); any measured kind corrects the others.
-PRIOR_COST = {"plain": 1.0, "discussion": 15.0, "eval": 2.0}
+# An item under a discussion strategy (self-discussion, debate, self-consistency) generates
+# 1 + eval.rounds answers (a debate's partner as many again): about four single items.
+PRIOR_COST = {"plain": 1.0, "discussion": 15.0, "eval": 2.0, "eval-discussion": 8.0}
 
 
 class Eta:
@@ -75,7 +77,7 @@ class PlainAblateView:
 
     def start(self, kinds: list[str], done: int) -> None:
         """``kinds``: every unit of the experiment in the order it runs ("plain",
-        "discussion" or "eval"); the first ``done`` are finished already."""
+        "discussion", "eval" or "eval-discussion"); the first ``done`` are finished already."""
         self.total = len(kinds)
         self.eta = Eta(kinds, done)
         self.t = time.perf_counter()
