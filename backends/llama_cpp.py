@@ -6,7 +6,10 @@ library's default of 512 tokens silently truncates long discussions.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from saie_lite.errors import UserError
@@ -73,6 +76,15 @@ def resolve_gguf(name: str) -> Path:
     return p
 
 
+@dataclass(frozen=True)
+class Levers:
+    """The partner's speed levers, as ``LlamaCppPartner.levers`` reads and switches them;
+    neither changes a greedy remark, only its time (``saie-lite bench --only levers``)."""
+
+    parallel: int  # prompts decoded together (llama_batched.py); 1 = one at a time
+    reuse_prefix: bool  # llama.cpp's KV cache kept for the next prompt's shared opening
+
+
 class LlamaCppPartner:
     def __init__(self, cfg):
         from llama_cpp import Llama
@@ -85,7 +97,7 @@ class LlamaCppPartner:
         self.calls = 0
         self.tokens_generated = 0
         # Consecutive prompts that share a prefix (one answer's stances) reuse llama.cpp's
-        # KV cache for it; bench switches this off to measure the lever.
+        # KV cache for it; ``levers`` switches this off to measure it.
         self.reuse_prefix = True
         self.parallel = pc.parallel
         self._batched = None  # (decoder, chat formatter, end-of-generation ids), lazily
@@ -104,6 +116,25 @@ class LlamaCppPartner:
                 f"llama.cpp could not load {path}: {str(e)[:160]} (is the file complete? "
                 "re-download or re-export it)"
             ) from None
+
+    def current_levers(self) -> Levers:
+        return Levers(parallel=self.parallel, reuse_prefix=self.reuse_prefix)
+
+    @contextmanager
+    def levers(self, **changes):
+        """``with partner.levers(parallel=1): ...``: the named levers (fields of ``Levers``)
+        switched for the block and restored on exit; yields the levers in effect. A
+        batched decoder already built keeps the sequence count it was built with."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(Levers)}
+        if unknown:
+            raise TypeError(f"no such partner lever: {', '.join(sorted(unknown))}")
+        want = dataclasses.replace(self.current_levers(), **changes)
+        kept = self.parallel, self.reuse_prefix
+        try:
+            self.parallel, self.reuse_prefix = want.parallel, want.reuse_prefix
+            yield self.current_levers()
+        finally:
+            self.parallel, self.reuse_prefix = kept
 
     def _fit(self, chat: Chat, max_tokens: int) -> Chat:
         """Clip the longest message until prompt + reply fit the context window."""

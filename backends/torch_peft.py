@@ -5,9 +5,12 @@ Also provides the ``self`` partner: the learner's own frozen base (adapters disa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,6 +37,24 @@ from saie_lite.chat_tokens import (
 from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, StepStats, TrainSequence
 from saie_lite.tasks import ANSWER_TAIL_TOKENS, cut_at_answer, reply_finished
+
+
+@dataclass(frozen=True)
+class Levers:
+    """The learner's speed levers, as ``TorchLearner.levers`` reads and switches them.
+
+    Each leaves the loss and the greedy answers as they are, only the time differs
+    (``saie-lite bench --only levers`` measures each off, then on, on one loaded model)."""
+
+    split_head: bool  # logits of the target tokens only (off: the full-vocabulary head)
+    plan_micro_batches: bool  # micro-batches planned by length (off: fixed-size slices)
+    pass_overhead: float  # the per-pass cost the plan weighs (CPU and GPU defaults differ)
+    blockwise_attention: bool  # packed rows' attention block by block (packed_attention.py)
+    share_prefix: bool  # ``train.share_prefix``: a group's shared opening computed once
+    max_seq_len: int  # ``learner.max_seq_len``: not a lever, the cut the bench trains at
+    stop_on_device: bool  # early stop judged on the device (off: every token decoded)
+    merge_for_generation: bool  # the adapter folded in while generating, where exact
+    answer_end: Any  # the rule that stops a reply at its final answer; None = no early stop
 
 
 class TorchLearner(ChatTokenLearner):
@@ -117,7 +138,7 @@ class TorchLearner(ChatTokenLearner):
                 p.data = p.data.float()
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.split_head = None if self.seq2seq else target_only_head(self.model.get_base_model())
-        self.plan_micro_batches = True  # bench switches this off to measure the lever
+        self.plan_micro_batches = True  # ``levers`` switches it off to measure it
         # Packed rows' attention block by block (backends/packed_attention.py): on a CPU
         # it skips the masked blocks; on a GPU the extra kernel launches would cost more.
         self.blockwise_attention = self.device == "cpu"
@@ -130,8 +151,8 @@ class TorchLearner(ChatTokenLearner):
         self.step = 0
         self.grad_sync = None  # set by DataParallelLearner under a multi-process launch
         self.tokens_generated = 0
-        # Generation levers; the bench switches the first two off to measure the path
-        # before them. Both leave greedy answers unchanged (tests/test_generation_speed.py).
+        # Generation levers; the bench switches the first two off (``levers``) to measure
+        # the path before them. Both leave greedy answers unchanged (tests/test_generation_speed.py).
         self.stop_on_device = True  # early stop judged from the new token, see _device_stopper
         self.merge_for_generation = True  # adapter folded in, where exact: _merged_adapter
         # A static KV cache, which transformers compiles with torch.compile: CUDA only
@@ -142,6 +163,68 @@ class TorchLearner(ChatTokenLearner):
         from saie_lite.tasks import answer_stop
 
         self.answer_end = answer_stop(cfg)
+
+    # -- levers ---------------------------------------------------------------------
+    def current_levers(self) -> Levers:
+        return Levers(
+            split_head=self.split_head is not None,
+            plan_micro_batches=self.plan_micro_batches,
+            pass_overhead=self.pass_overhead,
+            blockwise_attention=self.blockwise_attention,
+            share_prefix=self.cfg.train.share_prefix,
+            max_seq_len=self.cfg.learner.max_seq_len,
+            stop_on_device=self.stop_on_device,
+            merge_for_generation=self.merge_for_generation,
+            answer_end=self.answer_end,
+        )
+
+    @contextmanager
+    def levers(self, **changes):
+        """``with learner.levers(plan_micro_batches=False): ...``: the named levers (fields
+        of ``Levers``) switched for the block, every one restored on exit, exception or
+        not; yields the levers in effect. The only code that sets them after loading, so
+        a measurement cannot leave a lever switched for the next one."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(Levers)}
+        if unknown:
+            raise TypeError(f"no such learner lever: {', '.join(sorted(unknown))}")
+        want = dataclasses.replace(self.current_levers(), **changes)
+        kept = (
+            self.split_head,
+            self.plan_micro_batches,
+            self.pass_overhead,
+            self.blockwise_attention,
+            self.cfg.train.share_prefix,
+            self.cfg.learner.max_seq_len,
+            self.stop_on_device,
+            self.merge_for_generation,
+            self.answer_end,
+        )
+        try:
+            if not want.split_head:
+                self.split_head = None
+            elif self.split_head is None and not self.seq2seq:  # on where the model allows
+                self.split_head = target_only_head(self.model.get_base_model())
+            self.plan_micro_batches = want.plan_micro_batches
+            self.pass_overhead = want.pass_overhead
+            self.blockwise_attention = want.blockwise_attention
+            self.cfg.train.share_prefix = want.share_prefix
+            self.cfg.learner.max_seq_len = want.max_seq_len
+            self.stop_on_device = want.stop_on_device
+            self.merge_for_generation = want.merge_for_generation
+            self.answer_end = want.answer_end
+            yield self.current_levers()
+        finally:
+            (
+                self.split_head,
+                self.plan_micro_batches,
+                self.pass_overhead,
+                self.blockwise_attention,
+                self.cfg.train.share_prefix,
+                self.cfg.learner.max_seq_len,
+                self.stop_on_device,
+                self.merge_for_generation,
+                self.answer_end,
+            ) = kept
 
     # -- generation ---------------------------------------------------------------
     def _left_padded(self, prompts: list[list[int]]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
@@ -47,7 +48,8 @@ class TrainSequence:
 
     context: Chat
     target: str
-    kind: str = "plain"  # plain | supportive | adversarial (for logs and tests)
+    # plain | supportive | adversarial | critique-<stance> (for logs and tests)
+    kind: str = "plain"
     # Sequences with the same non-empty group open with the same turns (an example's
     # question and answer, before each stance's remark): a learner may compute that
     # shared prefix once. Purely a speed hint; the loss is the same either way.
@@ -277,6 +279,17 @@ class SharesLearner(Protocol):
     learner: Any
 
 
+@runtime_checkable
+class TunableLevers(Protocol):
+    """Speed levers switched for one measurement (``saie-lite bench``): ``levers(**changes)``
+    sets the named ones (fields of the backend's frozen ``Levers``) for a ``with`` block,
+    yields the levers in effect and restores every one on exit; ``current_levers()`` reads
+    them. A lever changes only speed, never a loss or a greedy answer."""
+
+    def levers(self, **changes: Any) -> AbstractContextManager[Any]: ...
+    def current_levers(self) -> Any: ...
+
+
 CAPABILITIES: tuple[type, ...] = (
     CountsTokens,
     Reseeds,
@@ -294,6 +307,7 @@ CAPABILITIES: tuple[type, ...] = (
     SharesPrefix,
     PreparesAhead,
     SharesLearner,
+    TunableLevers,
 )
 
 

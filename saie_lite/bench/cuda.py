@@ -17,6 +17,7 @@ from saie_lite.bench.parts import (
     _sequences,
     _timed_steps,
     in_fresh_process,
+    switched,
     trl_rate,
 )
 from saie_lite.errors import UserError
@@ -147,14 +148,15 @@ def _shape_run(
     learner = TorchLearner(_cfg(s, **over))
     out: dict = {}
     # Generation: a batch of GSM8K questions, no early stop (random weights never finish).
-    learner.answer_end = None
     chats = [gsm8k.learner_chat(e.question) for e in gsm8k.load("bundled")[0][: s.batch]]
-    learner.generate(chats[:1], 4)
-    sync()
-    before, t0 = learner.tokens_generated, time.perf_counter()
-    learner.generate(chats, s.new_tokens)
-    sync()
-    out["generate_tokens_per_s"] = (learner.tokens_generated - before) / (time.perf_counter() - t0)
+    with switched(learner, answer_end=None):
+        learner.generate(chats[:1], 4)
+        sync()
+        before, t0 = learner.tokens_generated, time.perf_counter()
+        learner.generate(chats, s.new_tokens)
+        sync()
+        dt = time.perf_counter() - t0
+    out["generate_tokens_per_s"] = (learner.tokens_generated - before) / dt
 
     def timed(seqs):
         def one() -> int:
@@ -166,14 +168,14 @@ def _shape_run(
 
     out["update"] = timed(_sequences(s, s.batch))
     # The lever: micro-batches planned with the CPU's per-pass cost (before) on this device.
-    planned, learner.pass_overhead = learner.pass_overhead, MICRO_BATCH_OVERHEAD
-    out["update_cpu_planned"] = timed(_sequences(s, s.batch))
-    learner.pass_overhead = planned
+    with switched(learner, pass_overhead=MICRO_BATCH_OVERHEAD):
+        out["update_cpu_planned"] = timed(_sequences(s, s.batch))
     stance = stance_sequences(s.batch)
-    learner.cfg.learner.max_seq_len = max(s.max_len, 1024)  # as the CPU lever: whole discussions
-    for label, share in (("saie_update_unshared", False), ("saie_update_shared", True)):
-        learner.cfg.train.share_prefix = share
-        out[label] = timed(stance)
+    # as the CPU lever: whole discussions
+    with switched(learner, max_seq_len=max(s.max_len, 1024)):
+        for label, share in (("saie_update_unshared", False), ("saie_update_shared", True)):
+            with switched(learner, share_prefix=share):
+                out[label] = timed(stance)
     if device == "cuda":
         out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     # Checkpoint save/load round trip, then the export merge of that checkpoint.

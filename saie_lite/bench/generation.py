@@ -3,10 +3,12 @@ each kind of fast-path snapshot costs to refresh and to decode from."""
 
 from __future__ import annotations
 
+import copy
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from saie_lite.bench.parts import BenchSettings, _cfg, _gen_rate, _sequences
+from saie_lite.bench.parts import BenchSettings, _cfg, _gen_rate, _sequences, switched
 
 
 def bench_generate(s: BenchSettings) -> dict:
@@ -36,25 +38,27 @@ def bench_generate(s: BenchSettings) -> dict:
             "generation_path_tokens_per_s": paths,
             "llama_cpp": "skipped: llama-cpp-python not installed",
         }
-    cfg.learner.snapshot_every = 1
+    # The snapshots' own settings, in a copy: the learner's config stays as it loaded.
+    snap_cfg = copy.deepcopy(cfg)
+    snap_cfg.learner.snapshot_every = 1
+    later = UpdatesAhead(learner)
     # The snapshot as q8_0 (the default), as q4_0 (llama.cpp's quantizer; repacked at
     # load on AVX2) and as f32, merged; and as an f32 base with the adapter applied at
     # run time. Each is built once before it is timed; then one refresh (what every
     # snapshot_every updates costs) is timed apart.
     fast, refresh = {}, {}
     for quant, how in (("q8_0", "merge"), ("q4_0", "merge"), ("f32", "merge"), ("f32", "adapter")):
-        cfg.learner.snapshot_quant, cfg.learner.snapshot_refresh = quant, how
+        snap_cfg.learner.snapshot_quant, snap_cfg.learner.snapshot_refresh = quant, how
         key = quant if how == "merge" else f"{quant}_adapter"
         # the snapshot files are hundreds of megabytes each: gone with the measurement
         with tempfile.TemporaryDirectory(prefix="saie-bench-") as tmp:
-            snap = SnapshotAnswers(learner, cfg, Path(tmp) / "snapshot")
+            snap = SnapshotAnswers(later, snap_cfg, Path(tmp) / "snapshot")
             snap.generate(chats[:1], 4)
             fast[key] = _gen_rate(snap, chats, s.new_tokens)["tokens_per_s"]
-            learner.step += 1  # the next update's snapshot
-            t0 = time.perf_counter()
-            snap.refresh_if_due()
-            refresh[key] = time.perf_counter() - t0
-            learner.step -= 1
+            with later.one_update_later():  # the next update's snapshot
+                t0 = time.perf_counter()
+                snap.refresh_if_due()
+                refresh[key] = time.perf_counter() - t0
             snap._close()
     if s.model == EMBEDDED:
         gguf, label = embedded_gguf(), "Q4_1 (the embedded GGUF)"
@@ -103,22 +107,19 @@ def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> 
     their greedy answers are compared."""
     from saie_lite.tasks import gsm8k
 
-    end, learner.answer_end = learner.answer_end, gsm8k.answer_end
     spent = {"before": 0.0, "after": 0.0}
     tokens = {"before": 0, "after": 0}
     answers: dict = {}
-    try:
+    with switched(learner, answer_end=gsm8k.answer_end):
         for _ in range(rounds):
             for label, on in (("before", False), ("after", True)):
-                learner.stop_on_device = learner.merge_for_generation = on
-                t0, n0 = time.perf_counter(), learner.tokens_generated
-                answers[label] = learner.generate(chats, new_tokens)
-                spent[label] += time.perf_counter() - t0
-                tokens[label] += learner.tokens_generated - n0
-        merged = len(learner._mergeable_layers())
-    finally:
-        learner.answer_end = end
-        learner.stop_on_device = learner.merge_for_generation = True
+                with switched(learner, stop_on_device=on, merge_for_generation=on):
+                    t0, n0 = time.perf_counter(), learner.tokens_generated
+                    answers[label] = learner.generate(chats, new_tokens)
+                    spent[label] += time.perf_counter() - t0
+                    tokens[label] += learner.tokens_generated - n0
+                    if on:  # the layers the 'after' path folds the adapter into
+                        merged = len(learner._mergeable_layers())
     before, after = tokens["before"] / spent["before"], tokens["after"] / spent["after"]
     return {
         "before": before,
@@ -128,3 +129,29 @@ def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> 
         "dtype": str(learner.dtype).replace("torch.", ""),
         "merged_layers": merged,
     }
+
+
+class UpdatesAhead:
+    """The learner as a snapshot sees it, one update later inside ``one_update_later``:
+    a refresh (what every snapshot_every updates costs) is timed without training, which
+    would change the weights the next snapshot kinds are built from. Everything else is
+    the learner's own."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self._ahead = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    @property
+    def step(self) -> int:
+        return self.inner.step + self._ahead
+
+    @contextmanager
+    def one_update_later(self):
+        self._ahead = 1
+        try:
+            yield
+        finally:
+            self._ahead = 0

@@ -11,6 +11,7 @@ from saie_lite.bench.parts import (
     _gen_rate,
     _timed_steps,
     bench_update,
+    switched,
 )
 from saie_lite.protocols import TrainSequence
 
@@ -26,10 +27,8 @@ def bench_levers(s: BenchSettings) -> dict:
     #    length-planned micro-batches.
     learner = TorchLearner(_cfg(s, **{"learner.backend": "torch", "learner.dtype": "float32"}))
     out["device"] = learner.device
-    head = learner.split_head
-    learner.split_head, learner.plan_micro_batches = None, False
-    before = bench_update(s, "float32", learner)["tokens_per_s"]
-    learner.split_head, learner.plan_micro_batches = head, True
+    with switched(learner, split_head=False, plan_micro_batches=False):
+        before = bench_update(s, "float32", learner)["tokens_per_s"]
     after = bench_update(s, "float32", learner)["tokens_per_s"]
     out["update_tokens_per_s"] = {"before": before, "after": after}
     # 1b. The SAIE update: each example's two stance sequences trained separately, then
@@ -37,38 +36,36 @@ def bench_levers(s: BenchSettings) -> dict:
     seqs = stance_sequences(s.batch)
     # A discussion is longer than a plain example: train it at the run default's length
     # (1024), not the plain update's cut, which would drop most targets.
-    learner.cfg.learner.max_seq_len = max(s.max_len, DISCUSSION_MAX_LEN)
-    timed = {}
-    for label, share in (("before", False), ("after", True)):
-        learner.cfg.train.share_prefix = share
-        timed[label] = _timed_steps(lambda: learner.train_step(seqs).n_tokens, s.steps)
-    out["shared_prefix_update_seconds_per_step"] = {
-        k: v["seconds_per_step"] for k, v in timed.items()
-    }
-    out["shared_prefix_update_tokens_per_s"] = {k: v["tokens_per_s"] for k, v in timed.items()}
-    # 1c. The packed rows' attention: one masked sdpa call per layer, then block by block
-    #     (the prefix causal, each stance against prefix + itself; CPU learners only).
-    #     The gain is a few percent, less than this shared VM drifts between blocks of
-    #     steps, so the two settings alternate step by step.
-    if learner.shares_prefix() and learner.attends_blockwise():  # share_prefix on from 1b
-        learner.train_step(seqs)  # warm-up
-        spent = {"before": 0.0, "after": 0.0}
-        for _ in range(s.steps):
-            for label, blockwise in (("before", False), ("after", True)):
-                learner.blockwise_attention = blockwise
-                t0 = time.perf_counter()
-                learner.train_step(seqs)
-                spent[label] += time.perf_counter() - t0
-        out["blockwise_attention_update_seconds_per_step"] = {
-            k: v / s.steps for k, v in spent.items()
+    with switched(learner, max_seq_len=max(s.max_len, DISCUSSION_MAX_LEN)):
+        timed = {}
+        for label, share in (("before", False), ("after", True)):
+            with switched(learner, share_prefix=share):
+                timed[label] = _timed_steps(lambda: learner.train_step(seqs).n_tokens, s.steps)
+        out["shared_prefix_update_seconds_per_step"] = {
+            k: v["seconds_per_step"] for k, v in timed.items()
         }
-    learner.cfg.learner.max_seq_len = s.max_len
+        out["shared_prefix_update_tokens_per_s"] = {k: v["tokens_per_s"] for k, v in timed.items()}
+        # 1c. The packed rows' attention: one masked sdpa call per layer, then block by
+        #     block (the prefix causal, each stance against prefix + itself; CPU learners
+        #     only). The gain is a few percent, less than this shared VM drifts between
+        #     blocks of steps, so the two settings alternate step by step.
+        with switched(learner, share_prefix=True):
+            if learner.shares_prefix() and learner.attends_blockwise():
+                learner.train_step(seqs)  # warm-up
+                spent = {"before": 0.0, "after": 0.0}
+                for _ in range(s.steps):
+                    for label, blockwise in (("before", False), ("after", True)):
+                        with switched(learner, blockwise_attention=blockwise):
+                            t0 = time.perf_counter()
+                            learner.train_step(seqs)
+                            spent[label] += time.perf_counter() - t0
+                out["blockwise_attention_update_seconds_per_step"] = {
+                    k: v / s.steps for k, v in spent.items()
+                }
     # 2. Early stop at the final answer, torch batched generation of 192-token answers.
     chats = [gsm8k.learner_chat(e.question) for e in gsm8k.load("bundled")[0][: s.batch]]
-    end = learner.answer_end
-    learner.answer_end = None
-    off = _gen_rate(learner, chats, 192)
-    learner.answer_end = end
+    with switched(learner, answer_end=None):
+        off = _gen_rate(learner, chats, 192)
     on = _gen_rate(learner, chats, 192)
     out["early_stop_generate_seconds"] = {"before": off["seconds"], "after": on["seconds"]}
     # 3. Remarks, three levers in turn on the same 8 prompts (4 answers x 2 stances):
@@ -95,12 +92,12 @@ def bench_levers(s: BenchSettings) -> dict:
 
     partner = LlamaCppPartner(_cfg(s))
     partner.remark(prompts[:2], 4)  # warm-up, both paths
-    partner.parallel, partner.reuse_prefix = 1, False
-    cleared = per_remark(partner)
-    partner.reuse_prefix = True
-    reused = per_remark(partner)
-    partner.parallel = 8
-    batched = per_remark(partner)
+    with switched(partner, parallel=1, reuse_prefix=False):
+        cleared = per_remark(partner)
+    with switched(partner, parallel=1, reuse_prefix=True):
+        reused = per_remark(partner)
+    with switched(partner, parallel=8, reuse_prefix=True):
+        batched = per_remark(partner)
     partner.llm.close()
 
     def requantized(model: str) -> float:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from saie_lite import config as config_mod
-from saie_lite.protocols import TrainSequence
+from saie_lite.protocols import StepStats, TrainSequence, TunableLevers, supports
 
 
 @dataclass
@@ -56,6 +56,15 @@ def _sequences(s: BenchSettings, n: int) -> list[TrainSequence]:
 
     exs = gsm8k.load("bundled")[0]
     return [TrainSequence(gsm8k.learner_chat(e.question), e.reference) for e in exs[:n]]
+
+
+def switched(backend, **changes):
+    """``with switched(learner, split_head=False): ...``: the backend's own door to its
+    speed levers (``TunableLevers``), the one way the bench measures before and after on
+    one loaded model; every lever is back as it was when the block ends."""
+    if not supports(backend, TunableLevers):
+        raise TypeError(f"{type(backend).__name__} has no speed levers to switch")
+    return backend.levers(**changes)
 
 
 def _timed_steps(step: Callable[[], int], steps: int) -> dict:
@@ -395,10 +404,11 @@ def bench_saie(
         # One untimed update first: the first step after loading pays one-off costs
         # (allocator growth, kernel selection) that would bias whichever mode runs first.
         learner.train_step(_sequences(s, 1))
-        trained = _count_trained(learner)
+        counted = CountedLearner(learner)
+        trained = counted.seen
         store = Store(run_dir / "saie.sqlite")
         t0 = time.perf_counter()
-        summary = train(cfg, learner, partner, examples, store, run_dir)
+        summary = train(cfg, counted, partner, examples, store, run_dir)
         wall = time.perf_counter() - t0
         clipped = store.count_events("context")
         store.close()
@@ -432,16 +442,24 @@ def bench_saie(
     return out
 
 
-def _count_trained(learner) -> dict:
-    """Wrap ``learner.train_step`` to sum the tokens each update trains (from here on)."""
-    seen = {"tokens": 0, "targets": 0}
-    step = learner.train_step
+class CountedLearner:
+    """The learner as ``train`` sees it, with the tokens each update trains summed in
+    ``seen``: a wrapper the bench hands the loop, so the learner's own ``train_step`` is
+    never replaced. Everything else is the learner's, read and set (the loop sets
+    ``seed_step`` on a snapshot learner)."""
 
-    def counted(sequences):
-        stats = step(sequences)
-        seen["tokens"] += stats.n_tokens
-        seen["targets"] += stats.n_target_tokens
+    def __init__(self, inner) -> None:
+        object.__setattr__(self, "inner", inner)
+        object.__setattr__(self, "seen", {"tokens": 0, "targets": 0})
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __setattr__(self, name, value) -> None:
+        setattr(self.inner, name, value)
+
+    def train_step(self, sequences: list[TrainSequence]) -> StepStats:
+        stats = self.inner.train_step(sequences)
+        self.seen["tokens"] += stats.n_tokens
+        self.seen["targets"] += stats.n_target_tokens
         return stats
-
-    learner.train_step = counted
-    return seen
