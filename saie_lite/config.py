@@ -221,8 +221,8 @@ class PartnerConfig:
 class DataConfig:
     task: str = _f(
         "gsm8k",
-        "task: gsm8k | commonsense_qa | mmlu (presets) | custom (your own data, read with "
-        "the data.* keys below)",
+        "task: gsm8k | commonsense_qa | mmlu (presets) | arithmetic (generated word "
+        "problems, data.path generated) | custom (your own data, read with the data.* keys below)",
     )
     path: str = _f(
         "bundled",
@@ -233,6 +233,14 @@ class DataConfig:
     )
     limit: int = _f(0, "use only the first N examples after shuffling; 0 = all")
     seed: int = _f(0, "shuffle seed for the example order")
+    # The generated task (saie_lite/tasks/arithmetic.py); other tasks ignore these.
+    # 1: the embedded 135M learner gets some, not most, right untrained (docs/evaluation.md)
+    difficulty: int = _f(
+        1, "arithmetic: 1-5, the number of steps and the size of the numbers per problem"
+    )
+    n_generated: int = _f(
+        1000, "arithmetic: problems generated (every 5th is the held-out dev split)"
+    )
     # The keys below read your own data (task: custom); presets set their own.
     format: str = _f(
         "auto",
@@ -275,9 +283,11 @@ class DataConfig:
     hub_config: str = _f("", "custom, hub names: the dataset's configuration (subset)")
 
     def validate(self) -> None:
-        known = ("gsm8k", "commonsense_qa", "mmlu", "custom")
+        known = ("gsm8k", "commonsense_qa", "mmlu", "arithmetic", "custom")
         _check(self.task in known, f"data.task {self.task!r} unknown; known: {', '.join(known)}")
         _check(self.limit >= 0, "data.limit must be >= 0")
+        _check(1 <= self.difficulty <= 5, "data.difficulty must be in [1, 5]")
+        _check(self.n_generated >= 10, "data.n_generated must be >= 10")
         if self.task != "custom":
             own = [
                 k
@@ -323,6 +333,18 @@ class MethodConfig:
         "when a discussion exceeds max_seq_len: truncate (clip turns) | skip",
         choices=("truncate", "skip"),
     )
+    # Beyond the paper: the learner also learns the partner's job (docs/training.md).
+    critique_target: bool = _f(
+        False,
+        "also train the learner to write the partner's remark for its stance (context: "
+        "question, answer, stance; target: the remark); degenerate and echo remarks are "
+        "never targets; saie modes only",
+    )
+    critique_weight: float = _f(
+        1.0,
+        "weight of each critique sequence, as copies in the batch (1.5 = every one once, "
+        "a fixed half twice)",
+    )
 
     @property
     def stances(self) -> list[str]:
@@ -338,6 +360,7 @@ class MethodConfig:
         _check(self.rounds >= 0, "method.rounds must be >= 0")
         _check(1 <= self.turns <= 8, "method.turns must be in [1, 8]")
         _check(0 <= self.mix_plain <= 1, "method.mix_plain must be in [0, 1]")
+        _check(0 < self.critique_weight <= 8, "method.critique_weight must be in (0, 8]")
 
 
 @dataclass
@@ -441,14 +464,16 @@ class EvalConfig:
         _check(bool(self.agents.strip()), "eval.agents must name at least one agent")
 
 
-ABLATE_SYSTEMS = ("base",) + MODES
+# saie-critique: trained as saie with method.critique_target on (ablation.SYSTEM_OVERRIDES)
+ABLATE_SYSTEMS = ("base",) + MODES + ("saie-critique",)
 
 
 @dataclass
 class AblateConfig:
     systems: str = _f(
         "base,sft,saie-support,saie-adversarial,saie",
-        "comma list of the rows: base (the untrained learner) and training modes",
+        "comma list of the rows: base (the untrained learner), training modes, and "
+        "saie-critique (saie with method.critique_target on)",
     )
     base: bool = _f(
         True,
@@ -458,8 +483,26 @@ class AblateConfig:
     dir: str = _f("", "experiment directory; empty = $SAIE_LITE_HOME/ablations/<recipe name>")
     eval_split: str = _f("dev", "held-out split the systems are evaluated on (local files: dev)")
     eval_limit: int = _f(50, "evaluate on N held-out items (0 = all)")
+    strategies: str = _f(
+        "single,self-discussion,debate",
+        "comma list of how every system answers at evaluation, each on the same held-out "
+        f"items: {' | '.join(STRATEGIES)}; debate pairs the system with the run's partner "
+        "model, self-consistency samples 1 + eval.rounds answers (the self-discussion budget)",
+    )
+    seeds: int = _f(
+        1,
+        "train every trained system with N seeds (train.seed, train.seed + 1, ...): "
+        "runs/SYSTEM, runs/SYSTEM-seed1, ...; the table shows the mean over seeds and spread",
+    )
 
     def validate(self) -> None:
+        asked = [x.strip() for x in self.strategies.split(",") if x.strip()]
+        _check(
+            bool(asked) and all(x in STRATEGIES for x in asked) and len(set(asked)) == len(asked),
+            f"ablate.strategies: distinct names among {', '.join(STRATEGIES)}, "
+            f"got {self.strategies!r}",
+        )
+        _check(1 <= self.seeds <= 100, "ablate.seeds must be in [1, 100]")
         names = [x.strip() for x in self.systems.split(",") if x.strip()]
         bad = [x for x in names if x not in ABLATE_SYSTEMS]
         _check(
@@ -478,6 +521,10 @@ class AblateConfig:
         """The rows in order; the base row first unless named elsewhere or turned off."""
         names = [x.strip() for x in self.systems.split(",") if x.strip()]
         return ["base", *names] if self.base and "base" not in names else names
+
+    @property
+    def strategy_list(self) -> list[str]:
+        return [x.strip() for x in self.strategies.split(",") if x.strip()]
 
 
 @dataclass
@@ -828,11 +875,12 @@ SAFE_ON_RESUME = (
 # follow them (every row trains the same updates), so an ablation refuses them.
 HOW_FAR = ("train.max_steps", "method.rounds")
 # What each command adds: for an ablation, where it is and which rows it holds (each row
-# depends only on the shared settings, so rows are added or dropped without redoing others).
+# depends only on the shared settings, so rows, strategies and seeds are added or dropped
+# without redoing others).
 RESUME_FREE = {
     "train": SAFE_ON_RESUME,
     "ablate": tuple(k for k in SAFE_ON_RESUME if k not in HOW_FAR)
-    + ("ablate.dir", "ablate.systems", "ablate.base"),
+    + ("ablate.dir", "ablate.systems", "ablate.base", "ablate.strategies", "ablate.seeds"),
 }
 
 

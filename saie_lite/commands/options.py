@@ -12,7 +12,8 @@ from __future__ import annotations
 import typer
 
 TASK_HELP = (
-    "gsm8k | commonsense_qa | mmlu | custom (your own data, see data.* keys); default: a "
+    "gsm8k | commonsense_qa | mmlu | arithmetic (generated: --data generated) | custom "
+    "(your own data, see data.* keys); default: a "
     "--data file's rows choose (a run's own task with --run), else gsm8k"
 )
 DATA_HELP = "hub name, .jsonl/.json/.csv/.parquet path, or 'bundled'"

@@ -36,6 +36,8 @@ def default_eval_dir(cfg: Config, run_dir: Path | None) -> Path:
         name += "-loglik"
     if d.task == "custom":  # another check is another evaluation, not a resumed one
         name += f"-{_slug(d.check)}"
+    if d.task == "arithmetic":  # other problems: another evaluation
+        name += f"-d{d.difficulty}-g{d.n_generated}"
     d0 = DataConfig()
     tags = [("len", e.max_new_tokens, e0.max_new_tokens), ("", e.metrics, e0.metrics)]
     tags.append(("seed", d.seed, d0.seed))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from saie_lite.errors import UserError
 
-TASKS = ("gsm8k", "commonsense_qa", "mmlu", "custom")
+TASKS = ("gsm8k", "commonsense_qa", "mmlu", "arithmetic", "custom")
 
 
 def get_task(spec):
@@ -12,7 +12,8 @@ def get_task(spec):
     learner_chat, score, is_correct, answer_key, answer_end and ANSWER_FORMAT.
 
     The presets are modules; ``custom`` (your own data) is a ``CustomTask`` built from
-    the data.* keys, so give it the config's ``data`` section, not only the name.
+    the data.* keys, and ``arithmetic`` an ``ArithmeticTask`` (data.difficulty and
+    data.n_generated), so give it the config's ``data`` section, not only the name.
     """
     from saie_lite.config import DataConfig
 
@@ -22,6 +23,8 @@ def get_task(spec):
     from importlib import import_module
 
     module = import_module(f"saie_lite.tasks.{data.task}")
+    if data.task == "arithmetic":
+        return module.ArithmeticTask(data)
     return module.CustomTask(data) if data.task == "custom" else module
 
 

@@ -29,6 +29,7 @@ from saie_lite.train.context import fit_history
 from saie_lite.train.prompts import (
     Branch,
     choose_target,
+    critique_sequences,
     discussion_chat,
     partner_chat,
     rationale_chat,
@@ -186,6 +187,28 @@ class RunContext:
     remarks: Callable = get_remarks
 
 
+def critique_batch(ctx: RunContext, b: Branch, remark: str, diag, when: str) -> list:
+    """``method.critique_target``: the sequences that teach the learner this remark
+    (``prompts.critique_sequences``); one that does not fit ``max_seq_len`` is left out,
+    and said, rather than trained on a cut-off remark."""
+    seqs = critique_sequences(
+        b.example,
+        b.history[-1],
+        b.stance,
+        remark,
+        diag,
+        ctx.cfg.method.critique_weight,
+        key=f"{b.example.id}/{b.stance}/{when}",
+    )
+    limit = ctx.cfg.learner.max_seq_len
+    if seqs and ctx.learner.count_tokens(seqs[0].context, remark) > limit:
+        ctx.note(
+            "context", f"{b.example.id} ({b.stance}): critique over max_seq_len={limit}, left out"
+        )
+        return []
+    return seqs
+
+
 def discussion_batch(
     ctx: RunContext, exs: list[Example], bases: list[Chat], rows: list[dict], meta: dict
 ) -> list[TrainSequence]:
@@ -233,6 +256,8 @@ def discussion_batch(
         account_missing(ctx, remarks)
         for b, chat, text, hit in zip(branches, chats, remarks, cached):
             diag = remark_diagnostics(task, text, b.history[-1], b.stance)
+            if m.critique_target:
+                sequences += critique_batch(ctx, b, text, diag, f"{meta.get('round')}/{turn}")
             b.history.append(text)
             rows.append(
                 turn_row(

@@ -53,14 +53,17 @@ class Batch:
 def schedule(n: int, cfg: Config) -> list[Batch]:
     """The whole run's batches, fixed by the seed, so a position is just an index."""
     order = list(range(n))
-    random.Random(cfg.data.seed).shuffle(order)
+    # train.seed orders the data too (an ablation's seeds differ in it); at 0, the order
+    # data.seed always gave
+    seed = cfg.data.seed + 1_000_003 * cfg.train.seed
+    random.Random(seed).shuffle(order)
     n_warm = round(cfg.method.warmup_fraction * n)
     warm, rest = order[:n_warm], order[n_warm:]
     bs = cfg.train.batch_size
     out = [Batch("warmup", 0, warm[i : i + bs]) for i in range(0, len(warm), bs)]
     for r in range(1, cfg.method.rounds + 1):
         this = list(rest)
-        random.Random(cfg.data.seed * 1000 + r).shuffle(this)
+        random.Random(seed * 1000 + r).shuffle(this)
         out += [Batch("discussion", r, this[i : i + bs]) for i in range(0, len(this), bs)]
     if cfg.train.max_steps:
         out = out[: cfg.train.max_steps]

@@ -11,12 +11,17 @@ from saie_lite.config import Config, DataConfig
 READING_KEYS = (
     "format", "question_field", "answer_field", "final_field", "choices_field", "id_field",
     "answer_format", "system", "hub_config",
+    "difficulty", "n_generated",  # the generated arithmetic task's rows
 )  # fmt: skip
 
 
 def data_flags(d: DataConfig) -> str:
     """--task/--data (and, for your own data, --check and the data.* keys that read it)."""
     flags = f"--task {d.task} --data {shlex.quote(d.path)}"
+    if d.task == "arithmetic":  # the generated rows: the same problems
+        for key in ("difficulty", "n_generated"):
+            if getattr(d, key) != getattr(DataConfig(), key):
+                flags += f" --set data.{key}={getattr(d, key)}"
     if d.task != "custom":
         return flags
     if d.check != "auto":

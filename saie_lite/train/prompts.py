@@ -5,7 +5,9 @@ No model is called here, so every prompt and every sequence can be unit-tested.
 
 from __future__ import annotations
 
+import math
 import random
+import zlib
 from dataclasses import dataclass, field
 
 from saie_lite.protocols import Chat, Example, TrainSequence
@@ -98,6 +100,59 @@ def rationale_chat(example: Example) -> Chat:
     return [
         {"role": "system", "content": RATIONALE_SYSTEM.format(final=final)},
         {"role": "user", "content": f"Question:\n{example.question}\n\nCorrect answer: {final}"},
+    ]
+
+
+# ``method.critique_target``: the learner also learns to write the partner's remark. It
+# sees what the partner would see at inference, minus the reference (a learner critiquing
+# its own or another's answer has none): the question, the answer, the stance.
+CRITIQUE_SYSTEM = (
+    "You are a study partner in a discussion about a student's solution. Reply in your "
+    "own words, in one or two short sentences."
+)
+
+
+def critique_chat(example: Example, answer: str, stance: str) -> Chat:
+    """The critique sequence's context: the question, the answer remarked on, the stance."""
+    user = (
+        f"Problem:\n{example.question}\n\nStudent's answer:\n{answer}\n\n"
+        f"{STANCE_INSTRUCTION[stance]}"
+    )
+    return [{"role": "system", "content": CRITIQUE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def critique_copies(weight: float, key: str) -> int:
+    """How many times a critique sequence goes into the batch: the weight, as copies.
+
+    No backend loss takes a per-sequence weight, and every one sums target-token losses,
+    so ``k`` copies weigh a sequence ``k`` times. A fractional part is a deterministic
+    draw on ``key`` (crc32, no RNG state): weight 1.5 trains half of the critiques (the
+    same half on a resumed run) twice, so the expected weight is 1.5."""
+    whole, part = int(math.floor(weight)), weight - math.floor(weight)
+    return whole + int(zlib.crc32(key.encode()) / 2**32 < part)
+
+
+def critique_sequences(
+    example: Example,
+    answer: str,
+    stance: str,
+    remark: str,
+    diagnostics: dict | None,
+    weight: float,
+    key: str = "",
+) -> list[TrainSequence]:
+    """The critique sequences of one remark: the remark is the target, ``weight`` copies.
+
+    None for a remark the partner did not give (no ``diagnostics``) or one the remark
+    diagnostics flag as degenerate or as an echo of the answer: teaching the learner to
+    repeat the answer back, or to babble, is not teaching it to critique."""
+    if not diagnostics or diagnostics["degenerate"] or diagnostics["echo"]:
+        return []
+    n = critique_copies(weight, key or f"{example.id}/{stance}")
+    chat = critique_chat(example, answer, stance)
+    return [
+        TrainSequence(context=list(chat), target=remark, kind=f"critique-{stance}")
+        for _ in range(n)
     ]
 
 
