@@ -209,18 +209,79 @@ def critique_batch(ctx: RunContext, b: Branch, remark: str, diag, when: str) -> 
     return seqs
 
 
+class BatchRecord:
+    """The bookkeeping of one discussion batch, so that :func:`discussion_batch` shows
+    only the discussion: every turn as a store row (``rows``, written by the loop once
+    the update succeeds), the notes of discussions left out, and one live-view card per
+    example at the end."""
+
+    def __init__(self, ctx: RunContext, meta: dict, rows: list[dict]):
+        self.ctx, self.meta, self.rows = ctx, meta, rows
+
+    def _row(self, ex: Example, **kw) -> None:
+        self.rows.append(turn_row(self.meta, ex, **kw))
+
+    def answer(self, ex: Example, prompt: Chat, text: str, ok, seconds: float) -> None:
+        self._row(ex, turn=0, role="learner", prompt=prompt, text=text, correct=mark(ok),
+                  seconds=seconds)  # fmt: skip
+
+    def remark(self, b: Branch, turn: int, chat: Chat, text, hit: bool, seconds: float,
+               diag) -> None:  # fmt: skip
+        self._row(
+            b.example,
+            turn=turn,
+            role="partner",
+            stance=b.stance,
+            prompt=chat,
+            text=text,
+            cached=int(hit),
+            seconds=0.0 if hit else seconds,
+            missing=getattr(text, "reason", None),
+            diagnostics=diag,
+        )
+
+    def revision(self, b: Branch, turn: int, context: Chat, text: str, ok, seconds: float):
+        self._row(b.example, turn=turn, role="learner", stance=b.stance, prompt=context,
+                  text=text, correct=mark(ok), seconds=seconds)  # fmt: skip
+
+    def target(self, b: Branch, turn: int, context: Chat, text: str) -> None:
+        self._row(b.example, turn=turn, role="target", stance=b.stance, prompt=context,
+                  text=text)  # fmt: skip
+
+    def left_out(self, kind: str, b: Branch, turn: int, why: str) -> None:
+        """A note (store event and live-view line) for a discussion turn not trained on."""
+        self.ctx.note(kind, f"{b.example.id} turn {turn} ({b.stance}): {why}")
+
+    def cards(self, exs: list[Example], answers: list[str], marks: list, gold: dict) -> None:
+        """One live-view card per example: its answer, every stance's remark, the target."""
+        for ex, a, ok in zip(exs, answers, marks):
+            mine = [r for r in self.rows if r["example_id"] == ex.id and r["role"] == "partner"]
+            self.ctx.cb.on_exchange(
+                {
+                    "phase": "discussion",
+                    "example": ex,
+                    "answer": a,
+                    "correct": ok,
+                    "remarks": [(r["stance"], r["text"], bool(r["cached"])) for r in mine],
+                    "diagnostics": [(r["stance"], r.get("diagnostics")) for r in mine],
+                    "target": gold[ex.id],
+                }
+            )
+
+
 def discussion_batch(
     ctx: RunContext, exs: list[Example], bases: list[Chat], rows: list[dict], meta: dict
 ) -> list[TrainSequence]:
     """One discussion batch: on-policy answers, remarks per stance, training sequences.
 
-    Appends every turn to ``rows`` (written to the store once the update succeeds).
+    Every turn goes to ``rows`` through the batch's :class:`BatchRecord` (written to the
+    store once the update succeeds).
     """
-    cfg, learner, partner, store = ctx.cfg, ctx.learner, ctx.partner, ctx.store
-    timer, note, cb = ctx.timer, ctx.note, ctx.cb
+    cfg, learner, partner, store, timer = ctx.cfg, ctx.learner, ctx.partner, ctx.store, ctx.timer
     task = get_task(cfg.data)
     m, lc = cfg.method, cfg.learner
     limit = lc.max_seq_len
+    record = BatchRecord(ctx, meta, rows)
 
     # 1. The learner answers with its current adapter (on-policy), batched.
     t0 = time.perf_counter()
@@ -228,11 +289,7 @@ def discussion_batch(
     per = timer.add("generate", t0) / max(1, len(exs))
     ok0 = [task.is_correct(a, e.answer) for a, e in zip(a0, exs)]
     for ex, base, a, ok in zip(exs, bases, a0, ok0):
-        rows.append(
-            turn_row(
-                meta, ex, turn=0, role="learner", prompt=base, text=a, correct=mark(ok), seconds=per
-            )
-        )
+        record.answer(ex, base, a, ok, per)
     gold = gold_targets(ctx, task, exs, rows, meta)
     branches = [
         Branch(ex, stance, base, [a]) for ex, base, a in zip(exs, bases, a0) for stance in m.stances
@@ -259,36 +316,19 @@ def discussion_batch(
             if m.critique_target:
                 sequences += critique_batch(ctx, b, text, diag, f"{meta.get('round')}/{turn}")
             b.history.append(text)
-            rows.append(
-                turn_row(
-                    meta,
-                    b.example,
-                    turn=turn,
-                    role="partner",
-                    stance=b.stance,
-                    prompt=chat,
-                    text=text,
-                    cached=int(hit),
-                    seconds=0.0 if hit else per,
-                    missing=getattr(text, "reason", None),
-                    diagnostics=diag,
-                )
-            )
+            record.remark(b, turn, chat, text, hit, per, diag)
         # 3. Context check before any generation or update: clip or skip, and say so.
         kept = []
         for b in branches:
-            if isinstance(b.history[-1], MissingRemark):
-                note(
-                    "missing",
-                    f"{b.example.id} turn {turn} ({b.stance}): no remark "
-                    f"({b.history[-1].reason}), discussion skipped",
+            last = b.history[-1]
+            if isinstance(last, MissingRemark):
+                record.left_out(
+                    "missing", b, turn, f"no remark ({last.reason}), discussion skipped"
                 )
                 continue
-            if is_degenerate(b.history[-1]):
-                note(
-                    "remark",
-                    f"{b.example.id} turn {turn} ({b.stance}): degenerate remark "
-                    "(asked twice), discussion skipped",
+            if is_degenerate(last):
+                record.left_out(
+                    "remark", b, turn, "degenerate remark (asked twice), discussion skipped"
                 )
                 continue
             hist, clipped = fit_history(
@@ -302,16 +342,10 @@ def discussion_batch(
                 task.ANSWER_FORMAT,
             )
             if hist is None:
-                note(
-                    "context",
-                    f"{b.example.id} turn {turn} ({b.stance}): over max_seq_len={limit}, skipped",
-                )
+                record.left_out("context", b, turn, f"over max_seq_len={limit}, skipped")
                 continue
             if clipped:
-                note(
-                    "context",
-                    f"{b.example.id} turn {turn} ({b.stance}): turns clipped to fit max_seq_len={limit}",
-                )
+                record.left_out("context", b, turn, f"turns clipped to fit max_seq_len={limit}")
             b.history = hist
             kept.append(b)
         branches = kept
@@ -327,50 +361,15 @@ def discussion_batch(
             per = timer.add("generate", t0) / len(branches)
             correct = [task.is_correct(r, b.example.answer) for b, r in zip(branches, revisions)]
             for b, context, rev, ok in zip(branches, contexts, revisions, correct):
-                rows.append(
-                    turn_row(
-                        meta,
-                        b.example,
-                        turn=turn,
-                        role="learner",
-                        stance=b.stance,
-                        prompt=context,
-                        text=rev,
-                        correct=mark(ok),
-                        seconds=per,
-                    )
-                )
+                record.revision(b, turn, context, rev, ok, per)
         for b, context, rev, ok in zip(branches, contexts, revisions, correct):
             target = choose_target(gold[b.example.id], rev, ok, m.target)
             sequences.append(
                 TrainSequence(context=context, target=target, kind=b.stance, group=b.example.id)
             )
-            rows.append(
-                turn_row(
-                    meta,
-                    b.example,
-                    turn=turn,
-                    role="target",
-                    stance=b.stance,
-                    prompt=context,
-                    text=target,
-                )
-            )
+            record.target(b, turn, context, target)
         if turn < m.turns:
             for b, rev in zip(branches, revisions):
                 b.history.append(rev or "")
-    # One live-view card per example: its answer, every stance's remark, the target.
-    for ex, a, ok in zip(exs, a0, ok0):
-        mine = [r for r in rows if r["example_id"] == ex.id and r["role"] == "partner"]
-        cb.on_exchange(
-            {
-                "phase": "discussion",
-                "example": ex,
-                "answer": a,
-                "correct": ok,
-                "remarks": [(r["stance"], r["text"], bool(r["cached"])) for r in mine],
-                "diagnostics": [(r["stance"], r.get("diagnostics")) for r in mine],
-                "target": gold[ex.id],
-            }
-        )
+    record.cards(exs, a0, ok0, gold)
     return sequences
