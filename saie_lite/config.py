@@ -43,7 +43,7 @@ EVAL_METRICS = ("accuracy", "nll", "rouge")
 CHECKS = ("number", "choice", "exact", "contains", "none")  # and regex:PATTERN
 STRATEGIES = ("single", "self-consistency", "self-discussion", "debate")
 LIVE_VIEWS = ("auto", "rich", "plain", "quiet")
-TRACKERS = ("tensorboard", "wandb", "mlflow")  # train.report_to; saie_lite/track/
+TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")  # train.report_to; saie_lite/track/
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

@@ -1,11 +1,12 @@
 """Trackers (``train.report_to``, ``--report-to``): what each one wrote is read back with
 its own reader (TensorBoard's event accumulator, the records of wandb's offline run file,
-MLflow's client) and compared with the run's own store; a tracker that fails is one line
+MLflow's client, trackio's SQLite storage) and compared with the run's own store; a tracker that fails is one line
 and the run goes on; a missing library is one line naming the extra."""
 
 from __future__ import annotations
 
 import json
+import os
 import struct
 import sys
 from pathlib import Path
@@ -214,7 +215,7 @@ def test_a_missing_library_names_the_extra_before_anything_is_written(tmp_path, 
 def test_unknown_tracker_names_are_refused():
     r = runner.invoke(app, ["train", "--dry-run", "--report-to", "tensorbord"])
     assert r.exit_code == 2
-    assert "train.report_to: comma list of tensorboard, wandb, mlflow, or none" in r.output
+    assert "train.report_to: comma list of tensorboard, wandb, mlflow, trackio, or none" in r.output
 
 
 def test_wandb_without_a_key_runs_offline_and_says_how_to_upload(tmp_path, monkeypatch):
@@ -307,3 +308,204 @@ def test_ablation_one_tracker_run_per_system_and_the_table(tmp_path):
     assert artifacts == ["ablation.json"]
     # beside the database, not in ./mlruns of wherever the command ran
     assert list((tmp_path / "mlflow-artifacts").rglob("ablation.json"))
+
+
+@pytest.fixture(scope="module")
+def trackio_store(tmp_path_factory):
+    """trackio reads TRACKIO_DIR once, at its first import (the tests' own importorskip
+    comes before saie-lite's setting): set first, so no test writes to the user's store."""
+    import importlib.util
+
+    if importlib.util.find_spec("trackio") is None:
+        pytest.skip("trackio is not installed")
+    old = os.environ.get("TRACKIO_DIR")
+    if "trackio" not in sys.modules:
+        os.environ["TRACKIO_DIR"] = str(tmp_path_factory.mktemp("trackio"))
+    from trackio import utils
+
+    assert str(utils.TRACKIO_DIR).startswith(str(tmp_path_factory.getbasetemp()))
+    yield Path(utils.TRACKIO_DIR)
+    if old is None:
+        os.environ.pop("TRACKIO_DIR", None)
+    else:
+        os.environ["TRACKIO_DIR"] = old
+
+
+def trackio_runs(**config) -> list[dict]:
+    """The runs in trackio's store whose config has these values, oldest first: each its
+    name, config and logged rows, read with trackio's own storage reader."""
+    from trackio.sqlite_storage import SQLiteStorage
+
+    configs = SQLiteStorage.get_all_run_configs("saie-lite")
+    out = []
+    for rec in SQLiteStorage.get_run_records("saie-lite"):
+        c = configs.get(rec["id"]) or {}
+        if all(c.get(k) == v for k, v in config.items()):
+            logs = SQLiteStorage.get_logs("saie-lite", run_id=rec["id"])
+            out.append({"name": rec["name"], "config": c, "logs": logs})
+    return out
+
+
+def trackio_series(logs: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(row["step"], row[key]) for row in logs if key in row]
+
+
+def test_train_dry_run_reports_every_update_to_trackio(trackio_store, tmp_path, monkeypatch):
+    from trackio import context_vars
+
+    monkeypatch.setenv("SAIE_TEST_KEY", SECRET)
+    run = tmp_path / "run"
+    r = dry_train(run, "trackio", "--set", "partner.api_key_env=SAIE_TEST_KEY")
+    assert r.exit_code == 0, r.output
+    assert "* Trackio" not in r.output  # its own prints would land in our live view
+    assert r.output.count("note: trackio: runs in ") <= 1
+    steps = stored_steps(run)
+    (tr,) = trackio_runs(**{"saie_lite.folder": str(run)})
+    assert tr["name"] == "run"
+    assert tr["config"]["train.lr"] == pytest.approx(2e-4)
+    assert tr["config"]["method.mode"] == "saie"
+    assert tr["config"]["partner.api_key_env"] == "SAIE_TEST_KEY"
+    assert SECRET not in json.dumps(tr["config"])
+    losses = [(s["step"], pytest.approx(s["loss"])) for s in steps]
+    assert trackio_series(tr["logs"], "train/loss") == losses
+    assert [v for _, v in trackio_series(tr["logs"], "train/target_tokens")] == [
+        s["n_target_tokens"] for s in steps
+    ]
+    for key in ("train/lr", "time/update_s", "speed/tokens_per_s"):
+        assert len(trackio_series(tr["logs"], key)) == 3, key
+    # the closing figures, at the last step: the whole run's remarks, from the store
+    assert trackio_series(tr["logs"], "train/updates") == [(3, 3)]
+    *per_update, (last_step, whole_run) = trackio_series(tr["logs"], "remarks/all/n")
+    assert [st for st, _ in per_update] == [2, 3] and last_step == 3
+    assert sum(n for _, n in per_update) == whole_run == 10
+    assert context_vars.current_run.get() is None  # finished: no global run left open
+
+
+def test_trackio_ablation_one_finished_run_per_system(trackio_store, tmp_path):
+    from trackio import context_vars
+
+    from saie_lite import config
+    from saie_lite.evaluate.ablation import run_ablation
+    from saie_lite.ui.ablate_view import PlainAblateView
+
+    sets = {
+        "learner.backend": "scripted",
+        "partner.backend": "scripted",
+        "data.limit": 6,
+        "data.split": "nodev",
+        "ablate.eval_limit": 3,
+        "ablate.systems": "base,sft,saie",
+        "train.batch_size": 2,
+        "eval.batch_size": 3,
+        "train.report_to": "trackio",
+    }
+    out = tmp_path / "abl"
+    res = run_ablation(config.build(overrides=sets), out, PlainAblateView(open("/dev/null", "w")))
+    assert res["status"] == "finished"
+    rows = {r["system"]: r for r in res["rows"]}
+    runs = trackio_runs(_Group="abl")
+    # one after the other, each finished before the next started
+    assert [t["name"] for t in runs] == ["abl/base", "abl/sft", "abl/saie", "abl/table"]
+    assert context_vars.current_run.get() is None
+    by = {t["name"]: t for t in runs}
+    assert trackio_series(by["abl/sft"]["logs"], "train/loss") == [
+        (st, pytest.approx(v)) for st, v in rows["sft"]["loss"]
+    ]
+    assert not trackio_series(by["abl/base"]["logs"], "train/loss")  # base is not trained
+    assert by["abl/saie"]["config"]["method.mode"] == "saie"
+    assert by["abl/sft"]["config"]["method.mode"] == "sft"
+    for system in ("base", "sft", "saie"):
+        (last,) = [row for row in by[f"abl/{system}"]["logs"] if "eval/accuracy" in row][-1:]
+        m = rows[system]["metrics"]["accuracy"]
+        assert last["eval/accuracy"] == pytest.approx(m["mean"])
+        assert last["eval/accuracy_ci95_low"] == pytest.approx(m["ci95"][0])
+        assert last["eval/accuracy_ci95_high"] == pytest.approx(m["ci95"][1])
+    assert any("p/vs_sft/accuracy" in row for row in by["abl/saie"]["logs"])
+    (table,) = [row["ablation"] for row in by["abl/table"]["logs"] if "ablation" in row]
+    assert [cells["system"] for cells in table["_value"]] == ["base", "sft", "saie"]
+
+
+def test_a_failing_trackio_write_is_one_line(trackio_store, tmp_path, monkeypatch):
+    from trackio.sqlite_storage import SQLiteStorage
+
+    def full_disk(*args, **kwargs):  # trackio writes from its own thread
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SQLiteStorage, "bulk_log", staticmethod(full_disk))
+    run = tmp_path / "run"
+    r = dry_train(run, "trackio")
+    assert r.exit_code == 0, r.output
+    failed = [line for line in r.output.splitlines() if "tracking: trackio failed" in line]
+    assert len(failed) == 1, r.output
+    assert "No space left on device" in failed[0] and "off for the rest" in failed[0]
+    assert "Warning" not in r.output
+    assert [s["step"] for s in stored_steps(run)] == [1, 2, 3]
+    assert "finished: 3 updates" in r.output
+
+
+def test_a_missing_trackio_names_its_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "trackio", None)
+    run = tmp_path / "run"
+    r = dry_train(run, "trackio")
+    assert r.exit_code == 2
+    assert "--report-to trackio needs the trackio package (not installed): " in r.output
+    assert "pip install 'saie-lite[trackio]'" in r.output
+    assert not run.exists()
+
+
+def test_trackio_stays_local_in_its_own_store(tmp_path):
+    """A fresh process: trackio's store goes to $SAIE_LITE_HOME/trackio, a Space in the
+    environment is ignored and, with a Hub token saved, nothing reaches the Hub (here a
+    loopback server standing in for it, which counts what it is asked)."""
+    import importlib.util
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"name": "someone"}')
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    if importlib.util.find_spec("trackio") is None:  # not imported here: its own process
+        pytest.skip("trackio is not installed")
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRACKIO_", "HF_"))}
+    env.update(
+        SAIE_LITE_HOME=str(tmp_path / "home"),
+        HF_HOME=str(tmp_path / "hf"),
+        HF_TOKEN="hf_notarealtoken0123456789",
+        HF_ENDPOINT=f"http://127.0.0.1:{httpd.server_address[1]}",
+        TRACKIO_SPACE_ID="someone/saie-space",
+    )
+    run = tmp_path / "run"
+    args = ["train", "--dry-run", "--limit", "6", "--run-dir", str(run), "--live", "plain"]
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "saie_lite.cli", *args, "--report-to", "trackio"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+    finally:
+        httpd.shutdown()
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert asked == []
+    assert "trackio: TRACKIO_SPACE_ID is ignored" in out
+    store = tmp_path / "home" / "trackio"
+    assert f"trackio: runs in {store}; see them with: TRACKIO_DIR={store} trackio show" in (
+        out.replace("\n", "")
+    )
+    assert (store / "saie-lite.db").is_file()
+    assert not (tmp_path / "hf" / "trackio").exists()  # not trackio's default, HF_HOME
+    assert "* Trackio" not in out and "Traceback" not in out

@@ -16,6 +16,7 @@ MODULES = {
     "tensorboard": ("tensorboard", "TensorBoardTracker"),
     "wandb": ("wandb", "WandbTracker"),
     "mlflow": ("mlflow", "MlflowTracker"),
+    "trackio": ("trackio", "TrackioTracker"),
 }
 assert set(MODULES) == set(TRACKERS)
 
@@ -33,6 +34,10 @@ def require(report_to: str) -> None:
     missing library stops the command at once, not after hours of training untracked."""
     for name in names(report_to):
         package = MODULES[name][0]
+        # a library that reads where to write once, at import (trackio), is told first
+        before = getattr(importlib.import_module(f"saie_lite.track.{name}"), "before_import", None)
+        if before is not None:
+            before()
         try:
             importlib.import_module(package)
         except ImportError as e:
