@@ -64,7 +64,8 @@ def test_bad_recipe_key_is_one_line(tmp_path):
     assert r.exit_code == 2
     assert r.output.strip() == (
         f"error: config: unknown key method.stance (in {recipe}); valid keys: mode, "
-        "warmup_fraction, rounds, turns, partner_sees_reference, target, mix_plain, context_policy"
+        "warmup_fraction, rounds, turns, partner_sees_reference, target, mix_plain, context_policy, "
+        "critique_target, critique_weight"
     )
 
 
