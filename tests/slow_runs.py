@@ -41,6 +41,7 @@ def ablate_args(url: str, out: Path, *extra) -> list[str]:
         "data.split": "nodev",
         "ablate.eval_limit": 2,
         "ablate.systems": "saie",
+        "ablate.base": False,  # one row: the stop and resume of one system is the point
         "train.batch_size": 2,
         "method.warmup_fraction": 0.25,
     }

@@ -3,6 +3,8 @@ refusal of a run that cannot fit, and the out-of-memory line."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from typer.testing import CliRunner
 
@@ -159,3 +161,18 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
     bad.write_bytes(b"<html>")
     with pytest.raises(ValueError, match="not a GGUF"):
         read_header(bad)
+
+
+def test_mlx_weights_are_counted_as_stored(tiny_model_dir):
+    """The MLX learner loads weights as stored: 4-bit mlx-community files count 0.5 byte
+    a weight, and a plan on MLX facts goes through (it once read a missing attribute)."""
+    from transformers import AutoConfig
+
+    cfg = _cfg()
+    s = memory.shape_of(AutoConfig.from_pretrained(tiny_model_dir), cfg)
+    f = memory.Facts("mlx", "mlx", s, memory.Lengths(40, 30, [70]), 4.0, False)
+    assert memory.weight_bytes(f) == s.n_params * s.stored_bytes
+    half = memory.Facts("mlx", "mlx", dataclasses.replace(s, stored_bytes=0.5),
+                        memory.Lengths(40, 30, [70]), 4.0, False)  # fmt: skip
+    assert memory.weight_bytes(half) == s.n_params * 0.5
+    assert memory.plan(cfg, f, "train").need("host") > memory.plan(cfg, half, "train").need("host")

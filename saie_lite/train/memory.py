@@ -18,6 +18,7 @@ that fits from one that cannot.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 from dataclasses import dataclass, field
@@ -214,7 +215,7 @@ def weight_bytes(f: Facts) -> float:
         # prepare_model_for_kbit_training casts every other weight to float32
         return s.n_linear * 4.13 / 8 + (s.n_params - s.n_linear) * 4.0
     if f.backend == "mlx":
-        return s.n_params * f.stored_bytes
+        return s.n_params * s.stored_bytes  # mlx loads the weights as stored
     return s.n_params * f.dtype_bytes
 
 
@@ -547,7 +548,7 @@ def gather(cfg: Config, examples, backend: str) -> Facts:
         dtype = {"bfloat16": 2.0, "float16": 2.0, "float32": 4.0}.get(lc.dtype, stored)
         bits = (getattr(config, "quantization", None) or {}).get("bits")
         if bits:  # an mlx-community quantized model: its linear layers as stored
-            shape.stored_bytes = bits / 8
+            shape = dataclasses.replace(shape, stored_bytes=bits / 8)  # not the cached one
         return Facts("mlx", "mlx", shape, lengths, dtype, False, partner=partner_facts(cfg))
     import importlib.util
 
