@@ -188,43 +188,25 @@ class TorchLearner(ChatTokenLearner):
         if unknown:
             raise TypeError(f"no such learner lever: {', '.join(sorted(unknown))}")
         want = dataclasses.replace(self.current_levers(), **changes)
-        kept = (
-            self.split_head,
-            self.plan_micro_batches,
-            self.pass_overhead,
-            self.blockwise_attention,
-            self.cfg.train.share_prefix,
-            self.cfg.learner.max_seq_len,
-            self.stop_on_device,
-            self.merge_for_generation,
-            self.answer_end,
-        )
+        kept, head = self.current_levers(), self.split_head
         try:
-            if not want.split_head:
-                self.split_head = None
-            elif self.split_head is None and not self.seq2seq:  # on where the model allows
-                self.split_head = target_only_head(self.model.get_base_model())
-            self.plan_micro_batches = want.plan_micro_batches
-            self.pass_overhead = want.pass_overhead
-            self.blockwise_attention = want.blockwise_attention
-            self.cfg.train.share_prefix = want.share_prefix
-            self.cfg.learner.max_seq_len = want.max_seq_len
-            self.stop_on_device = want.stop_on_device
-            self.merge_for_generation = want.merge_for_generation
-            self.answer_end = want.answer_end
+            self._set_levers(want, head)
             yield self.current_levers()
         finally:
-            (
-                self.split_head,
-                self.plan_micro_batches,
-                self.pass_overhead,
-                self.blockwise_attention,
-                self.cfg.train.share_prefix,
-                self.cfg.learner.max_seq_len,
-                self.stop_on_device,
-                self.merge_for_generation,
-                self.answer_end,
-            ) = kept
+            self._set_levers(kept, head)  # the very head object it had, not a new one
+
+    def _set_levers(self, v: Levers, head) -> None:
+        if v.split_head and head is None and not self.seq2seq:  # on where the model allows
+            head = target_only_head(self.model.get_base_model())
+        self.split_head = head if v.split_head else None
+        self.plan_micro_batches = v.plan_micro_batches
+        self.pass_overhead = v.pass_overhead
+        self.blockwise_attention = v.blockwise_attention
+        self.cfg.train.share_prefix = v.share_prefix
+        self.cfg.learner.max_seq_len = v.max_seq_len
+        self.stop_on_device = v.stop_on_device
+        self.merge_for_generation = v.merge_for_generation
+        self.answer_end = v.answer_end
 
     # -- generation ---------------------------------------------------------------
     def _left_padded(self, prompts: list[list[int]]):

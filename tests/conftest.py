@@ -229,3 +229,13 @@ def llama_server():
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def server():
+    """A loopback OpenAI-compatible server whose replies a test scripts (fault_server)."""
+    from fault_server import FaultServer
+
+    s = FaultServer()
+    yield s
+    s.close()

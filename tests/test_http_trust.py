@@ -7,10 +7,11 @@ import time
 
 import pytest
 from fault_server import FaultServer
+from test_openai_http import partner_for  # the partner the other HTTP tests build
 from typer.testing import CliRunner
 
 from saie_lite import config
-from saie_lite.backends.openai_http import OpenAIPartner, served_model
+from saie_lite.backends.openai_http import served_model
 from saie_lite.errors import PartnerError, UserError
 
 CHAT = [{"role": "user", "content": "Remark on: 2+2=5"}]
@@ -31,32 +32,10 @@ def _second_host() -> str:
 
 
 @pytest.fixture
-def server():
-    s = FaultServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def elsewhere():
     s = FaultServer(default="ok:A remark from the wrong host.", host=_second_host())
     yield s
     s.close()
-
-
-def partner_for(url, **over):
-    cfg = config.build(
-        overrides={
-            "partner.backend": "openai",
-            "partner.url": url,
-            "partner.model": "test-model",
-            "partner.backoff": 0.01,
-            "partner.retries": 2,
-            "partner.timeout": 2.0,
-            **over,
-        }
-    )
-    return OpenAIPartner(cfg), cfg
 
 
 def _redirect_line(url, code, where):

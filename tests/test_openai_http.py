@@ -21,13 +21,6 @@ from saie_lite.train.loop import train
 CHAT = [{"role": "user", "content": "Remark on: 2+2=5"}]
 
 
-@pytest.fixture
-def server():
-    s = FaultServer()
-    yield s
-    s.close()
-
-
 def partner_for(url, **over):
     cfg = config.build(
         overrides={
