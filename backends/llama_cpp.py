@@ -22,9 +22,12 @@ EMBEDDED_Q8 = "embedded-q8_0"
 EMBEDDED_Q4 = "embedded-q4_0"
 EMBEDDED_F32 = "embedded-f32"
 EMBEDDED_REQUANT = {EMBEDDED_Q8: "q8_0", EMBEDDED_Q4: "q4_0", EMBEDDED_F32: "f32"}
+# The shipped file, q8_0 or f32, whichever this machine runs fastest (partner_weights.py).
+EMBEDDED_AUTO = "embedded-auto"
+EMBEDDED_NAMES = ("embedded", EMBEDDED_AUTO, *EMBEDDED_REQUANT)
 
 
-def embedded_requantized(quant: str) -> Path:
+def embedded_requantized(quant: str, asked: str | None = None) -> Path:
     """The embedded model re-quantized to ``quant`` (q8_0, q4_0 or f32), built once from
     its float cache.
 
@@ -45,7 +48,8 @@ def embedded_requantized(quant: str) -> Path:
         from saie_lite.backends.torch_models import ensure_embedded_learner
     except ImportError:
         raise UserError(
-            f"partner.model=embedded-{quant} is built from the embedded model with torch: "
+            f"partner.model={asked or 'embedded-' + quant} builds {quant} weights from the "
+            "embedded model with torch: "
             "pip install 'saie-lite[torch]', or use partner.model=embedded"
         ) from None
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -54,14 +58,34 @@ def embedded_requantized(quant: str) -> Path:
     return target
 
 
-def resolve_gguf(name: str) -> Path:
+def embedded_weights(quant: str) -> Path:
+    """The embedded model's GGUF with ``quant`` weights: the shipped Q4_1 file, or one
+    built once (what ``embedded-auto`` measures and runs)."""
+    from saie_lite.paths import embedded_gguf
+
+    if quant == "q4_1":
+        return embedded_gguf()
+    return embedded_requantized(quant, asked=EMBEDDED_AUTO)
+
+
+def resolve_gguf(name: str, n_threads: int = 0) -> Path:
+    """The GGUF file ``partner.model`` names; ``n_threads`` (``partner.n_threads``) is the
+    thread count ``embedded-auto`` measures with."""
     from saie_lite.paths import EMBEDDED, embedded_gguf
 
     if name == EMBEDDED:
         return embedded_gguf()
     if name in EMBEDDED_REQUANT:
         return embedded_requantized(EMBEDDED_REQUANT[name])
+    if name == EMBEDDED_AUTO:
+        from saie_lite.backends.partner_weights import chosen
+
+        return embedded_weights(chosen(embedded_weights, n_threads))
     p = Path(name).expanduser()
+    if not p.is_file() and name.startswith(EMBEDDED + "-"):
+        raise UserError(
+            f"unknown partner model {name}: the embedded ones are {', '.join(EMBEDDED_NAMES)}"
+        )
     if not p.is_file():
         raise UserError(
             f"partner model file not found: {name} (give a .gguf path with --partner-model, "
@@ -90,7 +114,7 @@ class LlamaCppPartner:
         from llama_cpp import Llama
 
         pc = cfg.partner
-        path = resolve_gguf(pc.model)
+        path = resolve_gguf(pc.model, pc.n_threads)
         self.temperature = pc.temperature
         self.n_ctx = pc.n_ctx
         self.seed = pc.seed

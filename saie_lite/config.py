@@ -162,7 +162,8 @@ class PartnerConfig:
         "embedded",
         "llama_cpp: GGUF path, 'embedded' (the shipped Q4_1 file) or 'embedded-q8_0' / "
         "'embedded-q4_0' / 'embedded-f32' (built once from its float weights; faster "
-        "prompts on x86); "
+        "prompts on x86) or 'embedded-auto' (whichever of Q4_1, q8_0, f32 this CPU runs "
+        "fastest, measured once; SAIE_LITE_PARTNER_WEIGHTS=q4_1|q8_0|f32 overrides); "
         "openai: the server's model name (left at 'embedded': the one model the server lists)",
     )
     n_ctx: int = _f(2048, "llama.cpp context window (set explicitly; never the 512 default)")

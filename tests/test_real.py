@@ -110,13 +110,16 @@ def test_cli_trains_two_steps_with_real_models(tmp_path):
     assert (run / "checkpoints" / "step-000002" / "adapter_model.safetensors").is_file()
 
 
-def test_fast_generation_recipe_trains_from_snapshots(tmp_path):
+def test_fast_generation_recipe_trains_from_snapshots(tmp_path, monkeypatch):
     import json
 
     from typer.testing import CliRunner
 
     from saie_lite.cli import app
 
+    # the recipe's partner.model: embedded-auto, pinned so the test does not time three
+    # weight files on every fresh home (tests/test_partner_weights.py covers the choice)
+    monkeypatch.setenv("SAIE_LITE_PARTNER_WEIGHTS", "q4_1")
     run = tmp_path / "run"
     args = ["train", "--recipe", "recipes/quickstart-fast.yaml", "--limit", "8"]
     args += ["--live", "plain", "--run-dir", str(run), "--max-steps", "3"]

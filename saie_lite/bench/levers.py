@@ -114,6 +114,13 @@ def bench_levers(s: BenchSettings) -> dict:
     out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}
     out["partner_q4_0_remark_seconds_each"] = {"before": quant, "after": quant4}
     out["partner_f32_remark_seconds_each"] = {"before": quant, "after": f32}
+    # 3b. What partner.model=embedded-auto runs on this machine, and the timings (seconds
+    #     per remark prompt, cached once per machine) it chose by.
+    from saie_lite.backends.llama_cpp import embedded_weights
+    from saie_lite.backends.partner_weights import forced, measured
+
+    auto = measured(embedded_weights, _cfg(s).partner.n_threads)
+    out["partner_weights_auto"] = {"choice": forced() or auto["choice"], **auto["seconds"]}
     return out
 
 

@@ -521,14 +521,20 @@ def partner_facts(cfg: Config) -> PartnerFile | None:
 
     builds = {"embedded-q8_0": 34 / 32, "embedded-q4_0": 18 / 32, "embedded-f32": 4.0}
     try:
-        if pc.model == EMBEDDED or pc.model in builds:
+        model = pc.model
+        if model == "embedded-auto":  # the cached choice, else the largest candidate (f32)
+            from saie_lite.backends.partner_weights import SHIPPED, planned
+
+            quant = planned(pc.n_threads)
+            model = EMBEDDED if quant == SHIPPED else f"embedded-{quant}"
+        if model == EMBEDDED or model in builds:
             from saie_lite.paths import embedded_learner_dir
 
-            quant = pc.model.removeprefix("embedded-")
+            quant = model.removeprefix("embedded-")
             built = embedded_learner_dir().parent / f"smollm2-135m-instruct-{quant}.gguf"
-            if pc.model in builds and built.is_file():
+            if model in builds and built.is_file():
                 return _gguf_facts(str(built), None)
-            return _gguf_facts(str(embedded_gguf()), builds.get(pc.model))
+            return _gguf_facts(str(embedded_gguf()), builds.get(model))
     except UserError as e:
         raise Unknown(str(e)) from None
     p = Path(pc.model).expanduser()

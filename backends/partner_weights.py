@@ -1,0 +1,205 @@
+"""``partner.model: embedded-auto``: the embedded partner's weight type, chosen by measuring.
+
+Remark prompts are long and remarks short, so the partner's time is mostly prompt
+evaluation, and which weight type llama.cpp evaluates fastest depends on the CPU's
+kernels: f32 read prompts 1.6x faster than q8_0 on an AVX2 machine, q8_0 won on an
+AVX512-BF16 one (docs/benchmarks.md). So each candidate (the shipped Q4_1 file, q8_0,
+f32) is timed once per machine on a remark-shaped workload, and the answer is cached
+under ``SAIE_LITE_HOME/machine/`` keyed by CPU model, llama.cpp version and threads.
+
+``SAIE_LITE_PARTNER_WEIGHTS=q4_1|q8_0|f32`` overrides the measurement. Where each
+candidate's file comes from (shipped, or built once) is the partner's business
+(``llama_cpp.embedded_weights``): it is passed in as ``files``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from saie_lite.errors import UserError
+
+ENV = "SAIE_LITE_PARTNER_WEIGHTS"
+SHIPPED = "q4_1"
+CANDIDATES = (SHIPPED, "q8_0", "f32")
+# Another weight type must be clearly faster to replace the shipped file: timings within
+# 10% are inside a shared machine's drift, and the shipped file needs no build, is the
+# smallest in memory (f32 is 6x its size) and is the one the project's results use.
+MIN_SPEEDUP = 1.10
+PROMPT_TOKENS = 400  # a remark prompt: instructions, problem, reference, answer
+DECODE_TOKENS = 16  # a short remark's worth of single-token steps
+REPEATS = 2
+# Opens the timed prompt like a remark prompt (train/prompts.py, a layer above, not
+# imported): the time depends on the token count, not on these words.
+WORKLOAD_INSTRUCTION = (
+    "You are a study partner in a discussion about a student's solution. Give a critical "
+    "reply in one or two sentences and name the step the student should recheck."
+)
+
+
+def _llama_cpp_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llama_cpp_python")
+    except PackageNotFoundError:
+        return "none"
+
+
+def threads(n_threads: int = 0) -> int:
+    """The thread count the partner runs with (``partner.n_threads``; 0 = all cores)."""
+    return n_threads or os.cpu_count() or 1
+
+
+def machine_key(n_threads: int = 0) -> str:
+    from saie_lite.backends.cpu_dtype import _cpu_model
+
+    return f"{_cpu_model()} | llama_cpp {_llama_cpp_version()} | {threads(n_threads)} threads"
+
+
+def label(quant: str) -> str:
+    return "Q4_1" if quant == SHIPPED else quant  # as the shipped file's name spells it
+
+
+def choose(seconds: dict[str, float]) -> str:
+    """The fastest candidate, but the shipped file unless the fastest beats it by
+    ``MIN_SPEEDUP``."""
+    fastest = min(seconds, key=seconds.get)
+    if SHIPPED in seconds and seconds[SHIPPED] < seconds[fastest] * MIN_SPEEDUP:
+        return SHIPPED
+    return fastest
+
+
+def workload(llm) -> tuple[list[int], list[int]]:
+    """A fixed remark-shaped text in this model's tokens: the prompt and the tokens then
+    decoded one at a time (what they are does not matter for the time, only how many)."""
+    from saie_lite.paths import bundled_data
+
+    parts = [WORKLOAD_INSTRUCTION]
+    for line in bundled_data("gsm8k_sample.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        parts += [f"Problem: {row['question']}", f"Student's answer: {row['answer']}"]
+        tokens = llm.tokenize("\n\n".join(parts).encode(), add_bos=True)
+        if len(tokens) >= PROMPT_TOKENS + DECODE_TOKENS:
+            break
+    return tokens[:PROMPT_TOKENS], tokens[PROMPT_TOKENS : PROMPT_TOKENS + DECODE_TOKENS]
+
+
+def time_file(path: Path, n_threads: int = 0) -> float:
+    """Best-of-``REPEATS`` seconds to evaluate the prompt and decode the remark's tokens
+    from ``path``, after a warm-up (the first evaluation pays one-off weight repacking and
+    page faults); loading the file is not timed: a run pays it once."""
+    from llama_cpp import Llama
+
+    try:
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=1024,
+            n_threads=threads(n_threads),
+            n_gpu_layers=0,
+            verbose=False,
+        )
+    except (ValueError, RuntimeError) as e:
+        raise UserError(
+            f"llama.cpp could not load {path}: {str(e)[:160]} (delete it to rebuild it, or "
+            f"set {ENV}=q4_1)"
+        ) from None
+    try:
+        prompt, decode = workload(llm)
+        llm.reset()
+        llm.eval(prompt[:64])
+        best = float("inf")
+        for _ in range(REPEATS):
+            llm.reset()  # the next eval drops the KV cache from here: nothing is reused
+            t0 = time.perf_counter()
+            llm.eval(prompt)
+            for token in decode:
+                llm.eval([token])
+            best = min(best, time.perf_counter() - t0)
+        return best
+    finally:
+        llm.close()
+
+
+Files = Callable[[str], Path]  # a weight type -> the embedded model's GGUF of that type
+
+
+def measure(files: Files, n_threads: int = 0) -> dict[str, float]:
+    """Seconds per remark prompt for each candidate on this machine."""
+    return {quant: time_file(files(quant), n_threads) for quant in CANDIDATES}
+
+
+def _cache_path() -> Path:
+    from saie_lite.paths import home
+
+    return home() / "machine" / "partner-weights.json"
+
+
+def cached(n_threads: int = 0) -> dict | None:
+    """The cached measurement for this machine, or None (never measures)."""
+    try:
+        found = json.loads(_cache_path().read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict) or found.get("machine") != machine_key(n_threads):
+        return None
+    if found.get("choice") not in CANDIDATES:
+        return None  # a hand-edited or older file: measured again
+    return found
+
+
+def measured(files: Files, n_threads: int = 0, refresh: bool = False) -> dict:
+    """This machine's measurement: from the cache, or measured, cached and announced."""
+    from saie_lite.fsutil import atomic_write_text
+
+    if not refresh:
+        found = cached(n_threads)
+        if found is not None:
+            return found
+    seconds = measure(files, n_threads)
+    result = {"machine": machine_key(n_threads), "seconds": seconds, "choice": choose(seconds)}
+    path = _cache_path()
+    where = f"cached in {path}"
+    try:
+        atomic_write_text(path, json.dumps(result, indent=2))
+    except OSError:
+        where = "not cached: the home is not writable, measured again next run"
+    timings = ", ".join(f"{label(q)} {s:.2f} s" for q, s in seconds.items())
+    print(
+        f"note: partner weights: measured {timings} per remark prompt on this CPU -> "
+        f"{label(result['choice'])} ({where})",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result
+
+
+def forced() -> str | None:
+    """The weight type ``SAIE_LITE_PARTNER_WEIGHTS`` names, or None when unset."""
+    value = os.environ.get(ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in CANDIDATES:
+        raise UserError(
+            f"{ENV}={value[:20]!r} is not a partner weight type: use one of "
+            f"{', '.join(CANDIDATES)}, or unset it to measure"
+        )
+    return value
+
+
+def chosen(files: Files, n_threads: int = 0) -> str:
+    """The weight type ``embedded-auto`` uses here: the override, else the measurement."""
+    return forced() or measured(files, n_threads)["choice"]
+
+
+def planned(n_threads: int = 0) -> str:
+    """The weight type a memory plan counts, without measuring: the override or the
+    cached choice, else the largest candidate (f32), so the plan never comes out short."""
+    try:
+        return forced() or (cached(n_threads) or {}).get("choice") or "f32"
+    except UserError:
+        return "f32"
