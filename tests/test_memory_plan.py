@@ -176,3 +176,17 @@ def test_mlx_weights_are_counted_as_stored(tiny_model_dir):
                         memory.Lengths(40, 30, [70]), 4.0, False)  # fmt: skip
     assert memory.weight_bytes(half) == s.n_params * 0.5
     assert memory.plan(cfg, f, "train").need("host") > memory.plan(cfg, half, "train").need("host")
+
+
+def test_critique_sequences_are_counted_in_a_discussion_update():
+    # batch 4, both stances: 8 discussion sequences; critique_target adds one critique
+    # sequence per remark and copy (weight 1.5: up to 2 copies each, 16 more)
+    base = {"train.batch_size": 4, "method.mode": "saie"}
+    assert memory.sequences_per_update(_cfg(**base), "saie") == 8
+    on = _cfg(**base, **{"method.critique_target": True, "method.critique_weight": 1.5})
+    assert memory.sequences_per_update(on, "saie") == 8 + 16
+    one = _cfg(**base, **{"method.critique_target": True, "method.critique_weight": 1.0})
+    assert memory.sequences_per_update(one, "saie") == 8 + 8
+    # plain fine-tuning has no remarks to learn, whatever the setting says
+    sft = _cfg(**{"train.batch_size": 4, "method.mode": "sft", "method.critique_target": True})
+    assert memory.sequences_per_update(sft, "sft") == 4

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,13 @@ def longest_sequence(cfg: Config, mode: str, n: Lengths) -> int:
 def sequences_per_update(cfg: Config, mode: str) -> int:
     stances = {"sft": 0, "saie": 2}.get(mode, 1)
     per = cfg.train.batch_size * max(1, stances)
-    return per + (round(cfg.method.mix_plain * per) if stances else 0)
+    n = per + (round(cfg.method.mix_plain * per) if stances else 0)
+    if stances and cfg.method.critique_target:
+        # method.critique_target: each remark of every turn also becomes up to
+        # ceil(critique_weight) critique sequences (prompts.critique_copies); counted at
+        # the discussion's width, which they never exceed (question + answer + remark)
+        n += per * cfg.method.turns * math.ceil(cfg.method.critique_weight)
+    return n
 
 
 def passes(cfg: Config, f: Facts) -> list[tuple[int, int]]:
