@@ -6,7 +6,13 @@ slower than fp32 on an AVX-512 machine without bf16 units, and can be faster on 
 with them. So a short matmul probe times both, once per machine, and the answer is
 cached under ``SAIE_LITE_HOME/machine/`` keyed by CPU model, torch version and threads.
 
-``SAIE_LITE_CPU_BF16=1`` or ``=0`` overrides the probe (the test suite pins ``0`` so its
+A matmul is not an update, though (attention, norms, casts and the backward pass weigh
+too), so when the probe picks bf16 the learner's first update checks it: one pass of the
+first micro-batch in bf16 and one in float32 (``check_update``). If bf16 is not clearly
+faster there, the run switches to float32, and the verdict is cached beside the probe's
+(``update_check``), which then decides ``auto`` on this machine without timing again.
+
+``SAIE_LITE_CPU_BF16=1`` or ``=0`` overrides both (the test suite pins ``0`` so its
 verdict never depends on the CPU it runs on).
 """
 
@@ -16,11 +22,14 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-# bf16 must be clearly faster to be chosen: it also costs precision.
+# bf16 must be clearly faster to be chosen: it also costs precision. The first-update
+# check keeps bf16 by the same margin.
 BF16_MIN_SPEEDUP = 1.2
 ENV = "SAIE_LITE_CPU_BF16"
+UPDATE_CHECK = "update_check"  # the first-update verdict's entry in the cache file
 
 
 def _cpu_model() -> str:
@@ -59,35 +68,88 @@ def probe(n: int = 512, repeats: int = 5) -> dict:
     return out
 
 
-def _cache_path() -> Path:
+def cache_path() -> Path:
+    """Where the verdicts are cached (deleting it makes the next run measure again)."""
     from saie_lite.paths import home
 
     return home() / "machine" / "cpu-dtype.json"
 
 
-def measured(refresh: bool = False) -> dict:
-    """The probe's result for this machine: from the cache, or measured and cached."""
+def _cached(key: str) -> dict | None:
+    try:
+        cached = json.loads(cache_path().read_text())
+    except (OSError, ValueError):
+        return None
+    return cached if isinstance(cached, dict) and cached.get("machine") == key else None
+
+
+def _write(result: dict) -> None:
     from saie_lite.fsutil import atomic_write_text
 
-    key = machine_key()
-    path = _cache_path()
-    if not refresh:
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("machine") == key:
-                return cached
-        except (OSError, ValueError):
-            pass
-    result = {"machine": key, **probe()}
     try:
-        atomic_write_text(path, json.dumps(result, indent=2))
+        atomic_write_text(cache_path(), json.dumps(result, indent=2))
     except OSError:
         pass  # an unwritable home only costs a re-measure next time
+
+
+def measured(refresh: bool = False) -> dict:
+    """The probe's result for this machine: from the cache, or measured and cached. A
+    fresh probe keeps this machine's first-update verdict: that was the decisive one."""
+    key = machine_key()
+    cached = _cached(key)
+    if cached is not None and not refresh:
+        return cached
+    result = {"machine": key, **probe()}
+    if cached is not None and UPDATE_CHECK in cached:
+        result[UPDATE_CHECK] = cached[UPDATE_CHECK]
+    _write(result)
     return result
 
 
-def cpu_prefers_bf16() -> bool:
+def _forced() -> bool | None:
     forced = os.environ.get(ENV, "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
-    return measured()["choice"] == "bfloat16"
+    return forced == "1" if forced in ("0", "1") else None
+
+
+def cpu_prefers_bf16() -> bool:
+    forced = _forced()
+    if forced is not None:
+        return forced
+    result = measured()
+    return result.get(UPDATE_CHECK, result)["choice"] == "bfloat16"
+
+
+def update_check_due() -> bool:
+    """Whether ``auto`` chose bf16 on this machine by the probe alone: not forced by the
+    environment and no first-update verdict cached yet."""
+    return _forced() is None and UPDATE_CHECK not in measured()
+
+
+def time_update(one_pass: Callable[[], None], to_float32: Callable[[], None]) -> tuple:
+    """(bf16 seconds, float32 seconds) of ``one_pass``: as loaded (bf16), then after
+    ``to_float32()``. Each dtype's first pass is not timed (one-off kernel selection and
+    allocation would count against whichever ran first); the cast is not timed either."""
+    times = []
+    for switch in (lambda: None, to_float32):
+        switch()
+        one_pass()
+        t0 = time.perf_counter()
+        one_pass()
+        times.append(time.perf_counter() - t0)
+    return times[0], times[1]
+
+
+def check_update(one_pass: Callable[[], None], to_float32: Callable[[], None]) -> dict:
+    """Time the first update's pass both ways (``time_update``), decide, and cache the
+    verdict for this machine. Leaves the model in whichever dtype the timing left it in:
+    the caller puts it in the chosen one."""
+    bf16, fp32 = time_update(one_pass, to_float32)
+    speedup = fp32 / max(bf16, 1e-12)
+    verdict = {
+        "bfloat16_seconds": bf16,
+        "float32_seconds": fp32,
+        "bf16_speedup": speedup,
+        "choice": "bfloat16" if speedup >= BF16_MIN_SPEEDUP else "float32",
+    }
+    _write({**measured(), UPDATE_CHECK: verdict})
+    return verdict

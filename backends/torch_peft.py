@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from saie_lite.backends import cpu_dtype
 from saie_lite.backends.packed_attention import packed_forward, row_layout
 from saie_lite.backends.torch_models import quiet_transformers, resolve_model_path
 from saie_lite.backends.torch_setup import (
@@ -80,6 +82,13 @@ class TorchLearner(ChatTokenLearner):
 
         quiet_transformers()
         self.dtype = resolve_dtype(lc.dtype, self.device)
+        # `auto` picked bf16 on this CPU by a matmul probe alone: the first update checks it
+        self._check_dtype = (
+            lc.dtype == "auto"
+            and self.device == "cpu"
+            and self.dtype == torch.bfloat16
+            and cpu_dtype.update_check_due()
+        )
         path = resolve_model_path(lc.model)
         self.name = f"torch:{lc.model}"
         kwargs: dict = {"dtype": self.dtype, "trust_remote_code": lc.trust_remote_code}
@@ -426,11 +435,7 @@ class TorchLearner(ChatTokenLearner):
         self.model.eval()
         narrow: dict[str, torch.dtype] = {}
         if self.cfg.eval.loglik_dtype == "float32" and not self.quantized:
-            tensors = list(self.model.named_parameters()) + list(self.model.named_buffers())
-            narrow = {n: t.dtype for n, t in tensors if t.is_floating_point()}
-            narrow = {n: d for n, d in narrow.items() if d != torch.float32}
-            if narrow:
-                self.model.float()
+            narrow = self._widen_base()
         try:
             head_w = head_b = None
             if self.split_head is not None:
@@ -451,11 +456,7 @@ class TorchLearner(ChatTokenLearner):
                 out.append([float(logp[self.chat.ids(o)[0]]) for o in opts])
             return out
         finally:
-            if narrow:
-                named = list(self.model.named_parameters()) + list(self.model.named_buffers())
-                for n, t in named:
-                    if n in narrow:
-                        t.data = t.data.to(narrow[n])
+            self._narrow_base(narrow)
 
     @torch.no_grad()
     def nll(self, chats: list[Chat], targets: list[str], batch_size: int = 8) -> list[float]:
@@ -626,6 +627,10 @@ class TorchLearner(ChatTokenLearner):
             if self.plan_micro_batches
             else [(s, min(s + mb, len(items))) for s in range(0, len(items), mb)]
         )
+        if self._check_dtype:  # once, before the first update
+            self._check_dtype = False
+            first = items[spans[0][0] : spans[0][1]]
+            self._check_update_dtype(lambda: (loss_fn(first) / n_target).backward())
         for start, end in spans:
             loss_sum = loss_fn(items[start:end])
             # Divide by the batch's target-token count, not the micro-batch's, so the
@@ -640,6 +645,59 @@ class TorchLearner(ChatTokenLearner):
         self.opt.step()
         self.step += 1
         return StepStats(total / n_target, len(sequences), n_target, n_tok)
+
+    def _check_update_dtype(self, one_pass) -> None:
+        """``learner.dtype: auto`` chose bf16 on this CPU by a matmul probe: time one pass
+        (forward and backward of the first micro-batch) in bf16 and in float32 and keep
+        float32 if bf16 is not clearly faster (``cpu_dtype.check_update``, cached per
+        machine). The real update after it is exactly what it would have been: gradients
+        dropped, the RNG (dropout) put back, and the base back in bf16 unless float32 won
+        (bf16 -> float32 -> bf16 is exact); adapters are float32 throughout."""
+        if self.grad_sync is not None:
+            return  # ranks timing apart could choose apart: data-parallel keeps the probe's
+        rng = torch.random.get_rng_state()
+        widened: dict[str, torch.dtype] = {}
+
+        def run() -> None:
+            torch.random.set_rng_state(rng)
+            one_pass()
+
+        verdict = {"choice": "bfloat16"}  # what a failed timing leaves (the probe's)
+        try:
+            verdict = cpu_dtype.check_update(run, lambda: widened.update(self._widen_base()))
+        finally:
+            if verdict["choice"] == "float32":
+                self._widen_base()  # a no-op after the timing's own cast
+                self.dtype = torch.float32
+            else:
+                self._narrow_base(widened)
+            self.opt.zero_grad(set_to_none=True)
+            torch.random.set_rng_state(rng)
+        if verdict["choice"] == "float32":
+            print(
+                f"note: learner.dtype auto: a pass of the first update took "
+                f"{verdict['bfloat16_seconds']:.3f} s in bfloat16, "
+                f"{verdict['float32_seconds']:.3f} s in float32 on this CPU, so the frozen base "
+                f"trains in float32 (cached in {cpu_dtype.cache_path()}; "
+                f"{cpu_dtype.ENV}=1 forces bf16)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _widen_base(self) -> dict[str, torch.dtype]:
+        """The model in float32; returns the tensors' former dtypes for ``_narrow_base``."""
+        tensors = list(self.model.named_parameters()) + list(self.model.named_buffers())
+        narrow = {n: t.dtype for n, t in tensors if t.is_floating_point()}
+        narrow = {n: d for n, d in narrow.items() if d != torch.float32}
+        if narrow:
+            self.model.float()
+        return narrow
+
+    def _narrow_base(self, narrow: dict[str, torch.dtype]) -> None:
+        named = list(self.model.named_parameters()) + list(self.model.named_buffers())
+        for n, t in named:
+            if n in narrow:
+                t.data = t.data.to(narrow[n])
 
     @torch.no_grad()
     def merged_weights(self) -> dict:

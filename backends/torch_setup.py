@@ -54,7 +54,8 @@ def hide_bitsandbytes() -> None:
 def resolve_dtype(requested: str, device: str, cpu_bf16: bool | None = None) -> torch.dtype:
     """``auto``: the fastest precision the hardware has for the frozen base (adapters
     stay float32 either way): bf16 on CUDA GPUs; on a CPU, whichever a measured matmul
-    probe finds faster (``cpu_dtype``); float32 elsewhere."""
+    probe finds faster, or once the learner's first update has checked that on this
+    machine, whichever the update found faster (``cpu_dtype``); float32 elsewhere."""
     if requested != "auto":
         return getattr(torch, requested)
     if device == "cuda" and torch.cuda.is_bf16_supported():

@@ -63,8 +63,8 @@ class LearnerConfig:
     )
     dtype: str = _f(
         "auto",
-        "frozen weights: auto (bf16 on CUDA and on CPUs with bf16 units, else float32; "
-        "mlx: as stored) | float32 | bfloat16 | float16; adapters are always float32",
+        "frozen weights: auto (bf16 on CUDA; on a CPU bf16 where a matmul probe and the "
+        "first update find it faster, else float32; mlx: as stored) | float32 | bfloat16 | float16; adapters are always float32",
         choices=("auto", "float32", "bfloat16", "float16"),
     )
     quantize: str = _f(

@@ -261,6 +261,15 @@ def test_saie_part_trains_whole_discussions_and_counts_their_tokens(tiny_model_d
     assert "| context-policy notes (turns clipped or examples skipped) | sft 0, saie 0" in md
     assert "| SAIE / SFT tokens of the trained sequences per example |" in md
     assert "| SAIE: its update alone / SFT per example |" in md
+    # a whole SAIE example against its update alone: answers and remarks cost something
+    own = out["ratio_saie_over_own_update"]
+    assert own == pytest.approx(saie["seconds_per_example"] / saie["update_seconds_per_example"])
+    assert own > 1.0
+    assert f"| SAIE per example / its update alone (target <= 1.5x) | {own:.2f}x |" in md
+    lv = {"partner_weights_auto": {"choice": "q8_0", "q4_1": 3.2, "q8_0": 1.8, "f32": 5.3}}
+    md = markdown({**report, "results": {"levers": lv}})
+    line = "| partner.model embedded-auto: s per remark prompt -> choice | "
+    assert line + "q4_1 3.20, q8_0 1.80, f32 5.30 -> q8_0 |" in md
     # at the update part's cut the same discussions would be clipped: the count says so
     parts.DISCUSSION_MAX_LEN, keep = 0, parts.DISCUSSION_MAX_LEN
     try:

@@ -97,18 +97,42 @@ def frozen_params(learner) -> int:
 
 
 def bench_update(s: BenchSettings, dtype: str, learner=None) -> dict:
-    """Our torch backend's optimizer steps on plain GSM8K sequences."""
+    """Our torch backend's optimizer steps on plain GSM8K sequences; ``losses`` holds every
+    step's loss, the untimed warm-up step first."""
     from saie_lite.backends.torch_peft import TorchLearner
 
     if learner is None:
         learner = TorchLearner(_cfg(s, **{"learner.dtype": dtype, "learner.backend": "torch"}))
     seqs = _sequences(s, s.batch)
+    losses: list[float] = []
+
+    def step() -> int:
+        stats = learner.train_step(seqs)
+        losses.append(stats.loss)
+        return stats.n_tokens
+
+    timed = _timed_steps(step, s.steps)
     return {
         "dtype": dtype,
         # A LoRA update costs about 2 FLOPs per weight forward and 2 backward (gradients
         # flow to the activations, not to frozen weights): the usual 4N per token.
         "flops_per_token": 4 * frozen_params(learner),
-        **_timed_steps(lambda: learner.train_step(seqs).n_tokens, s.steps),
+        **timed,
+        "losses": losses,
+    }
+
+
+def loss_agreement(fp32: list[float], bf16: list[float], sequences: int) -> dict:
+    """How far bf16's step losses are from fp32's on the same sequences (relative). The
+    first step is the telling one: both start from the same adapter (LoRA's B is zero),
+    so it differs by the base's rounding alone, later steps by the updates' as well."""
+    rel = [abs(b - f) / max(abs(f), 1e-12) for f, b in zip(fp32, bf16)]
+    return {
+        "sequences": sequences,
+        "float32_losses": fp32[: len(rel)],
+        "bfloat16_losses": bf16[: len(rel)],
+        "first_step_relative_difference": rel[0],
+        "largest_relative_difference": max(rel),
     }
 
 
@@ -122,10 +146,15 @@ def bench_update_part(s: BenchSettings) -> dict:
     if probe["bf16_speedup"] < 0.25:
         # bf16 this slow (no bf16 units: 16x slower on an AVX2 EPYC) would make the full
         # measurement take half an hour: time it on 2 sequences, one step, and say so.
-        out["bfloat16"] = bench_update(dataclasses.replace(s, batch=2, steps=1), "bfloat16")
+        small = dataclasses.replace(s, batch=2, steps=1)
+        out["bfloat16"] = bench_update(small, "bfloat16")
         out["bfloat16"]["reduced"] = "2 sequences, 1 timed step (the probe found bf16 slow)"
+        # fp32 on those same 2 sequences, for the loss comparison (fp32 is the fast one)
+        fp32_losses, n = bench_update(small, "float32")["losses"], small.batch
     else:
         out["bfloat16"] = bench_update(s, "bfloat16")
+        fp32_losses, n = out["float32"]["losses"], s.batch
+    out["loss_bf16_vs_fp32"] = loss_agreement(fp32_losses, out["bfloat16"]["losses"], n)
     out["dtype_auto_probe"] = probe
     peak = matmul_peak_gflops()
     bound = peak * 1e9 / out["float32"]["flops_per_token"]
@@ -369,6 +398,14 @@ def bench_saie(
             "learner.snapshot_quant": "f32",
             "partner.model": "embedded-f32",
         },
+        # ... and the partner's weights chosen by measuring them on this machine
+        # (partner.model: embedded-auto, backends/partner_weights.py)
+        "saie_fast_auto": {
+            "method.mode": "saie",
+            "learner.snapshot_every": 4,
+            "learner.snapshot_quant": "f32",
+            "partner.model": "embedded-auto",
+        },
         # ... with a snapshot after every update (answers on-policy up to float
         # rounding): the f32 base once, then only the adapter per refresh
         "saie_fast_adapter": {
@@ -436,6 +473,12 @@ def bench_saie(
         out[f"ratio_{run}_update_over_sft"] = (
             out[run]["update_seconds_per_example"] / out["sft"]["seconds_per_example"]
         )
+        # a whole SAIE example against its own update: what answers and remarks add on top
+        # of the training the method cannot avoid (1.0 = they cost nothing)
+        if out[run]["update_seconds_per_example"] > 0:  # none when every discussion was cut
+            out[f"ratio_{run}_over_own_update"] = (
+                out[run]["seconds_per_example"] / out[run]["update_seconds_per_example"]
+            )
         out[f"ratio_{run}_trained_tokens_over_sft"] = (
             out[run]["trained_tokens_per_example"] / out["sft"]["trained_tokens_per_example"]
         )

@@ -117,6 +117,7 @@ def markdown(r: dict) -> str:
             "saie_fast": "SAIE, fast path (snapshot every 4)",
             "saie_fast_q8": "SAIE, fast path + q8_0 partner",
             "saie_fast_f32": "SAIE, fast path, f32 snapshot + f32 partner",
+            "saie_fast_auto": "SAIE, fast path, f32 snapshot + partner embedded-auto",
             "saie_fast_adapter": "SAIE, fast path refreshed every update (f32 base + adapter)",
         }
         for run, label in labels.items():
@@ -134,6 +135,11 @@ def markdown(r: dict) -> str:
                     row(
                         f"| {label}: its update alone / SFT per example | "
                         f"{_f(sa[f'ratio_{run}_update_over_sft'], 2)}x |"
+                    )
+                if f"ratio_{run}_over_own_update" in sa:
+                    row(
+                        f"| {label} per example / its update alone (target <= 1.5x) | "
+                        f"{_f(sa[f'ratio_{run}_over_own_update'], 2)}x |"
                     )
                 if f"ratio_{run}_trained_tokens_over_sft" in sa:
                     row(
@@ -159,6 +165,14 @@ def markdown(r: dict) -> str:
             f"| update tokens/s, ours bf16 weights{f' ({reduced})' if reduced else ''} | "
             f"{_f(u['bfloat16']['tokens_per_s'])} |"
         )
+        if "loss_bf16_vs_fp32" in u:
+            la = u["loss_bf16_vs_fp32"]
+            row(
+                "| bf16 vs fp32 loss, first step (relative difference) | "
+                f"{la['first_step_relative_difference']:.1e} (largest over "
+                f"{len(la['float32_losses'])} steps {la['largest_relative_difference']:.1e}; "
+                f"{la['sequences']} sequences) |"
+            )
         if "dtype_auto_probe" in u:
             pr = u["dtype_auto_probe"]
             row(
@@ -247,6 +261,12 @@ def markdown(r: dict) -> str:
                 row(
                     f"| lever, {label}: before -> after | {_f(x['before'], 2)} -> {_f(x['after'], 2)} |"
                 )
+        auto = lv.get("partner_weights_auto")
+        if isinstance(auto, dict):
+            timed = ", ".join(f"{q} {_f(auto[q], 2)}" for q in ("q4_1", "q8_0", "f32") if q in auto)
+            row(
+                f"| partner.model embedded-auto: s per remark prompt -> choice | {timed} -> {auto['choice']} |"
+            )
     if "cuda" in res:
         _cuda_rows(res["cuda"], row)
     return "\n".join(lines) + "\n"
