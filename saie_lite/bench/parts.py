@@ -406,6 +406,17 @@ def bench_saie(
             "learner.snapshot_quant": "f32",
             "partner.model": "embedded-auto",
         },
+        # ... and the next batch's answers and remarks prepared during each update that
+        # keeps the snapshot (train.overlap: on; off by default on a CPU), the partner on
+        # one thread so it shares the cores with the update instead of fighting for both
+        "saie_fast_auto_overlap": {
+            "method.mode": "saie",
+            "learner.snapshot_every": 4,
+            "learner.snapshot_quant": "f32",
+            "partner.model": "embedded-auto",
+            "partner.n_threads": 1,
+            "train.overlap": "on",
+        },
         # ... with a snapshot after every update (answers on-policy up to float
         # rounding): the f32 base once, then only the adapter per refresh
         "saie_fast_adapter": {

@@ -118,6 +118,7 @@ def markdown(r: dict) -> str:
             "saie_fast_q8": "SAIE, fast path + q8_0 partner",
             "saie_fast_f32": "SAIE, fast path, f32 snapshot + f32 partner",
             "saie_fast_auto": "SAIE, fast path, f32 snapshot + partner embedded-auto",
+            "saie_fast_auto_overlap": "same + overlap on (partner on 1 thread)",
             "saie_fast_adapter": "SAIE, fast path refreshed every update (f32 base + adapter)",
         }
         for run, label in labels.items():
