@@ -666,8 +666,7 @@ class TorchLearner(ChatTokenLearner):
         try:
             verdict = cpu_dtype.check_update(run, lambda: widened.update(self._widen_base()))
         finally:
-            if verdict["choice"] == "float32":
-                self._widen_base()  # a no-op after the timing's own cast
+            if verdict["choice"] == "float32":  # the timing's cast already widened the base
                 self.dtype = torch.float32
             else:
                 self._narrow_base(widened)

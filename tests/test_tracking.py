@@ -260,8 +260,9 @@ def test_eval_reports_every_metric_with_its_interval(tmp_path):
     assert tb["eval/n"] == 4
 
 
-def test_ablation_one_tracker_run_per_system_and_the_table(tmp_path):
-    pytest.importorskip("mlflow")
+def scripted_ablation(out: Path, report_to: str) -> tuple[dict, dict]:
+    """A finished base/sft/saie ablation on scripted backends, reporting to ``report_to``:
+    its result and its rows by system."""
     from saie_lite import config
     from saie_lite.evaluate.ablation import run_ablation
     from saie_lite.ui.ablate_view import PlainAblateView
@@ -275,12 +276,17 @@ def test_ablation_one_tracker_run_per_system_and_the_table(tmp_path):
         "ablate.systems": "base,sft,saie",
         "train.batch_size": 2,
         "eval.batch_size": 3,
-        "train.report_to": "tensorboard,mlflow",
+        "train.report_to": report_to,
     }
-    out = tmp_path / "abl"
     res = run_ablation(config.build(overrides=sets), out, PlainAblateView(open("/dev/null", "w")))
     assert res["status"] == "finished"
-    rows = {r["system"]: r for r in res["rows"]}
+    return res, {r["system"]: r for r in res["rows"]}
+
+
+def test_ablation_one_tracker_run_per_system_and_the_table(tmp_path):
+    pytest.importorskip("mlflow")
+    out = tmp_path / "abl"
+    res, rows = scripted_ablation(out, "tensorboard,mlflow")
     sft = tensorboard_scalars(out / "runs" / "sft" / "tb")
     assert [(st, pytest.approx(v, rel=1e-6)) for st, v in sft["train/loss"]] == [
         (st, v) for st, v in rows["sft"]["loss"]
@@ -384,25 +390,8 @@ def test_train_dry_run_reports_every_update_to_trackio(trackio_store, tmp_path, 
 def test_trackio_ablation_one_finished_run_per_system(trackio_store, tmp_path):
     from trackio import context_vars
 
-    from saie_lite import config
-    from saie_lite.evaluate.ablation import run_ablation
-    from saie_lite.ui.ablate_view import PlainAblateView
-
-    sets = {
-        "learner.backend": "scripted",
-        "partner.backend": "scripted",
-        "data.limit": 6,
-        "data.split": "nodev",
-        "ablate.eval_limit": 3,
-        "ablate.systems": "base,sft,saie",
-        "train.batch_size": 2,
-        "eval.batch_size": 3,
-        "train.report_to": "trackio",
-    }
     out = tmp_path / "abl"
-    res = run_ablation(config.build(overrides=sets), out, PlainAblateView(open("/dev/null", "w")))
-    assert res["status"] == "finished"
-    rows = {r["system"]: r for r in res["rows"]}
+    res, rows = scripted_ablation(out, "trackio")
     runs = trackio_runs(_Group="abl")
     # one after the other, each finished before the next started
     assert [t["name"] for t in runs] == ["abl/base", "abl/sft", "abl/saie", "abl/table"]
