@@ -21,22 +21,30 @@ GGUF_MAGIC = b"GGUF"
 EMBEDDED_Q8 = "embedded-q8_0"
 EMBEDDED_Q4 = "embedded-q4_0"
 EMBEDDED_F32 = "embedded-f32"
-EMBEDDED_REQUANT = {EMBEDDED_Q8: "q8_0", EMBEDDED_Q4: "q4_0", EMBEDDED_F32: "f32"}
-# The shipped file, q8_0 or f32, whichever this machine runs fastest (partner_weights.py).
+EMBEDDED_BF16 = "embedded-bf16"
+EMBEDDED_REQUANT = {
+    EMBEDDED_Q8: "q8_0",
+    EMBEDDED_Q4: "q4_0",
+    EMBEDDED_F32: "f32",
+    EMBEDDED_BF16: "bf16",
+}
+# The shipped file, q8_0, f32 or bf16, whichever this machine runs fastest
+# (partner_weights.py).
 EMBEDDED_AUTO = "embedded-auto"
 EMBEDDED_NAMES = ("embedded", EMBEDDED_AUTO, *EMBEDDED_REQUANT)
 
 
 def embedded_requantized(quant: str, asked: str | None = None) -> Path:
-    """The embedded model re-quantized to ``quant`` (q8_0, q4_0 or f32), built once from
-    its float cache.
+    """The embedded model re-quantized to ``quant`` (q8_0, q4_0, f32 or bf16), built once
+    from its float cache.
 
     Remark prompts are long (problem, reference, answer) while remarks are short, so the
     partner's speed is mostly prompt evaluation, which depends on the CPU's kernels for
     each weight type: on the AVX2 machine of the README's bench, prompts run 1.6x faster
     from f32 than from q8_0, q8_0 is a little faster than the shipped Q4_1 file, and
-    q4_0 (repacked at load for the AVX2 kernels) no faster than q8_0. ``bench --only
-    levers`` measures them on yours.
+    q4_0 (repacked at load for the AVX2 kernels) no faster than q8_0; on a CPU with
+    AVX512-BF16, bf16 is the fastest by far. ``bench --only levers`` measures them on
+    yours.
     """
     from saie_lite.gguf_writer import write_gguf
     from saie_lite.paths import embedded_learner_dir

@@ -2,12 +2,15 @@
 
 Remark prompts are long and remarks short, so the partner's time is mostly prompt
 evaluation, and which weight type llama.cpp evaluates fastest depends on the CPU's
-kernels: f32 read prompts 1.6x faster than q8_0 on an AVX2 machine, q8_0 won on an
-AVX512-BF16 one (docs/benchmarks.md). So each candidate (the shipped Q4_1 file, q8_0,
-f32) is timed once per machine on a remark-shaped workload, and the answer is cached
-under ``SAIE_LITE_HOME/machine/`` keyed by CPU model, llama.cpp version and threads.
+kernels: f32 read prompts 1.6x faster than q8_0 on an AVX2 machine, bf16 1.6x faster
+than either on an AVX512-BF16 one, where AVX2 has no bf16 dot product at all
+(docs/benchmarks.md). So each candidate (the shipped Q4_1 file, q8_0, f32, bf16) is
+timed once per machine on a remark-shaped workload, and the answer is cached under
+``SAIE_LITE_HOME/machine/`` keyed by CPU model, llama.cpp version and threads. The same
+choice serves the learner's snapshot (``learner.snapshot_quant: auto``): the ranking is
+the CPU's kernels', not the model's.
 
-``SAIE_LITE_PARTNER_WEIGHTS=q4_1|q8_0|f32`` overrides the measurement. Where each
+``SAIE_LITE_PARTNER_WEIGHTS=q4_1|q8_0|f32|bf16`` overrides the measurement. Where each
 candidate's file comes from (shipped, or built once) is the partner's business
 (``llama_cpp.embedded_weights``): it is passed in as ``files``.
 """
@@ -25,7 +28,7 @@ from saie_lite.errors import UserError
 
 ENV = "SAIE_LITE_PARTNER_WEIGHTS"
 SHIPPED = "q4_1"
-CANDIDATES = (SHIPPED, "q8_0", "f32")
+CANDIDATES = (SHIPPED, "q8_0", "f32", "bf16")
 # Another weight type must be clearly faster to replace the shipped file: timings within
 # 10% are inside a shared machine's drift, and the shipped file needs no build, is the
 # smallest in memory (f32 is 6x its size) and is the one the project's results use.
@@ -147,8 +150,8 @@ def cached(n_threads: int = 0) -> dict | None:
         return None
     if not isinstance(found, dict) or found.get("machine") != machine_key(n_threads):
         return None
-    if found.get("choice") not in CANDIDATES:
-        return None  # a hand-edited or older file: measured again
+    if found.get("choice") not in CANDIDATES or set(found.get("seconds") or ()) != set(CANDIDATES):
+        return None  # a hand-edited file, or one from before a candidate was added: measured again
     return found
 
 
@@ -194,6 +197,14 @@ def forced() -> str | None:
 def chosen(files: Files, n_threads: int = 0) -> str:
     """The weight type ``embedded-auto`` uses here: the override, else the measurement."""
     return forced() or measured(files, n_threads)["choice"]
+
+
+def snapshot_type(files: Files, n_threads: int = 0) -> str:
+    """The GGUF type ``learner.snapshot_quant: auto`` writes: the partner's choice, with
+    the shipped Q4_1 (which the snapshot writer does not make) read as q8_0, the type
+    nearest it in speed (docs/benchmarks.md)."""
+    quant = chosen(files, n_threads)
+    return "q8_0" if quant == SHIPPED else quant
 
 
 def planned(n_threads: int = 0) -> str:

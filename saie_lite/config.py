@@ -90,8 +90,10 @@ class LearnerConfig:
     )
     snapshot_quant: str = _f(
         "q8_0",
-        "snapshot GGUF type: q8_0 | q4_0 | f16 | f32",
-        choices=("q8_0", "q4_0", "f16", "f32"),
+        "snapshot GGUF type: q8_0 | q4_0 | f16 | f32 | bf16 (fastest on a CPU with "
+        "AVX512-BF16) | auto (the type partner.model=embedded-auto measures fastest on "
+        "this CPU, Q4_1 read as q8_0)",
+        choices=("q8_0", "q4_0", "f16", "f32", "bf16", "auto"),
     )
     snapshot_refresh: str = _f(
         "merge",
@@ -161,9 +163,10 @@ class PartnerConfig:
     model: str = _f(
         "embedded",
         "llama_cpp: GGUF path, 'embedded' (the shipped Q4_1 file) or 'embedded-q8_0' / "
-        "'embedded-q4_0' / 'embedded-f32' (built once from its float weights; faster "
-        "prompts on x86) or 'embedded-auto' (whichever of Q4_1, q8_0, f32 this CPU runs "
-        "fastest, measured once; SAIE_LITE_PARTNER_WEIGHTS=q4_1|q8_0|f32 overrides); "
+        "'embedded-q4_0' / 'embedded-f32' / 'embedded-bf16' (built once from its float "
+        "weights; faster prompts on x86) or 'embedded-auto' (whichever of Q4_1, q8_0, f32, "
+        "bf16 this CPU runs fastest, measured once; "
+        "SAIE_LITE_PARTNER_WEIGHTS=q4_1|q8_0|f32|bf16 overrides); "
         "openai: the server's model name (left at 'embedded': the one model the server lists)",
     )
     n_ctx: int = _f(2048, "llama.cpp context window (set explicitly; never the 512 default)")

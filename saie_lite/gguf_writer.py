@@ -1,4 +1,5 @@
-"""Write a merged Hugging Face llama-family model as a GGUF file (f32, f16, q8_0 or q4_0),
+"""Write a merged Hugging Face llama-family model as a GGUF file (f32, bf16, f16, q8_0 or
+q4_0),
 with the tokenizer and chat template, using the `gguf` package's writer and tensor-name map.
 
 q4_0 is made by llama.cpp's own quantizer from an f16 file written here first: it
@@ -23,8 +24,8 @@ import numpy as np
 from saie_lite.errors import UserError
 
 SUPPORTED = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
-QUANTS = ("f32", "f16", "q8_0", "q4_0")
-_FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
+QUANTS = ("f32", "bf16", "f16", "q8_0", "q4_0")
+_FILE_TYPES = {"f32": "ALL_F32", "bf16": "MOSTLY_BF16", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
 # quantized by llama.cpp (llama-cpp-python) from an f16 file, not by the gguf package
 LLAMA_QUANTS = {"q4_0": 2}  # LLAMA_FTYPE_MOSTLY_Q4_0
 
@@ -65,6 +66,23 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         if kind == "BF16":
             data = (data.astype(np.uint32) << 16).view(np.float32)
         out[name] = data.reshape(info["shape"])
+    return out
+
+
+def bf16_bits(data: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even as torch and the gguf
+    package round; NaN stays NaN. One vectorised pass: the gguf package's quantizer works
+    row group by row group and costs the snapshot refresh a second on a 135M model."""
+    u = np.ascontiguousarray(data, dtype=np.float32).view(np.uint32)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    # no overflow in uint32: the largest non-NaN pattern (-inf, 0xFF800000) gains 0x8000
+    rounded = (u >> 16) & 1
+    rounded += u
+    rounded += 0x7FFF
+    rounded >>= 16
+    out = rounded.astype(np.uint16)
+    if nan.any():
+        out[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)  # quiet NaN, sign kept
     return out
 
 
@@ -269,12 +287,17 @@ def write_gguf(
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue
         new, data = name(hf_name, data)
-        data = data.astype(np.float32)
+        data = data.astype(np.float32, copy=False)
         if data.ndim == 1 or quant == "f32":
             # norms and biases stay float32. A whole f32 file is for speed, not size: on
             # an AVX2 CPU llama.cpp evaluates prompts ~1.6x faster from float32 weights
             # than from q8_0 (README, Benchmarks: "Why float32 weights").
             w.add_tensor(new, data)
+        elif quant == "bf16":
+            # On a CPU with AVX512-BF16 llama.cpp's bf16 dot products read prompts ~1.6x
+            # faster than f32 or q8_0 weights (docs/benchmarks.md); elsewhere they are
+            # converted on the fly and lose: ``embedded-auto`` measures which.
+            w.add_tensor(new, bf16_bits(data), raw_dtype=gguf.GGMLQuantizationType.BF16)
         elif quant == "q8_0" and data.shape[-1] % 32 == 0:
             q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
             w.add_tensor(new, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)

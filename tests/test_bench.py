@@ -46,10 +46,12 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
     assert res["generate"]["fast_path_q4_0_tokens_per_s"] > 0
     assert res["generate"]["fast_path_f32_tokens_per_s"] > 0
     assert res["generate"]["fast_path_f32_adapter_tokens_per_s"] > 0
+    assert res["generate"]["fast_path_bf16_tokens_per_s"] > 0
     assert set(res["generate"]["snapshot_refresh_seconds"]) == {
         "q8_0",
         "q4_0",
         "f32",
+        "bf16",
         "f32_adapter",
     }
     assert 0 < res["update"]["fraction_of_matmul_bound_fp32"] < 1
@@ -62,6 +64,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
         "partner_q8_0_remark_seconds_each",
         "partner_q4_0_remark_seconds_each",
         "partner_f32_remark_seconds_each",
+        "partner_bf16_remark_seconds_each",
         "shared_prefix_update_seconds_per_step",
     ):
         assert levers[key]["before"] > 0 and levers[key]["after"] > 0, key

@@ -55,7 +55,7 @@ def test_hf_then_gguf_from_each_dtype(run_in, tmp_path):
     (st,) = hf.glob("*.safetensors")
     assert _header_dtypes(st) == {SAFETENSORS_NAME[dtype]}  # merged in the learner's dtype
     merged = {k: v.astype(np.float32) for k, v in read_safetensors(st).items()}
-    for quant, tol in (("f16", 2e-3), ("q8_0", 2e-2)):
+    for quant, tol in (("f16", 2e-3), ("bf16", 8e-3), ("q8_0", 2e-2)):
         out = tmp_path / f"gguf-{quant}"
         r = runner.invoke(
             app, ["export", str(run), "--to", "gguf", "--quant", quant, "--out", str(out)]
@@ -99,3 +99,19 @@ def test_mlx_from_each_dtype(run_in, tmp_path):
     with torch.no_grad():
         want = ref(torch.tensor([ids])).logits[0, -1].numpy()
     np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_bf16_bits_round_as_the_gguf_package_does():
+    from saie_lite.gguf_writer import bf16_bits
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 96)) * rng.choice([1e-30, 1e-3, 1.0, 1e3, 1e30], (64, 96))
+    x = x.astype(np.float32)
+    x[0, :6] = [np.inf, -np.inf, np.nan, -0.0, 0.0, 3.4e38]
+    x.view(np.uint32)[0, 6] = 0xFFFFFFFF  # a negative NaN at the top of the range
+    x.view(np.uint32)[0, 7] = 0x3F808000  # exactly halfway: rounds to even (down)
+    x.view(np.uint32)[0, 8] = 0x3F818000  # exactly halfway: rounds to even (up)
+    theirs = gguf.quants.quantize(x, gguf.GGMLQuantizationType.BF16).view(np.uint16)
+    mine = bf16_bits(x)
+    np.testing.assert_array_equal(mine, theirs.reshape(x.shape))
+    assert mine[0, 7] == 0x3F80 and mine[0, 8] == 0x3F82

@@ -23,7 +23,7 @@ def home(tmp_path, monkeypatch):
 def timings(monkeypatch):
     """Injected per-candidate seconds instead of timing llama.cpp; counts measurements."""
     calls = []
-    seconds = {"q4_1": 3.0, "q8_0": 1.8, "f32": 5.3}
+    seconds = {"q4_1": 3.0, "q8_0": 1.8, "f32": 5.3, "bf16": 6.1}
 
     def fake_measure(files, n_threads=0):
         assert callable(files)
@@ -51,7 +51,8 @@ def test_measurement_cached_and_reread_without_measuring(home, timings, capsys):
     assert first["choice"] == "q8_0" and calls == [2]
     err = capsys.readouterr().err
     assert err.strip() == (
-        "note: partner weights: measured Q4_1 3.00 s, q8_0 1.80 s, f32 5.30 s per remark "
+        "note: partner weights: measured Q4_1 3.00 s, q8_0 1.80 s, f32 5.30 s, bf16 6.10 s "
+        "per remark "
         f"prompt on this CPU -> q8_0 (cached in {home / 'machine' / 'partner-weights.json'})"
     )
     saved = json.loads((home / "machine" / "partner-weights.json").read_text())
@@ -117,7 +118,7 @@ def test_unknown_embedded_name_lists_the_embedded_ones(home):
         resolve_gguf("embedded-atuo")
     assert str(e.value) == (
         "unknown partner model embedded-atuo: the embedded ones are embedded, embedded-auto, "
-        "embedded-q8_0, embedded-q4_0, embedded-f32"
+        "embedded-q8_0, embedded-q4_0, embedded-f32, embedded-bf16"
     )
 
 
@@ -148,3 +149,27 @@ def test_real_measurement_on_the_embedded_model_files(saie_home, monkeypatch, ca
     before = os.stat(home / "machine" / "partner-weights.json").st_mtime_ns
     assert resolve_gguf("embedded-auto", 2) == path  # from the cache
     assert os.stat(home / "machine" / "partner-weights.json").st_mtime_ns == before
+
+
+def test_a_cache_from_before_bf16_was_a_candidate_is_measured_again(home, timings):
+    seconds, calls = timings
+    path = home / "machine" / "partner-weights.json"
+    path.parent.mkdir(parents=True)
+    old = {"q4_1": 1.06, "q8_0": 0.62, "f32": 0.70}  # what an older release measured
+    path.write_text(json.dumps({"machine": pw.machine_key(2), "seconds": old, "choice": "q8_0"}))
+    seconds.update(bf16=0.4)
+    assert pw.chosen(embedded_weights, 2) == "bf16" and calls == [2]
+    assert json.loads(path.read_text())["seconds"]["bf16"] == 0.4
+
+
+def test_the_snapshot_takes_the_partner_choice_with_q4_1_read_as_q8_0(home, timings, monkeypatch):
+    from saie_lite.train.fast_generation import snapshot_quant
+
+    seconds, _ = timings
+    seconds.update(bf16=0.4)
+    auto = config.build(overrides={"learner.snapshot_quant": "auto", "partner.n_threads": 2})
+    assert snapshot_quant(auto) == "bf16"
+    monkeypatch.setenv(pw.ENV, "q4_1")
+    assert snapshot_quant(auto) == "q8_0"
+    fixed = config.build(overrides={"learner.snapshot_quant": "f32"})
+    assert snapshot_quant(fixed) == "f32"

@@ -14,7 +14,7 @@ from saie_lite.bench.parts import BenchSettings, _cfg, _gen_rate, _sequences, sw
 def bench_generate(s: BenchSettings) -> dict:
     """Learner generation against llama.cpp single-stream on the same model: ours batched
     on torch, and ours on the fast path (a llama.cpp snapshot of the learner: q8_0, q4_0,
-    f32 merged, f32 base + adapter), with what one snapshot refresh costs."""
+    f32, bf16 merged, f32 base + adapter), with what one snapshot refresh costs."""
     import os
     import tempfile
 
@@ -43,11 +43,13 @@ def bench_generate(s: BenchSettings) -> dict:
     snap_cfg.learner.snapshot_every = 1
     later = UpdatesAhead(learner)
     # The snapshot as q8_0 (the default), as q4_0 (llama.cpp's quantizer; repacked at
-    # load on AVX2) and as f32, merged; and as an f32 base with the adapter applied at
+    # load on AVX2), as f32 and as bf16 (fast where the CPU has AVX512-BF16), merged; and as an f32 base with the adapter applied at
     # run time. Each is built once before it is timed; then one refresh (what every
     # snapshot_every updates costs) is timed apart.
     fast, refresh = {}, {}
-    for quant, how in (("q8_0", "merge"), ("q4_0", "merge"), ("f32", "merge"), ("f32", "adapter")):
+    kinds = (("q8_0", "merge"), ("q4_0", "merge"), ("f32", "merge"), ("bf16", "merge"),
+             ("f32", "adapter"))  # fmt: skip
+    for quant, how in kinds:
         snap_cfg.learner.snapshot_quant, snap_cfg.learner.snapshot_refresh = quant, how
         key = quant if how == "merge" else f"{quant}_adapter"
         # the snapshot files are hundreds of megabytes each: gone with the measurement
@@ -86,6 +88,8 @@ def bench_generate(s: BenchSettings) -> dict:
         "fast_path_q4_0_model": f"q4_0 snapshot, refreshed in {refresh['q4_0']:.2f} s",
         "fast_path_f32_tokens_per_s": fast["f32"],
         "fast_path_f32_model": f"f32 snapshot, refreshed in {refresh['f32']:.2f} s",
+        "fast_path_bf16_tokens_per_s": fast["bf16"],
+        "fast_path_bf16_model": f"bf16 snapshot, refreshed in {refresh['bf16']:.2f} s",
         "fast_path_f32_adapter_tokens_per_s": fast["f32_adapter"],
         "fast_path_f32_adapter_model": (
             f"f32 base + LoRA adapter, refreshed in {refresh['f32_adapter']:.2f} s"
@@ -97,6 +101,7 @@ def bench_generate(s: BenchSettings) -> dict:
         "ratio_fast_path_over_llama_cpp": fast["q8_0"] / ref,
         "ratio_fast_path_q4_0_over_llama_cpp": fast["q4_0"] / ref,
         "ratio_fast_path_f32_over_llama_cpp": fast["f32"] / ref,
+        "ratio_fast_path_bf16_over_llama_cpp": fast["bf16"] / ref,
     }
 
 

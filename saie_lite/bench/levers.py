@@ -108,12 +108,13 @@ def bench_levers(s: BenchSettings) -> dict:
         return t
 
     quant, quant4 = requantized("embedded-q8_0"), requantized("embedded-q4_0")
-    f32 = requantized("embedded-f32")
+    f32, bf16 = requantized("embedded-f32"), requantized("embedded-bf16")
     out["remark_seconds_each"] = {"before": cleared, "after": reused}
     out["batched_remark_seconds_each"] = {"before": reused, "after": batched}
     out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}
     out["partner_q4_0_remark_seconds_each"] = {"before": quant, "after": quant4}
     out["partner_f32_remark_seconds_each"] = {"before": quant, "after": f32}
+    out["partner_bf16_remark_seconds_each"] = {"before": f32, "after": bf16}
     # 3b. What partner.model=embedded-auto runs on this machine, and the timings (seconds
     #     per remark prompt, cached once per machine) it chose by.
     from saie_lite.backends.llama_cpp import embedded_weights

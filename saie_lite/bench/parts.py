@@ -374,6 +374,7 @@ def bench_saie(
     cuda`` passes its own)."""
     from saie_lite.store import Store
     from saie_lite.tasks import gsm8k
+    from saie_lite.train.fast_generation import SnapshotAnswers
     from saie_lite.train.loop import train
     from saie_lite.train.runs import build_backends
 
@@ -398,12 +399,20 @@ def bench_saie(
             "learner.snapshot_quant": "f32",
             "partner.model": "embedded-f32",
         },
-        # ... and the partner's weights chosen by measuring them on this machine
-        # (partner.model: embedded-auto, backends/partner_weights.py)
+        # ... and both as bf16 GGUFs (llama.cpp's bf16 dot products, on a CPU with
+        # AVX512-BF16; converted on the fly, and slow, elsewhere)
+        "saie_fast_bf16": {
+            "method.mode": "saie",
+            "learner.snapshot_every": 4,
+            "learner.snapshot_quant": "bf16",
+            "partner.model": "embedded-bf16",
+        },
+        # ... and both weight types chosen by measuring them on this machine
+        # (partner.model: embedded-auto, snapshot_quant: auto; backends/partner_weights.py)
         "saie_fast_auto": {
             "method.mode": "saie",
             "learner.snapshot_every": 4,
-            "learner.snapshot_quant": "f32",
+            "learner.snapshot_quant": "auto",
             "partner.model": "embedded-auto",
         },
         # ... and the next batch's answers and remarks prepared during each update that
@@ -412,7 +421,7 @@ def bench_saie(
         "saie_fast_auto_overlap": {
             "method.mode": "saie",
             "learner.snapshot_every": 4,
-            "learner.snapshot_quant": "f32",
+            "learner.snapshot_quant": "auto",
             "partner.model": "embedded-auto",
             "partner.n_threads": 1,
             "train.overlap": "on",
@@ -425,6 +434,23 @@ def bench_saie(
             "learner.snapshot_quant": "f32",
             "learner.snapshot_refresh": "adapter",
             "partner.model": "embedded-f32",
+        },
+        # ... the same with both weight types measured (snapshot_quant: auto): a refresh
+        # costs milliseconds, so every update stays on-policy
+        "saie_fast_auto_adapter": {
+            "method.mode": "saie",
+            "learner.snapshot_every": 1,
+            "learner.snapshot_quant": "auto",
+            "learner.snapshot_refresh": "adapter",
+            "partner.model": "embedded-auto",
+        },
+        # ... and refreshed every 4 updates, like the merged modes above
+        "saie_fast_auto_adapter4": {
+            "method.mode": "saie",
+            "learner.snapshot_every": 4,
+            "learner.snapshot_quant": "auto",
+            "learner.snapshot_refresh": "adapter",
+            "partner.model": "embedded-auto",
         },
     }
     for run, over in runs.items():
@@ -452,6 +478,12 @@ def bench_saie(
         # One untimed update first: the first step after loading pays one-off costs
         # (allocator growth, kernel selection) that would bias whichever mode runs first.
         learner.train_step(_sequences(s, 1))
+        if isinstance(learner, SnapshotAnswers):
+            # The first snapshot (in the adapter modes, the base model's file) is built
+            # before the clock starts, as the models are loaded: a run builds it once.
+            # After the warm-up update the timed steps are 1..N, so a snapshot refreshed
+            # every k updates is rebuilt once per k timed steps, as in a long run.
+            learner.refresh_if_due()
         counted = CountedLearner(learner)
         trained = counted.seen
         store = Store(run_dir / "saie.sqlite")

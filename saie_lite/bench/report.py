@@ -117,9 +117,12 @@ def markdown(r: dict) -> str:
             "saie_fast": "SAIE, fast path (snapshot every 4)",
             "saie_fast_q8": "SAIE, fast path + q8_0 partner",
             "saie_fast_f32": "SAIE, fast path, f32 snapshot + f32 partner",
-            "saie_fast_auto": "SAIE, fast path, f32 snapshot + partner embedded-auto",
+            "saie_fast_bf16": "SAIE, fast path, bf16 snapshot + bf16 partner",
+            "saie_fast_auto": "SAIE, fast path, snapshot and partner weights measured (auto)",
             "saie_fast_auto_overlap": "same + overlap on (partner on 1 thread)",
             "saie_fast_adapter": "SAIE, fast path refreshed every update (f32 base + adapter)",
+            "saie_fast_auto_adapter": "SAIE, refreshed every update (auto base + adapter, auto partner)",
+            "saie_fast_auto_adapter4": "same, adapter refreshed every 4 updates",
         }
         for run, label in labels.items():
             if run in sa:
@@ -223,7 +226,7 @@ def markdown(r: dict) -> str:
                 f"| learner generation tokens/s, fast path ({g['fast_path_model']}) | "
                 f"{_f(g['fast_path_tokens_per_s'])} |"
             )
-        for quant in ("q4_0", "f32", "f32_adapter"):
+        for quant in ("q4_0", "f32", "bf16", "f32_adapter"):
             if f"fast_path_{quant}_tokens_per_s" in g:
                 row(
                     f"| learner generation tokens/s, fast path ({g[f'fast_path_{quant}_model']}) | "
@@ -256,6 +259,7 @@ def markdown(r: dict) -> str:
             ("partner_q8_0_remark_seconds_each", "seconds per remark: partner Q4_1 -> q8_0"),
             ("partner_q4_0_remark_seconds_each", "seconds per remark: partner q8_0 -> q4_0"),
             ("partner_f32_remark_seconds_each", "seconds per remark: partner q8_0 -> f32"),
+            ("partner_bf16_remark_seconds_each", "seconds per remark: partner f32 -> bf16"),
         ):
             x = lv.get(key)
             if isinstance(x, dict):
@@ -264,7 +268,9 @@ def markdown(r: dict) -> str:
                 )
         auto = lv.get("partner_weights_auto")
         if isinstance(auto, dict):
-            timed = ", ".join(f"{q} {_f(auto[q], 2)}" for q in ("q4_1", "q8_0", "f32") if q in auto)
+            timed = ", ".join(
+                f"{q} {_f(auto[q], 2)}" for q in ("q4_1", "q8_0", "f32", "bf16") if q in auto
+            )
             row(
                 f"| partner.model embedded-auto: s per remark prompt -> choice | {timed} -> {auto['choice']} |"
             )

@@ -1,7 +1,8 @@
 """The fast generation path (``learner.snapshot_every: N``).
 
 Learner answers are the largest cost of an online method on a CPU. Here they come from
-a llama.cpp snapshot of the learner (``learner.snapshot_quant``: q8_0, q4_0, f16, f32):
+a llama.cpp snapshot of the learner (``learner.snapshot_quant``: q8_0, q4_0, f16, f32,
+bf16, or auto: the type this CPU runs fastest, as measured for the partner):
 the adapter is folded into the base weights (in memory), written as a GGUF with the base
 model's tokenizer and template, and loaded into llama.cpp; the snapshot is rebuilt every
 N updates. Answers are therefore
@@ -30,6 +31,19 @@ from saie_lite.protocols import Chat, Snapshots, supports
 from saie_lite.tasks import cut_at_answer, reply_finished
 
 PARALLEL = 8  # answers decoded together (a batch is usually 4-8 questions)
+
+
+def snapshot_quant(cfg) -> str:
+    """``learner.snapshot_quant``, with ``auto`` resolved by the partner-weights
+    measurement (once per machine, cached): which weight type llama.cpp runs fastest
+    depends on the CPU's kernels, not on the model."""
+    quant = cfg.learner.snapshot_quant
+    if quant != "auto":
+        return quant
+    from saie_lite.backends.llama_cpp import embedded_weights
+    from saie_lite.backends.partner_weights import snapshot_type
+
+    return snapshot_type(embedded_weights, cfg.partner.n_threads)
 
 
 def due_step(step: int, every: int) -> int:
@@ -63,7 +77,7 @@ class SnapshotAnswers:
                 )
         self.inner = learner
         self.every = lc.snapshot_every
-        self.quant = lc.snapshot_quant
+        self.quant = snapshot_quant(cfg)
         self.by_adapter = lc.snapshot_refresh == "adapter"
         self.adapter = None  # the llama.cpp adapter set on the decoder's context
         self.dir = Path(directory)

@@ -526,7 +526,12 @@ def partner_facts(cfg: Config) -> PartnerFile | None:
         return None  # a server's memory is not this machine's; 'self' is the learner
     from saie_lite.paths import EMBEDDED, embedded_gguf
 
-    builds = {"embedded-q8_0": 34 / 32, "embedded-q4_0": 18 / 32, "embedded-f32": 4.0}
+    builds = {
+        "embedded-q8_0": 34 / 32,
+        "embedded-q4_0": 18 / 32,
+        "embedded-f32": 4.0,
+        "embedded-bf16": 2.0,
+    }
     try:
         model = pc.model
         if model == "embedded-auto":  # the cached choice, else the largest candidate (f32)
