@@ -92,6 +92,11 @@ def test_bench_rejects_unknown_part(tmp_path):
         r.output.strip()
         == "error: unknown cpu bench part(s) warp; parts: saie, update, trl, mlx, generate, levers"
     )
+    r = CliRunner().invoke(app, ["bench", "--only", "saie", "--modes", "saie_fast,warp"])
+    assert r.exit_code == 2 and r.output.startswith(
+        "error: unknown bench mode(s) warp; modes: sft,"
+    )
+    assert r.output.count("\n") == 1
     # --device cuda has its own parts (shapes and saie), checked before CUDA is looked for
     r = CliRunner().invoke(app, ["bench", "--device", "cuda", "--only", "update"])
     assert r.exit_code == 2

@@ -30,6 +30,9 @@ def bench(
         "cuda: smollm2-135m,qwen2-0.5b,qwen2-1.5b,saie (default: all)",
     ),
     examples: int = typer.Option(8, help="SAIE vs SFT part: examples per mode"),
+    modes: str = typer.Option(
+        "", help="SAIE vs SFT part: comma list of its modes (sft always runs); default all"
+    ),
     steps: int = typer.Option(3, help="timed updates per measurement (after one warm-up)"),
     batch: int = typer.Option(8, help="sequences per update"),
     max_len: int = typer.Option(256, help="training sequence length cap"),
@@ -55,7 +58,10 @@ def bench(
         if value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
     parts, cuda_parts = choose_parts(device, only)
-    settings = BenchSettings(model, examples, steps, batch, max_len, new_tokens)
+    from saie_lite.bench.parts import chosen_modes
+
+    chosen_modes(modes)  # a wrong name is one line now, not after the other parts
+    settings = BenchSettings(model, examples, steps, batch, max_len, new_tokens, modes=modes)
     target = out or home() / "bench" / _time.strftime("%Y%m%d-%H%M%S")
     report = run_bench(settings, parts, Path(target), cuda_parts=cuda_parts)
     from saie_lite.bench.report import markdown
