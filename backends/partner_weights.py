@@ -150,8 +150,12 @@ def cached(n_threads: int = 0) -> dict | None:
         return None
     if not isinstance(found, dict) or found.get("machine") != machine_key(n_threads):
         return None
-    if found.get("choice") not in CANDIDATES or set(found.get("seconds") or ()) != set(CANDIDATES):
-        return None  # a hand-edited file, or one from before a candidate was added: measured again
+    seconds = found.get("seconds")
+    timed = isinstance(seconds, dict) and set(seconds) == set(CANDIDATES)
+    timed = timed and all(isinstance(v, (int, float)) for v in seconds.values())
+    if found.get("choice") not in CANDIDATES or not timed:
+        # a hand-edited file, or one from before a candidate was added: measured again
+        return None
     return found
 
 
@@ -200,11 +204,15 @@ def chosen(files: Files, n_threads: int = 0) -> str:
 
 
 def snapshot_type(files: Files, n_threads: int = 0) -> str:
-    """The GGUF type ``learner.snapshot_quant: auto`` writes: the partner's choice, with
-    the shipped Q4_1 (which the snapshot writer does not make) read as q8_0, the type
-    nearest it in speed (docs/benchmarks.md)."""
-    quant = chosen(files, n_threads)
-    return "q8_0" if quant == SHIPPED else quant
+    """The GGUF type ``learner.snapshot_quant: auto`` writes: the fastest of the measured
+    types the snapshot writer makes (q8_0, f32, bf16). The shipped file's 10% margin is
+    the partner's alone: a snapshot is written anyway. An override naming the shipped
+    Q4_1 is read as q8_0, the type nearest it in speed (docs/benchmarks.md)."""
+    quant = forced()
+    if quant is not None:
+        return "q8_0" if quant == SHIPPED else quant
+    seconds = measured(files, n_threads)["seconds"]
+    return min((q for q in CANDIDATES if q != SHIPPED), key=seconds.get)
 
 
 def planned(n_threads: int = 0) -> str:

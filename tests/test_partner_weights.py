@@ -151,6 +151,18 @@ def test_real_measurement_on_the_embedded_model_files(saie_home, monkeypatch, ca
     assert os.stat(home / "machine" / "partner-weights.json").st_mtime_ns == before
 
 
+def test_a_hand_edited_cache_is_measured_again(home, timings):
+    _, calls = timings
+    path = home / "machine" / "partner-weights.json"
+    path.parent.mkdir(parents=True)
+    for seconds in (3, {"q4_1": "fast", "q8_0": 1, "f32": 1, "bf16": 1}, None):
+        path.write_text(
+            json.dumps({"machine": pw.machine_key(2), "seconds": seconds, "choice": "q8_0"})
+        )
+        assert pw.cached(2) is None
+    assert pw.chosen(embedded_weights, 2) == "q8_0" and calls == [2]
+
+
 def test_a_cache_from_before_bf16_was_a_candidate_is_measured_again(home, timings):
     seconds, calls = timings
     path = home / "machine" / "partner-weights.json"
@@ -162,12 +174,17 @@ def test_a_cache_from_before_bf16_was_a_candidate_is_measured_again(home, timing
     assert json.loads(path.read_text())["seconds"]["bf16"] == 0.4
 
 
-def test_the_snapshot_takes_the_partner_choice_with_q4_1_read_as_q8_0(home, timings, monkeypatch):
+def test_the_snapshot_takes_the_fastest_type_it_can_write(home, timings, monkeypatch):
     from saie_lite.train.fast_generation import snapshot_quant
 
     seconds, _ = timings
     seconds.update(bf16=0.4)
     auto = config.build(overrides={"learner.snapshot_quant": "auto", "partner.n_threads": 2})
+    assert snapshot_quant(auto) == "bf16"
+    # the partner keeps the shipped file within its 10% margin; the snapshot, written
+    # anyway, takes the fastest writable type
+    seconds.update(q4_1=1.0, q8_0=1.3, f32=1.6, bf16=0.95)
+    assert pw.measured(embedded_weights, 2, refresh=True)["choice"] == "q4_1"
     assert snapshot_quant(auto) == "bf16"
     monkeypatch.setenv(pw.ENV, "q4_1")
     assert snapshot_quant(auto) == "q8_0"

@@ -117,8 +117,9 @@ def test_fast_generation_recipe_trains_from_snapshots(tmp_path, monkeypatch):
 
     from saie_lite.cli import app
 
-    # the recipe's partner.model: embedded-auto, pinned so the test does not time three
-    # weight files on every fresh home (tests/test_partner_weights.py covers the choice)
+    # the recipe's partner.model and snapshot_quant (auto), pinned so the test does not
+    # time four weight files on every fresh home (tests/test_partner_weights.py covers
+    # the choice): the shipped Q4_1 partner, and so a q8_0 snapshot
     monkeypatch.setenv("SAIE_LITE_PARTNER_WEIGHTS", "q4_1")
     run = tmp_path / "run"
     args = ["train", "--recipe", "recipes/quickstart-fast.yaml", "--limit", "8"]
@@ -130,8 +131,8 @@ def test_fast_generation_recipe_trains_from_snapshots(tmp_path, monkeypatch):
     # updates: 1 warm-up, then discussions at learner steps 1 and 2; the step-2 answers
     # come from the adapter exported after update 2, on the base exported once
     meta = json.loads((run / "snapshot" / "snapshot.json").read_text())
-    assert meta == {"step": 2, "quant": "f32", "refresh": "adapter"}
-    assert (run / "snapshot" / "base-f32.gguf").is_file()
+    assert meta == {"step": 2, "quant": "q8_0", "refresh": "adapter"}
+    assert (run / "snapshot" / "base-q8_0.gguf").is_file()
     assert (run / "snapshot" / "learner-lora.gguf").is_file()
     store = Store(run / "saie.sqlite")
     answers = [t for (t,) in store.db.execute("SELECT text FROM turns WHERE role='learner'")]

@@ -24,7 +24,9 @@ from saie_lite.protocols import StepStats, TrainSequence, TunableLevers, support
 @dataclass
 class BenchSettings:
     model: str = "embedded"
-    examples: int = 8  # SAIE vs SFT part: discussion examples per mode
+    # SAIE vs SFT part: discussion examples per mode; 16 in batches of 4 times four steps,
+    # so a snapshot refreshed every 4 updates is rebuilt once while timed, as in a long run
+    examples: int = 16
     steps: int = 3  # timed updates per update measurement (after one warm-up step)
     batch: int = 8
     max_len: int = 256  # training sequences are cut to this many tokens

@@ -12,7 +12,9 @@ from saie_lite.errors import UserError
 def export(
     run_dir: Path = typer.Argument(..., help="a training run directory"),
     to: str = typer.Option("gguf", help="hf | gguf | mlx"),
-    quant: str = typer.Option("f16", help="gguf: f16 | f32 | q8_0 | q4_0 (q4_0 via llama.cpp)"),
+    quant: str = typer.Option(
+        "f16", help="gguf: f16 | f32 | bf16 | q8_0 | q4_0 (q4_0 via llama.cpp)"
+    ),
     out: Path | None = typer.Option(None, help="output directory (default RUN/export/...)"),
 ) -> None:
     """Export the trained learner: merged safetensors, GGUF (+ Ollama Modelfile), or MLX."""
@@ -29,9 +31,13 @@ def bench(
         help="comma list of parts; cpu: saie,update,trl,mlx,generate (default) and levers; "
         "cuda: smollm2-135m,qwen2-0.5b,qwen2-1.5b,saie (default: all)",
     ),
-    examples: int = typer.Option(8, help="SAIE vs SFT part: examples per mode"),
+    examples: int = typer.Option(
+        16,
+        help="SAIE vs SFT part: examples per mode (16 = four timed steps of 4, so a "
+        "snapshot refreshed every 4 updates is rebuilt once while timed)",
+    ),
     modes: str = typer.Option(
-        "", help="SAIE vs SFT part: comma list of its modes (sft always runs); default all"
+        "", help="SAIE vs SFT part (cpu): comma list of its modes (sft always runs); default all"
     ),
     steps: int = typer.Option(3, help="timed updates per measurement (after one warm-up)"),
     batch: int = typer.Option(8, help="sequences per update"),
