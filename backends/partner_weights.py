@@ -215,6 +215,21 @@ def snapshot_type(files: Files, n_threads: int = 0) -> str:
     return min((q for q in CANDIDATES if q != SHIPPED), key=seconds.get)
 
 
+def planned_snapshot(n_threads: int = 0) -> str:
+    """``snapshot_type`` for a memory plan, without measuring: the override or the cached
+    timings, else f32 (the largest type)."""
+    try:
+        quant = forced()
+    except UserError:
+        return "f32"
+    if quant is not None:
+        return "q8_0" if quant == SHIPPED else quant
+    seconds = (cached(n_threads) or {}).get("seconds")
+    if not seconds:
+        return "f32"
+    return min((q for q in CANDIDATES if q != SHIPPED), key=seconds.get)
+
+
 def planned(n_threads: int = 0) -> str:
     """The weight type a memory plan counts, without measuring: the override or the
     cached choice, else the largest candidate (f32), so the plan never comes out short."""

@@ -4,6 +4,7 @@ refusal of a run that cannot fit, and the out-of-memory line."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 from typer.testing import CliRunner
@@ -190,3 +191,50 @@ def test_critique_sequences_are_counted_in_a_discussion_update():
     # plain fine-tuning has no remarks to learn, whatever the setting says
     sft = _cfg(**{"train.batch_size": 4, "method.mode": "sft", "method.critique_target": True})
     assert memory.sequences_per_update(sft, "sft") == 4
+
+
+def test_the_fast_path_snapshot_is_counted_at_its_weight_type(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from transformers import AutoConfig
+
+    from saie_lite.backends import partner_weights as pw
+
+    monkeypatch.setenv("SAIE_LITE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(pw.ENV, raising=False)
+    over = {"method.mode": "saie", "learner.snapshot_every": 4, "learner.max_seq_len": 512}
+    s = memory.shape_of(AutoConfig.from_pretrained(tiny_model_dir), _cfg(**over))
+    n = memory.Lengths(prompt=40, target=30, plain=[70, 100])
+
+    def snapshot_part(**sets):
+        cfg = _cfg(**{**over, **sets})
+        f = memory.Facts("torch", "cpu", s, n, 4.0, False, snapshot=memory.snapshot_facts(cfg))
+        return f.snapshot, memory.plan(cfg, f, "train").parts.get("snapshot")
+
+    kv = 2 * 4 * (512 + 192) * s.n_layers * s.kv_dim * 2.0
+    scratch = memory.LLAMA_SCRATCH_TOKENS * s.vocab * 4.0
+    quant, (size, pool) = snapshot_part(**{"learner.snapshot_quant": "bf16"})
+    assert quant == "bf16" and pool == "host"
+    assert size == pytest.approx(s.n_params * 2.0 + kv + scratch)
+    assert snapshot_part(**{"learner.snapshot_quant": "q8_0"})[1][0] < size
+    # auto before any measurement: the largest type, f32; then what the cache says
+    assert snapshot_part(**{"learner.snapshot_quant": "auto"})[0] == "f32"
+    path = tmp_path / "home" / "machine" / "partner-weights.json"
+    path.parent.mkdir(parents=True)
+    seconds = {"q4_1": 1.0, "q8_0": 0.6, "f32": 0.7, "bf16": 0.45}
+    path.write_text(
+        json.dumps({"machine": pw.machine_key(0), "seconds": seconds, "choice": "bf16"})
+    )
+    assert snapshot_part(**{"learner.snapshot_quant": "auto"})[0] == "bf16"
+    monkeypatch.setenv(pw.ENV, "q4_1")
+    assert snapshot_part(**{"learner.snapshot_quant": "auto"})[0] == "q8_0"
+    # no snapshot: answers from the learner itself, or a plain run with no answers at all
+    assert snapshot_part(**{"learner.snapshot_every": 0}) == (None, None)
+    assert snapshot_part(**{"method.mode": "sft"}) == (None, None)
+    writing = memory.plan(
+        _cfg(**over),
+        memory.Facts("torch", "cpu", s, n, 4.0, False, snapshot="q8_0"),
+        "train",
+    )
+    assert writing.parts["snapshot writing"] == (s.n_params * 4.0, "host")
+    assert "snapshot writing" in writing.passing

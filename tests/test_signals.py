@@ -86,6 +86,13 @@ def test_a_second_signal_aborts_and_the_run_still_resumes(uninterrupted, tmp_pat
     p = Proc(train_args(server.url, run, "--set", "train.save_every=1"))
     try:
         p.wait_for("step 1 ")
+        # The first signal only once a remark is being waited for: sent as soon as the
+        # warm-up step is printed, it can land before the loop checks for a stop, and
+        # the run then stops cleanly before the second signal arrives.
+        deadline = time.monotonic() + 60
+        while server.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.in_flight > 0, p.output
         p.p.send_signal(signal.SIGTERM)
         p.wait_for("stopping after this step")
         p.p.send_signal(signal.SIGTERM)

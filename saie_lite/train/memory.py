@@ -59,6 +59,9 @@ LOGIT_COPIES = 3
 STEP_WORKSPACE = 0.15 * GB
 # llama.cpp's compute buffers (logits of a 512-token batch and the graph's scratch).
 LLAMA_SCRATCH_TOKENS = 512
+# Bytes per weight of a learner snapshot's GGUF (``learner.snapshot_quant``); norms stay
+# float32, a rounding error at these sizes.
+SNAPSHOT_BYTES = {"f32": 4.0, "bf16": 2.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 @dataclass
@@ -107,6 +110,7 @@ class Facts:
     quantized: bool
     sdpa: bool = True  # attention without materialised scores on a GPU
     partner: PartnerFile | None = None
+    snapshot: str | None = None  # the fast path's GGUF type; None = answers from the learner
 
 
 @dataclass
@@ -267,6 +271,19 @@ def plan(cfg: Config, f: Facts, purpose: str) -> Plan:
             cells = pc.n_ctx * (1 + (min(pc.parallel, 4) if pc.parallel > 1 else 0))
             scratch = LLAMA_SCRATCH_TOKENS * g.vocab * 4.0
             p.add("partner", g.size + kv_bytes(cells, g.n_layers, g.kv_dim, 2.0) + scratch, where)
+        if f.snapshot is not None:
+            # The fast path's llama.cpp copy of the learner: its GGUF, the KV cache of the
+            # answers decoded together (fast_generation.SnapshotAnswers) and scratch; and,
+            # while a snapshot is written, the float32 weights it is written from.
+            s = f.shape
+            cells = 4 * (lc.max_seq_len + lc.max_new_tokens)
+            held = s.n_params * SNAPSHOT_BYTES[f.snapshot]
+            held += (
+                kv_bytes(cells, s.n_layers, s.kv_dim, 2.0) + LLAMA_SCRATCH_TOKENS * s.vocab * 4.0
+            )
+            gpu = f.device == "cuda" and lc.snapshot_gpu_layers != 0
+            p.add("snapshot", held, "device" if gpu else "host")
+            p.add("snapshot writing", s.n_params * 4.0, "host", passing=True)
     return p
 
 
@@ -555,6 +572,20 @@ def partner_facts(cfg: Config) -> PartnerFile | None:
     return _gguf_facts(str(p), None)
 
 
+def snapshot_facts(cfg: Config) -> str | None:
+    """The GGUF type of the learner's llama.cpp snapshot, or None without one. ``auto``
+    is read without measuring: the override or the cached choice, else f32 (the largest),
+    so the plan never comes out short."""
+    lc = cfg.learner
+    if lc.snapshot_every <= 0 or lc.generate_on in ("local", "vllm") or not cfg.method.stances:
+        return None  # no snapshot, or no answers to make (sft)
+    if lc.snapshot_quant != "auto":
+        return lc.snapshot_quant
+    from saie_lite.backends.partner_weights import planned_snapshot
+
+    return planned_snapshot(cfg.partner.n_threads)
+
+
 def gather(cfg: Config, examples, backend: str) -> Facts:
     lc = cfg.learner
     where = _model_dir(lc.model)
@@ -589,6 +620,7 @@ def gather(cfg: Config, examples, backend: str) -> Facts:
         quantized,
         sdpa=not eager,
         partner=partner_facts(cfg),
+        snapshot=snapshot_facts(cfg),
     )
 
 
