@@ -203,16 +203,22 @@ def chosen(files: Files, n_threads: int = 0) -> str:
     return forced() or measured(files, n_threads)["choice"]
 
 
-def snapshot_type(files: Files, n_threads: int = 0) -> str:
-    """The GGUF type ``learner.snapshot_quant: auto`` writes: the fastest of the measured
-    types the snapshot writer makes (q8_0, f32, bf16). The shipped file's 10% margin is
-    the partner's alone: a snapshot is written anyway. An override naming the shipped
-    Q4_1 is read as q8_0, the type nearest it in speed (docs/benchmarks.md)."""
-    quant = forced()
+def _snapshot_of(quant: str | None, seconds: dict | None) -> str:
+    """The snapshot's type from an override (the shipped Q4_1 read as q8_0, the type
+    nearest it in speed) or from timings (the fastest type the snapshot writer makes:
+    the shipped file's 10% margin is the partner's alone); f32 with neither."""
     if quant is not None:
         return "q8_0" if quant == SHIPPED else quant
-    seconds = measured(files, n_threads)["seconds"]
+    if not seconds:
+        return "f32"
     return min((q for q in CANDIDATES if q != SHIPPED), key=seconds.get)
+
+
+def snapshot_type(files: Files, n_threads: int = 0) -> str:
+    """The GGUF type ``learner.snapshot_quant: auto`` writes (``_snapshot_of``),
+    measuring once per machine if nothing is cached."""
+    quant = forced()
+    return _snapshot_of(quant, None if quant else measured(files, n_threads)["seconds"])
 
 
 def planned_snapshot(n_threads: int = 0) -> str:
@@ -222,12 +228,7 @@ def planned_snapshot(n_threads: int = 0) -> str:
         quant = forced()
     except UserError:
         return "f32"
-    if quant is not None:
-        return "q8_0" if quant == SHIPPED else quant
-    seconds = (cached(n_threads) or {}).get("seconds")
-    if not seconds:
-        return "f32"
-    return min((q for q in CANDIDATES if q != SHIPPED), key=seconds.get)
+    return _snapshot_of(quant, None if quant else (cached(n_threads) or {}).get("seconds"))
 
 
 def planned(n_threads: int = 0) -> str:

@@ -43,8 +43,8 @@ def bench_generate(s: BenchSettings) -> dict:
     snap_cfg.learner.snapshot_every = 1
     later = UpdatesAhead(learner)
     # The snapshot as q8_0 (the default), as q4_0 (llama.cpp's quantizer; repacked at
-    # load on AVX2), as f32 and as bf16 (fast where the CPU has AVX512-BF16), merged; and as an f32 base with the adapter applied at
-    # run time. Each is built once before it is timed; then one refresh (what every
+    # load on AVX2), as f32 and as bf16 (fast where the CPU has AVX512-BF16), merged;
+    # and as an f32 base with the adapter applied at run time. Each is built once before it is timed; then one refresh (what every
     # snapshot_every updates costs) is timed apart.
     fast, refresh = {}, {}
     kinds = (("q8_0", "merge"), ("q4_0", "merge"), ("f32", "merge"), ("bf16", "merge"),

@@ -59,9 +59,9 @@ LOGIT_COPIES = 3
 STEP_WORKSPACE = 0.15 * GB
 # llama.cpp's compute buffers (logits of a 512-token batch and the graph's scratch).
 LLAMA_SCRATCH_TOKENS = 512
-# Bytes per weight of a learner snapshot's GGUF (``learner.snapshot_quant``); norms stay
-# float32, a rounding error at these sizes.
-SNAPSHOT_BYTES = {"f32": 4.0, "bf16": 2.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# Bytes per weight of a GGUF of each type (a learner snapshot, an embedded partner built
+# once); norms stay float32, a rounding error at these sizes.
+GGUF_BYTES = {"f32": 4.0, "bf16": 2.0, "f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 @dataclass
@@ -277,7 +277,7 @@ def plan(cfg: Config, f: Facts, purpose: str) -> Plan:
             # while a snapshot is written, the float32 weights it is written from.
             s = f.shape
             cells = 4 * (lc.max_seq_len + lc.max_new_tokens)
-            held = s.n_params * SNAPSHOT_BYTES[f.snapshot]
+            held = s.n_params * GGUF_BYTES[f.snapshot]
             held += (
                 kv_bytes(cells, s.n_layers, s.kv_dim, 2.0) + LLAMA_SCRATCH_TOKENS * s.vocab * 4.0
             )
@@ -543,12 +543,7 @@ def partner_facts(cfg: Config) -> PartnerFile | None:
         return None  # a server's memory is not this machine's; 'self' is the learner
     from saie_lite.paths import EMBEDDED, embedded_gguf
 
-    builds = {
-        "embedded-q8_0": 34 / 32,
-        "embedded-q4_0": 18 / 32,
-        "embedded-f32": 4.0,
-        "embedded-bf16": 2.0,
-    }
+    builds = {f"embedded-{q}": GGUF_BYTES[q] for q in ("q8_0", "q4_0", "f32", "bf16")}
     try:
         model = pc.model
         if model == "embedded-auto":  # the cached choice, else the largest candidate (f32)
