@@ -119,7 +119,7 @@ class Levers:
 
 class LlamaCppPartner:
     def __init__(self, cfg):
-        from llama_cpp import Llama
+        from saie_lite.backends.llama_load import open_llama
 
         pc = cfg.partner
         path = resolve_gguf(pc.model, pc.n_threads)
@@ -135,7 +135,7 @@ class LlamaCppPartner:
         self._batched = None  # (decoder, chat formatter, end-of-generation ids), lazily
         self.name = f"llama_cpp:{path.name}:t{pc.temperature}:s{pc.seed}"
         try:
-            self.llm = Llama(
+            self.llm = open_llama(
                 model_path=str(path),
                 n_ctx=pc.n_ctx,
                 n_threads=pc.n_threads or os.cpu_count() or 1,

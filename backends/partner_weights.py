@@ -96,10 +96,10 @@ def time_file(path: Path, n_threads: int = 0) -> float:
     """Best-of-``REPEATS`` seconds to evaluate the prompt and decode the remark's tokens
     from ``path``, after a warm-up (the first evaluation pays one-off weight repacking and
     page faults); loading the file is not timed: a run pays it once."""
-    from llama_cpp import Llama
+    from saie_lite.backends.llama_load import open_llama
 
     try:
-        llm = Llama(
+        llm = open_llama(
             model_path=str(path),
             n_ctx=1024,
             n_threads=threads(n_threads),

@@ -187,7 +187,9 @@ class LlamaServer:
             [
                 sys.executable,
                 "-m",
-                "llama_cpp.server",
+                # llama_cpp.server behind this project's guard against llama.cpp's
+                # AMX crash (backends/llama_load.py)
+                "saie_lite.backends.llama_load",
                 "--model",
                 str(self.gguf),
                 "--host",

@@ -20,10 +20,24 @@ if shutil.which("tmux") is None:
 REPO = Path(__file__).resolve().parent.parent
 
 
+def tmux(session: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    """Each session gets its own tmux server (socket named after it, no user config):
+    on the shared default server, one test's kill-session could take the server down
+    while the next test's new-session was connecting ("server exited unexpectedly")."""
+    return subprocess.run(["tmux", "-L", session, "-f", "/dev/null", *args], **kw)
+
+
 def screen(session: str) -> str:
-    return subprocess.run(
+    return tmux(
         # -S -: the scrollback too, so what a long question pushed off the screen counts
-        ["tmux", "capture-pane", "-p", "-J", "-S", "-", "-t", session],
+        session,
+        "capture-pane",
+        "-p",
+        "-J",
+        "-S",
+        "-",
+        "-t",
+        session,
         capture_output=True,
         text=True,
     ).stdout
@@ -49,14 +63,10 @@ def test_interactive_debate_on_a_terminal(tmp_path, saie_home):
         f"SAIE_LITE_HOME={saie_home} {exe} debate --rounds 1 --max-new-tokens 32 "
         "--stance adversarial; sleep 30"
     )
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "50", cmd], check=True
-    )
+    tmux(session, "new-session", "-d", "-s", session, "-x", "150", "-y", "50", cmd, check=True)
     try:
         wait_for(session, "Question (empty line quits)", 60)
-        subprocess.run(
-            ["tmux", "send-keys", "-t", session, "What is 6 times 7?", "Enter"], check=True
-        )
+        tmux(session, "send-keys", "-t", session, "What is 6 times 7?", "Enter", check=True)
         shown = wait_for(session, "Final answer:", 180)
         for expected in (
             "Round 1",
@@ -67,15 +77,13 @@ def test_interactive_debate_on_a_terminal(tmp_path, saie_home):
             "saved as debate",
         ):
             assert expected in shown, expected
-        subprocess.run(["tmux", "send-keys", "-t", session, "", "Enter"], check=True)
+        tmux(session, "send-keys", "-t", session, "", "Enter", check=True)
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        tmux(session, "kill-server", capture_output=True)
 
 
 def keys(session: str, *k: str, literal: bool = False) -> None:
-    subprocess.run(
-        ["tmux", "send-keys", "-t", session, *(["-l"] if literal else []), *k], check=True
-    )
+    tmux(session, "send-keys", "-t", session, *(["-l"] if literal else []), *k, check=True)
 
 
 class ScriptedDebate:
@@ -90,8 +98,17 @@ class ScriptedDebate:
             f"{sys.executable} tests/tty_agents.py debate {args}; echo EXIT=$?; "
             f"stty -g > {tmp_path}/after; sleep 60"
         )
-        subprocess.run(
-            ["tmux", "new-session", "-d", "-s", self.session, "-x", "150", "-y", "50", cmd],
+        tmux(
+            self.session,
+            "new-session",
+            "-d",
+            "-s",
+            self.session,
+            "-x",
+            "150",
+            "-y",
+            "50",
+            cmd,
             check=True,
         )
 
@@ -99,11 +116,16 @@ class ScriptedDebate:
         return self
 
     def __exit__(self, *exc):
-        subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True)
+        tmux(self.session, "kill-server", capture_output=True)
 
     def cursor_shown(self) -> bool:
-        flag = subprocess.run(
-            ["tmux", "display-message", "-p", "-t", self.session, "#{cursor_flag}"],
+        flag = tmux(
+            self.session,
+            "display-message",
+            "-p",
+            "-t",
+            self.session,
+            "#{cursor_flag}",
             capture_output=True,
             text=True,
         ).stdout.strip()

@@ -86,9 +86,9 @@ def merged(run_dir):
 
 
 def llama_greedy(path, prompt, n):
-    from llama_cpp import Llama
+    from saie_lite.backends.llama_load import open_llama
 
-    llm = Llama(str(path), n_ctx=512, verbose=False)
+    llm = open_llama(model_path=str(path), n_ctx=512, verbose=False)
     toks = []
     for t in llm.generate(prompt, temp=0.0, top_k=1):
         toks.append(t)

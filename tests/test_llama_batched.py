@@ -22,12 +22,11 @@ def test_common_prefix_and_groups():
 
 @pytest.fixture(scope="module")
 def tiny_llm(tiny_model_dir, tmp_path_factory):
-    from llama_cpp import Llama
-
+    from saie_lite.backends.llama_load import open_llama
     from saie_lite.gguf_writer import write_gguf
 
     path = write_gguf(tiny_model_dir, tmp_path_factory.mktemp("g") / "tiny.gguf", "f16")
-    llm = Llama(str(path), n_ctx=1024, n_threads=2, verbose=False)
+    llm = open_llama(model_path=str(path), n_ctx=1024, n_threads=2, verbose=False)
     yield llm
     llm.close()
 

@@ -29,8 +29,9 @@ def bench_generate(s: BenchSettings) -> dict:
     ours = _gen_rate(learner, chats, s.new_tokens)["tokens_per_s"]
     paths = generation_paths(learner, chats, s.new_tokens)
     try:
-        from llama_cpp import Llama
+        import llama_cpp  # noqa: F401  (installed?)
 
+        from saie_lite.backends.llama_load import open_llama
         from saie_lite.train.fast_generation import SnapshotAnswers
     except ImportError:
         return {
@@ -72,7 +73,7 @@ def bench_generate(s: BenchSettings) -> dict:
         write_gguf(Path(resolve_model_path(s.model)), gguf, "f16")
         label = "f16 (exported)"
     # All cores, as the partner and the snapshot use (llama-cpp-python defaults to half).
-    llm = Llama(str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
+    llm = open_llama(model_path=str(gguf), n_ctx=2048, n_threads=os.cpu_count(), verbose=False)
     n, t0 = 0, time.perf_counter()
     for chat in chats:
         out = llm.create_chat_completion(messages=chat, max_tokens=s.new_tokens, temperature=0.0)

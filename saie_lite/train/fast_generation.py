@@ -207,14 +207,13 @@ class SnapshotAnswers:
         self.adapter = new
 
     def _load(self) -> None:
-        from llama_cpp import Llama
-
         from saie_lite.backends.llama_batched import BatchedDecoder
+        from saie_lite.backends.llama_load import open_llama
 
         self._close()
         # The Llama only holds the weights (and vocabulary); generation runs in the
         # decoder's own context, so this one gets the smallest useful KV cache.
-        self.llm = Llama(
+        self.llm = open_llama(
             model_path=str(self.path),
             n_ctx=512,
             n_threads=self.n_threads,
