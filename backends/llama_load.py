@@ -1,5 +1,5 @@
 """Every llama.cpp model this project loads goes through ``open_llama``: one place that
-knows what the library's defaults get wrong on this machine.
+knows what the library's defaults get wrong (the threads that read prompts, and AMX).
 
 On CPUs with AMX (Xeon Sapphire Rapids and later) llama.cpp moves quantized weights into
 an AMX buffer, and on some of those machines the first decode then dies with a
@@ -42,7 +42,11 @@ def _without_extra_buffers(default):
 
 
 def open_llama(**kwargs):
-    """``llama_cpp.Llama(**kwargs)``, with the extra buffer types off where they crash.
+    """``llama_cpp.Llama(**kwargs)``, with the extra buffer types off where they crash,
+    and prompts read on the threads asked for: ``Llama`` reads prompts on
+    ``n_threads_batch``, every core unless given, whatever ``n_threads`` says, so a
+    partner put on one thread (``partner.n_threads: 1``, to leave a core to the update)
+    still took both cores for most of its work.
 
     ``Llama`` takes no argument for that field: it fills its model parameters from
     ``llama_model_default_params()``, so the defaults are swapped while it loads (under a
@@ -50,6 +54,8 @@ def open_llama(**kwargs):
     import llama_cpp
     import llama_cpp.llama_cpp as lib
 
+    if kwargs.get("n_threads") and not kwargs.get("n_threads_batch"):
+        kwargs["n_threads_batch"] = kwargs["n_threads"]
     if extra_buffers_wanted():
         return llama_cpp.Llama(**kwargs)
     with _lock:
@@ -62,7 +68,8 @@ def open_llama(**kwargs):
 
 
 def serve(argv: list[str]) -> None:
-    """``python -m llama_cpp.server`` with the same guard (the tests' real server)."""
+    """``python -m llama_cpp.server`` with the AMX guard (the tests' real server; its
+    threads are its own flags)."""
     import runpy
     import sys
 

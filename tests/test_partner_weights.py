@@ -56,21 +56,39 @@ def test_measurement_cached_and_reread_without_measuring(home, timings, capsys):
         f"prompt on this CPU -> q8_0 (cached in {home / 'machine' / 'partner-weights.json'})"
     )
     saved = json.loads((home / "machine" / "partner-weights.json").read_text())
-    assert saved["choice"] == "q8_0" and saved["machine"] == pw.machine_key(2)
+    assert saved["machines"][pw.machine_key(2)]["choice"] == "q8_0"
     assert pw.measured(embedded_weights, 2) == first and pw.chosen(embedded_weights, 2) == "q8_0"
     assert calls == [2]  # read back, not measured again
     assert capsys.readouterr().err == ""  # the note is printed once, when measuring
 
 
-def test_another_machine_key_measures_again(home, timings, monkeypatch):
+def test_another_machine_key_measures_again_and_both_are_kept(home, timings, monkeypatch):
     seconds, calls = timings
     pw.measured(embedded_weights, 2)
     assert pw.measured(embedded_weights, 1)["machine"].endswith("| 1 threads") and calls == [2, 1]
+    # one thread and two keep their own measurements: neither is measured again
+    assert pw.measured(embedded_weights, 2)["choice"] == "q8_0"
+    assert pw.measured(embedded_weights, 1)["choice"] == "q8_0" and calls == [2, 1]
     monkeypatch.setattr(pw, "_llama_cpp_version", lambda: "9.9.9")  # llama.cpp upgraded
     seconds.update(q4_1=1.0)
     assert pw.measured(embedded_weights, 1)["choice"] == "q4_1" and calls == [2, 1, 1]
     saved = json.loads((home / "machine" / "partner-weights.json").read_text())
-    assert "llama_cpp 9.9.9" in saved["machine"]
+    assert any("llama_cpp 9.9.9" in key for key in saved["machines"])
+
+
+def test_a_cache_file_from_before_several_keys_is_read(home, timings):
+    """A file in the one-machine layout earlier releases wrote is still a cache hit."""
+    _, calls = timings
+    path = home / "machine" / "partner-weights.json"
+    path.parent.mkdir(parents=True)
+    seconds = {"q4_1": 1.0, "q8_0": 0.6, "f32": 0.7, "bf16": 0.45}
+    path.write_text(
+        json.dumps({"machine": pw.machine_key(2), "seconds": seconds, "choice": "bf16"})
+    )
+    assert pw.chosen(embedded_weights, 2) == "bf16" and calls == []
+    pw.chosen(embedded_weights, 1)  # another key: measured, and the old entry kept
+    assert set(json.loads(path.read_text())["machines"]) == {pw.machine_key(2), pw.machine_key(1)}
+    assert pw.chosen(embedded_weights, 2) == "bf16" and calls == [1]
 
 
 def test_env_override_skips_the_measurement(home, timings, monkeypatch, capsys):
@@ -140,6 +158,7 @@ def test_real_measurement_on_the_embedded_model_files(saie_home, monkeypatch, ca
     monkeypatch.setattr(pw, "DECODE_TOKENS", 4)
     path = resolve_gguf("embedded-auto", 2)
     saved = json.loads((home / "machine" / "partner-weights.json").read_text())
+    saved = saved["machines"][pw.machine_key(2)]
     assert saved["choice"] in pw.CANDIDATES and set(saved["seconds"]) == set(pw.CANDIDATES)
     assert all(s > 0 for s in saved["seconds"].values())
     assert path == embedded_weights(saved["choice"]) and path.is_file()
@@ -171,7 +190,7 @@ def test_a_cache_from_before_bf16_was_a_candidate_is_measured_again(home, timing
     path.write_text(json.dumps({"machine": pw.machine_key(2), "seconds": old, "choice": "q8_0"}))
     seconds.update(bf16=0.4)
     assert pw.chosen(embedded_weights, 2) == "bf16" and calls == [2]
-    assert json.loads(path.read_text())["seconds"]["bf16"] == 0.4
+    assert json.loads(path.read_text())["machines"][pw.machine_key(2)]["seconds"]["bf16"] == 0.4
 
 
 def test_the_snapshot_takes_the_fastest_type_it_can_write(home, timings, monkeypatch):
