@@ -64,7 +64,7 @@ def bench(
         if value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
     parts, cuda_parts = choose_parts(device, only)
-    from saie_lite.bench.parts import chosen_modes
+    from saie_lite.bench.modes import chosen_modes
 
     chosen_modes(modes)  # a wrong name is one line now, not after the other parts
     settings = BenchSettings(model, examples, steps, batch, max_len, new_tokens, modes=modes)
