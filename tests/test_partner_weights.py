@@ -65,7 +65,7 @@ def test_measurement_cached_and_reread_without_measuring(home, timings, capsys):
 def test_another_machine_key_measures_again_and_both_are_kept(home, timings, monkeypatch):
     seconds, calls = timings
     pw.measured(embedded_weights, 2)
-    assert pw.measured(embedded_weights, 1)["machine"].endswith("| 1 threads") and calls == [2, 1]
+    assert "| 1 threads" in pw.measured(embedded_weights, 1)["machine"] and calls == [2, 1]
     # one thread and two keep their own measurements: neither is measured again
     assert pw.measured(embedded_weights, 2)["choice"] == "q8_0"
     assert pw.measured(embedded_weights, 1)["choice"] == "q8_0" and calls == [2, 1]
@@ -209,3 +209,24 @@ def test_the_snapshot_takes_the_fastest_type_it_can_write(home, timings, monkeyp
     assert snapshot_quant(auto) == "q8_0"
     fixed = config.build(overrides={"learner.snapshot_quant": "f32"})
     assert snapshot_quant(fixed) == "f32"
+
+
+def test_the_amx_setting_has_its_own_measurement(home, timings, monkeypatch):
+    """With llama.cpp's AMX buffers kept (SAIE_LITE_LLAMA_AMX=1) quantized types time
+    differently: that is another key, whatever this machine's CPU."""
+    pytest.importorskip("llama_cpp")
+    from saie_lite.backends import llama_load
+
+    _, calls = timings
+    monkeypatch.setattr(llama_load, "amx_build", lambda: True)
+    monkeypatch.delenv(llama_load.ENV, raising=False)
+    guarded = pw.machine_key(2)
+    assert guarded.endswith("| no AMX buffers")
+    pw.measured(embedded_weights, 2)
+    monkeypatch.setenv(llama_load.ENV, "1")
+    assert pw.machine_key(2) != guarded
+    pw.measured(embedded_weights, 2)
+    assert calls == [2, 2]
+    monkeypatch.setattr(llama_load, "amx_build", lambda: False)
+    monkeypatch.delenv(llama_load.ENV)
+    assert not pw.machine_key(2).endswith("AMX buffers")
