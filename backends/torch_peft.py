@@ -699,13 +699,25 @@ class TorchLearner(ChatTokenLearner):
                 t.data = t.data.to(narrow[n])
 
     @torch.no_grad()
-    def merged_weights(self) -> dict:
+    def merged_weights(self, bf16: bool = False) -> dict:
         """The base weights with the adapter folded in, as float32 numpy arrays under
         the base model's own tensor names; the live model is not modified (merging and
-        unmerging in place would drift the frozen base by rounding on every refresh)."""
+        unmerging in place would drift the frozen base by rounding on every refresh).
+
+        ``bf16``: every matrix as bfloat16 bit patterns (uint16) instead, for a bf16
+        snapshot: torch rounds to nearest even as ``gguf_writer.bf16_bits`` does, so
+        the bits are the same, without a float32 copy of the model (on a bf16 learner,
+        most of a refresh's time)."""
         out = self._base_state()
         for key, (a, b) in self._lora_pairs().items():
             out[key] = out[key] + (b @ a).to(out[key].dtype)
+        if bf16:
+            return {
+                k: v.to(torch.bfloat16).cpu().view(torch.int16).numpy().view("uint16")
+                if v.ndim > 1
+                else v.float().cpu().numpy()
+                for k, v in out.items()
+            }
         return {k: v.float().cpu().numpy() for k, v in out.items()}
 
     def base_weights(self) -> dict:

@@ -395,6 +395,13 @@ class TrainConfig:
         "same snapshot): auto (on when the learner is on CUDA/MPS) | on | off",
         choices=("auto", "on", "off"),
     )
+    # On a CPU most of a decode step is reading the weights, once for every sequence
+    # decoded together (bench: docs/benchmarks.md).
+    lookahead: bool = _f(
+        True,
+        "fast path, greedy: decode the answers of every batch one snapshot serves, and the "
+        "partner's first remarks on them, in one call each instead of batch by batch",
+    )
     # A comma list, so not a `choices` key (one value of them): checked in validate.
     report_to: str = _f(
         "none",

@@ -209,12 +209,14 @@ def write_gguf(
     name: str = "",
     hint: str = "",
     weights: dict | None = None,
+    layout: list | None = None,
 ) -> Path:
     """Convert the merged model in ``model_dir`` (safetensors + tokenizer) to ``out``.
 
     ``weights`` (name -> numpy array) replaces the directory's safetensors: the fast
     generation path writes a live learner's merged weights with the base model's
-    config and tokenizer, without a merged copy on disk first.
+    config and tokenizer, without a merged copy on disk first. ``layout``, a list,
+    receives (name, bytes) per tensor written, for ``rewrite_tensors``.
     """
     import gguf
 
@@ -278,33 +280,80 @@ def write_gguf(
     if template:
         w.add_chat_template(template)
 
-    name = _tensor_namer(config, arch, "export")
     if weights is None:
         weights = {}
         for f in sorted(model_dir.glob("*.safetensors")):
             weights.update(read_safetensors(f))
+    for new, data, raw in gguf_tensors(config, arch, weights, quant):
+        w.add_tensor(new, data, raw_dtype=raw)
+        if layout is not None:
+            layout.append((new, data.nbytes))
+    _finish(w)
+    return out
+
+
+def gguf_tensors(config: dict, arch: str, weights: dict, quant: str):
+    """``(GGUF name, array as written, raw type or None)`` per tensor, in file order.
+    A weight may come as float32, or (``quant`` bf16) as bfloat16 bits (uint16)."""
+    import gguf
+
+    name = _tensor_namer(config, arch, "export")
     for hf_name, data in weights.items():
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue
         new, data = name(hf_name, data)
+        if data.dtype == np.uint16 and quant == "bf16" and data.ndim > 1:
+            yield new, np.ascontiguousarray(data), gguf.GGMLQuantizationType.BF16
+            continue
         data = data.astype(np.float32, copy=False)
         if data.ndim == 1 or quant == "f32":
             # norms and biases stay float32. A whole f32 file is for speed, not size: on
             # an AVX2 CPU llama.cpp evaluates prompts ~1.6x faster from float32 weights
             # than from q8_0 (README, Benchmarks: "Why float32 weights").
-            w.add_tensor(new, data)
+            yield new, data, None
         elif quant == "bf16":
             # On a CPU with AVX512-BF16 llama.cpp's bf16 dot products read prompts ~1.6x
             # faster than f32 or q8_0 weights (docs/benchmarks.md); elsewhere they are
             # converted on the fly and lose: ``embedded-auto`` measures which.
-            w.add_tensor(new, bf16_bits(data), raw_dtype=gguf.GGMLQuantizationType.BF16)
+            yield new, bf16_bits(data), gguf.GGMLQuantizationType.BF16
         elif quant == "q8_0" and data.shape[-1] % 32 == 0:
             q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0)
-            w.add_tensor(new, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            yield new, q, gguf.GGMLQuantizationType.Q8_0
         else:
-            w.add_tensor(new, data.astype(np.float16))
-    _finish(w)
-    return out
+            yield new, data.astype(np.float16), None
+
+
+REWRITABLE = ("f32", "f16", "bf16", "q8_0")  # written here, not by llama.cpp's quantizer
+
+
+def rewrite_tensors(
+    path: Path, model_dir: Path, quant: str, weights: dict, layout: list[tuple[str, int]]
+) -> bool:
+    """Overwrite, in place, the tensor data of a GGUF that ``write_gguf`` wrote for the
+    same model and ``quant`` (``layout``: the (name, bytes) it recorded), with
+    ``weights``: the header (the vocabulary: about half a second to pack) is kept and no
+    new file is made. The bytes come out as a fresh ``write_gguf`` would write them.
+    False, with nothing written, when the file or the tensors do not match the layout;
+    the caller then writes the file whole."""
+    import gguf
+
+    if quant not in REWRITABLE or not path.is_file():
+        return False
+    config = json.loads((model_dir / "config.json").read_text())
+    tensors = list(gguf_tensors(config, _arch(config), weights, quant))
+    if [(n, d.nbytes) for n, d, _ in tensors] != list(layout):
+        return False
+    align = gguf.GGUF_DEFAULT_ALIGNMENT  # each tensor's data is padded to it
+    padded = [-(-d.nbytes // align) * align for _, d, _ in tensors]
+    start = path.stat().st_size - sum(padded)
+    if start <= 0 or start % align:
+        return False
+    with path.open("r+b") as f:
+        f.seek(start)
+        for (_, data, _), size in zip(tensors, padded):
+            data.tofile(f)
+            f.seek(size - data.nbytes, 1)  # the padding is zeros already
+    return True
 
 
 def llama_quantize(src: Path, out: Path, quant: str) -> Path:

@@ -231,7 +231,8 @@ class Snapshots(CountsSteps, EndsAtAnswer, Protocol):
     tok: Any  # the Hugging Face tokenizer (``decode``)
     stop_ids: Any  # token ids that end a reply
 
-    def merged_weights(self) -> dict: ...
+    # bf16=True: matrices as bfloat16 bit patterns (uint16), for a bf16 snapshot
+    def merged_weights(self, bf16: bool = False) -> dict: ...
     def base_weights(self) -> dict: ...
     def lora_factors(self) -> dict: ...
 
@@ -264,11 +265,16 @@ class SharesPrefix(Protocol):
 @runtime_checkable
 class PreparesAhead(Protocol):
     """Answers that do not always depend on the latest update (a snapshot kept for N
-    updates), so the loop may prepare the next batch during an update (``train.overlap``)."""
+    updates), so the loop may prepare the next batch during an update (``train.overlap``)
+    and decode the answers of the batches one snapshot serves together (``train.lookahead``)."""
 
     seed_step: int | None  # set by the loop: the update count such answers are seeded with
 
     def unchanged_by_update(self, step: int) -> bool: ...
+
+    # The last update count whose answers come from the same weights as the answers
+    # given after ``step`` updates (``train.lookahead`` decodes those batches together).
+    def answers_fixed_through(self, step: int) -> int: ...
 
 
 @runtime_checkable
@@ -402,6 +408,7 @@ class Summary(TypedDict):
     next: list[str]  # commands to try next (finished runs)
     missing_remarks: int
     overlapped_batches: int
+    lookahead_groups: int  # groups of batches whose answers were decoded together
 
 
 class Callbacks:

@@ -114,7 +114,7 @@ class TorchLike(ScriptedLearner):
     chat = tok = None
     stop_ids = ()
 
-    def merged_weights(self) -> dict:
+    def merged_weights(self, bf16: bool = False) -> dict:
         return {}
 
     def base_weights(self) -> dict:

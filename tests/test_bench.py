@@ -54,6 +54,8 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
         "bf16",
         "f32_adapter",
     }
+    # merged kinds written here (not q4_0, llama.cpp's quantizer): whole file vs in place
+    assert set(res["generate"]["snapshot_refresh_lever"]) == {"q8_0", "f32", "bf16"}
     assert 0 < res["update"]["fraction_of_matmul_bound_fp32"] < 1
     levers = res["levers"]
     for key in (

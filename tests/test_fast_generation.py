@@ -57,6 +57,71 @@ def test_merged_weights_equal_peft_merge(tiny_model_dir):
     )
 
 
+def test_bf16_merged_bits_are_the_float32_path_rounded(tiny_model_dir):
+    from saie_lite.gguf_writer import bf16_bits
+
+    learner = torch_peft.TorchLearner(_cfg(tiny_model_dir))
+    learner.train_step(SEQS)
+    floats, bits = learner.merged_weights(), learner.merged_weights(bf16=True)
+    assert set(floats) == set(bits)
+    for name, value in floats.items():
+        if value.ndim > 1:
+            assert bits[name].dtype.name == "uint16", name
+            assert (bits[name] == bf16_bits(value)).all(), name
+        else:  # norms stay float32
+            assert (bits[name] == value).all(), name
+
+
+@pytest.mark.parametrize("quant", ["bf16", "f32", "q8_0", "f16"])
+def test_a_refresh_rewrites_the_snapshot_in_place_byte_for_byte(tiny_model_dir, tmp_path, quant):
+    """After a refresh writes a merged snapshot whole, the next rewrites its tensors in
+    place (same inode, vocabulary kept): the file is the one a whole write gives."""
+    from saie_lite.gguf_writer import write_gguf
+
+    cfg = _cfg(tiny_model_dir, **{"learner.snapshot_every": 1, "learner.snapshot_quant": quant})
+    learner = torch_peft.TorchLearner(cfg)
+    snap = SnapshotAnswers(learner, cfg, tmp_path / "snapshot")
+    snap.generate([CHAT], 2)
+    inode = snap.path.stat().st_ino
+    for _ in range(2):
+        before = snap.path.read_bytes()
+        snap.train_step(SEQS)
+        snap.generate([CHAT], 2)
+        assert snap.path.stat().st_ino == inode  # rewritten, not replaced
+        weights = learner.merged_weights(bf16=quant == "bf16")
+        whole = write_gguf(
+            learner.model_dir, tmp_path / "whole.gguf", quant,
+            name="saie-lite learner snapshot", hint=snap.hint, weights=weights,
+        )  # fmt: skip
+        now = snap.path.read_bytes()
+        assert now == whole.read_bytes() and now != before
+    assert snap.refreshes == 3
+
+
+def test_a_snapshot_that_does_not_match_is_written_whole(tiny_model_dir, tmp_path):
+    from saie_lite.gguf_writer import rewrite_tensors
+
+    cfg = _cfg(tiny_model_dir, **{"learner.snapshot_every": 1, "learner.snapshot_quant": "f32"})
+    learner = torch_peft.TorchLearner(cfg)
+    snap = SnapshotAnswers(learner, cfg, tmp_path / "snapshot")
+    snap.generate([CHAT], 2)
+    layout = snap.layouts[snap.path]
+    weights = learner.merged_weights()
+    size = snap.path.stat().st_size
+    # another quant's tensors, a missing tensor, a file of another length: refused unwritten
+    assert not rewrite_tensors(snap.path, learner.model_dir, "f16", weights, layout)
+    fewer = dict(list(weights.items())[1:])
+    assert not rewrite_tensors(snap.path, learner.model_dir, "f32", fewer, layout)
+    with snap.path.open("ab") as f:
+        f.write(b"x")
+    assert not rewrite_tensors(snap.path, learner.model_dir, "f32", weights, layout)
+    assert snap.path.stat().st_size == size + 1
+    inode = snap.path.stat().st_ino
+    snap.train_step(SEQS)
+    snap.generate([CHAT], 2)  # the refresh falls back to a whole file
+    assert snap.path.stat().st_ino != inode and snap.path.stat().st_size == size
+
+
 def test_snapshot_refreshes_every_n_updates_and_is_reused_on_resume(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, **{"learner.snapshot_every": 2, "learner.snapshot_quant": "f16"})
     learner = torch_peft.TorchLearner(cfg)

@@ -26,6 +26,9 @@ class SnapshotLike(ScriptedLearner):
     def unchanged_by_update(self, step: int) -> bool:
         return self.loaded == (step // self.every) * self.every
 
+    def answers_fixed_through(self, step: int) -> int:
+        return (step // self.every) * self.every + self.every - 1
+
     def generate(self, chats, max_new_tokens, temperature=0.0):
         self.loaded = (self.step // self.every) * self.every
         if self.seed_step is not None:  # prepared during update seed_step (in flight)
@@ -47,6 +50,8 @@ def run(tmp_path, overlap, learner, partner, cfg_over=None, n=10):
             "method.warmup_fraction": 0.2,
             "method.turns": 2,
             "train.overlap": overlap,
+            # overlap alone (test_lookahead.py has the two together)
+            "train.lookahead": False,
             **(cfg_over or {}),
         }
     )

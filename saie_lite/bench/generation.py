@@ -32,6 +32,7 @@ def bench_generate(s: BenchSettings) -> dict:
         import llama_cpp  # noqa: F401  (installed?)
 
         from saie_lite.backends.llama_load import open_llama
+        from saie_lite.gguf_writer import REWRITABLE
         from saie_lite.train.fast_generation import SnapshotAnswers
     except ImportError:
         return {
@@ -47,7 +48,7 @@ def bench_generate(s: BenchSettings) -> dict:
     # load on AVX2), as f32 and as bf16 (fast where the CPU has AVX512-BF16), merged;
     # and as an f32 base with the adapter applied at run time. Each is built once before it is timed; then one refresh (what every
     # snapshot_every updates costs) is timed apart.
-    fast, refresh = {}, {}
+    fast, refresh, whole = {}, {}, {}
     kinds = (("q8_0", "merge"), ("q4_0", "merge"), ("f32", "merge"), ("bf16", "merge"),
              ("f32", "adapter"))  # fmt: skip
     for quant, how in kinds:
@@ -58,10 +59,18 @@ def bench_generate(s: BenchSettings) -> dict:
             snap = SnapshotAnswers(later, snap_cfg, Path(tmp) / "snapshot")
             snap.generate(chats[:1], 4)
             fast[key] = _gen_rate(snap, chats, s.new_tokens)["tokens_per_s"]
-            with later.one_update_later():  # the next update's snapshot
+            with later.updates_later(1):  # the next update's snapshot
                 t0 = time.perf_counter()
                 snap.refresh_if_due()
                 refresh[key] = time.perf_counter() - t0
+            if how == "merge" and quant in REWRITABLE:
+                # The same refresh written as a new whole file (what a refresh costs
+                # when this process did not write the file before: a resumed run).
+                snap.layouts.clear()
+                with later.updates_later(2):
+                    t0 = time.perf_counter()
+                    snap.refresh_if_due()
+                    whole[key] = time.perf_counter() - t0
             snap._close()
     if s.model == EMBEDDED:
         gguf, label = embedded_gguf(), "Q4_1 (the embedded GGUF)"
@@ -96,6 +105,8 @@ def bench_generate(s: BenchSettings) -> dict:
             f"f32 base + LoRA adapter, refreshed in {refresh['f32_adapter']:.2f} s"
         ),
         "snapshot_refresh_seconds": refresh,
+        # merged kinds: a whole new file -> the tensors rewritten in place
+        "snapshot_refresh_lever": {k: {"before": whole[k], "after": refresh[k]} for k in whole},
         "llama_cpp_tokens_per_s": ref,
         "llama_cpp_model": label,
         "ratio_ours_over_llama_cpp": ours / ref,
@@ -138,7 +149,7 @@ def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> 
 
 
 class UpdatesAhead:
-    """The learner as a snapshot sees it, one update later inside ``one_update_later``:
+    """The learner as a snapshot sees it, ``n`` updates later inside ``updates_later(n)``:
     a refresh (what every snapshot_every updates costs) is timed without training, which
     would change the weights the next snapshot kinds are built from. Everything else is
     the learner's own."""
@@ -155,8 +166,8 @@ class UpdatesAhead:
         return self.inner.step + self._ahead
 
     @contextmanager
-    def one_update_later(self):
-        self._ahead = 1
+    def updates_later(self, n: int):
+        self._ahead = n
         try:
             yield
         finally:

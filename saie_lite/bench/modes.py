@@ -42,6 +42,15 @@ CPU_MODES = {
         "learner.snapshot_quant": "auto",
         "partner.model": "embedded-auto",
     },
+    # ... decoded batch by batch: without train.lookahead (the answers of the batches
+    # one snapshot serves, and their first remarks, decoded together)
+    "saie_fast_auto_per_batch": {
+        "method.mode": "saie",
+        "learner.snapshot_every": 4,
+        "learner.snapshot_quant": "auto",
+        "partner.model": "embedded-auto",
+        "train.lookahead": False,
+    },
     # ... and the next batch's answers and remarks prepared during each update that
     # keeps the snapshot (train.overlap: on; off by default on a CPU), the partner on
     # one thread so it shares the cores with the update instead of fighting for both

@@ -119,6 +119,7 @@ def markdown(r: dict) -> str:
             "saie_fast_f32": "SAIE, fast path, f32 snapshot + f32 partner",
             "saie_fast_bf16": "SAIE, fast path, bf16 snapshot + bf16 partner",
             "saie_fast_auto": "SAIE, fast path, snapshot and partner weights measured (auto)",
+            "saie_fast_auto_per_batch": "same, lookahead off (answers and remarks batch by batch)",
             "saie_fast_auto_overlap": "same + overlap on (partner on 1 thread)",
             "saie_fast_adapter": "SAIE, fast path refreshed every update (f32 base + adapter)",
             "saie_fast_auto_adapter": "SAIE, refreshed every update (auto base + adapter, auto partner)",
@@ -241,6 +242,11 @@ def markdown(r: dict) -> str:
             "| fast path / llama.cpp (target >= 0.5x) | "
             f"{_f(g.get('ratio_fast_path_over_llama_cpp', '-'), 2)} |"
         )
+        for quant, x in g.get("snapshot_refresh_lever", {}).items():
+            row(
+                f"| lever, {quant} snapshot refresh seconds: a new whole file -> tensors "
+                f"rewritten in place | {_f(x['before'], 2)} -> {_f(x['after'], 2)} |"
+            )
     if "levers" in res:
         lv = res["levers"]
         for key, label in (

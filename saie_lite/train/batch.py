@@ -185,6 +185,9 @@ class RunContext:
     # How remarks are fetched: through the cache here; under data parallelism, on the
     # main process only, then handed to the others (``distributed.remarks_from_main``).
     remarks: Callable = get_remarks
+    # Answers and remarks of this batch decoded ahead with the next ones
+    # (``lookahead.Lookahead``, ``train.lookahead``); None when each batch decodes its own.
+    ahead: Any = None
 
 
 def critique_batch(ctx: RunContext, b: Branch, remark: str, diag, when: str) -> list:
@@ -269,6 +272,16 @@ class BatchRecord:
             )
 
 
+def remark_chats(task, m, branches: list[Branch]) -> list[Chat]:
+    """The partner's prompt for each branch's latest learner answer (``method`` ``m``)."""
+    return [
+        partner_chat(
+            b.example, b.history, b.stance, m.partner_sees_reference, partner_final(task, b.example)
+        )
+        for b in branches
+    ]
+
+
 def discussion_batch(
     ctx: RunContext, exs: list[Example], bases: list[Chat], rows: list[dict], meta: dict
 ) -> list[TrainSequence]:
@@ -283,9 +296,12 @@ def discussion_batch(
     limit = lc.max_seq_len
     record = BatchRecord(ctx, meta, rows)
 
-    # 1. The learner answers with its current adapter (on-policy), batched.
+    # 1. The learner answers with its current adapter (on-policy), batched; answers
+    # decoded ahead with other batches' (``lookahead.py``) are handed out instead.
     t0 = time.perf_counter()
-    a0 = learner.generate(bases, lc.max_new_tokens, lc.temperature)
+    a0 = ctx.ahead.answers(bases) if ctx.ahead else None
+    if a0 is None:
+        a0 = learner.generate(bases, lc.max_new_tokens, lc.temperature)
     per = timer.add("generate", t0) / max(1, len(exs))
     ok0 = [task.is_correct(a, e.answer) for a, e in zip(a0, exs)]
     for ex, base, a, ok in zip(exs, bases, a0, ok0):
@@ -297,18 +313,10 @@ def discussion_batch(
     sequences: list[TrainSequence] = []
     for turn in range(1, m.turns + 1):
         # 2. The partner remarks on each branch's latest learner answer (cached).
-        chats = [
-            partner_chat(
-                b.example,
-                b.history,
-                b.stance,
-                m.partner_sees_reference,
-                partner_final(task, b.example),
-            )
-            for b in branches
-        ]
+        chats = remark_chats(task, m, branches)
         t0 = time.perf_counter()
-        remarks, cached = ctx.remarks(partner, store, chats, cfg.partner.max_tokens)
+        asked = ctx.ahead.asking(partner) if ctx.ahead else partner
+        remarks, cached = ctx.remarks(asked, store, chats, cfg.partner.max_tokens)
         per = timer.add("remark", t0) / max(1, len(chats))
         account_missing(ctx, remarks)
         for b, chat, text, hit in zip(branches, chats, remarks, cached):

@@ -30,7 +30,9 @@ from saie_lite.errors import UserError
 from saie_lite.protocols import Chat, Snapshots, supports
 from saie_lite.tasks import cut_at_answer, reply_finished
 
-PARALLEL = 8  # answers decoded together (a batch is usually 4-8 questions)
+# Answers decoded together: train.lookahead hands a snapshot 16 questions at a time
+# (4 batches of 4); on a CPU one step of 16 cost 0.8x two of 8 (benchmarks.md).
+PARALLEL = 16
 
 
 def snapshot_quant(cfg) -> str:
@@ -87,6 +89,7 @@ class SnapshotAnswers:
         self.hint = lc.model + (" smollm2" if lc.model == "embedded" else "")
         self.llm = None
         self.decoder = None
+        self.layouts: dict[Path, list] = {}  # file -> tensors this process wrote in it
         self.snap_step: int | None = None
         self.refresh_seconds = 0.0
         self.refreshes = 0
@@ -135,7 +138,9 @@ class SnapshotAnswers:
         else:
             if not (kept and meta.get("refresh", "merge") == "merge" and self.path.is_file()):
                 self._close()  # the file is mapped by llama.cpp: close before replacing
-                self._write_file(self.path, self.inner.merged_weights(), step=want)
+                # bf16: the bits straight from torch, without a float32 copy of the model
+                weights = self.inner.merged_weights(bf16=self.quant == "bf16")
+                self._write_file(self.path, weights, step=want)
             self._load()
         self.snap_step = want
         self.refreshes += 1
@@ -157,19 +162,35 @@ class SnapshotAnswers:
         meta.write_text(json.dumps({"step": step, "quant": self.quant, "refresh": refresh}))
 
     def _write_file(self, path: Path, weights: dict, step: int | None = None) -> None:
-        from saie_lite.gguf_writer import write_gguf
+        """The snapshot file at ``path``. A merged snapshot has the same tensors at
+        every refresh, so after this process first wrote it whole, a refresh rewrites
+        only their data in place (``rewrite_tensors``: the same bytes, no vocabulary
+        to pack, no new 270 MB file); a crash halfway leaves no record (``_record``),
+        so the next run writes it whole again."""
+        from saie_lite.gguf_writer import rewrite_tensors, write_gguf
 
         self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        write_gguf(
-            self.inner.model_dir,
-            tmp,
-            self.quant,
-            name="saie-lite learner snapshot",
-            hint=self.hint,
-            weights=weights,
-        )
-        self._record(step, lambda: os.replace(tmp, path))
+        layout = self.layouts.get(path)
+
+        def write() -> None:
+            model_dir = self.inner.model_dir
+            if layout and rewrite_tensors(path, model_dir, self.quant, weights, layout):
+                return
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            new: list = []
+            write_gguf(
+                model_dir,
+                tmp,
+                self.quant,
+                name="saie-lite learner snapshot",
+                hint=self.hint,
+                weights=weights,
+                layout=new,
+            )
+            os.replace(tmp, path)  # written whole or not at all
+            self.layouts[path] = new
+
+        self._record(step, write)
 
     def _write_adapter(self, step: int) -> None:
         from saie_lite.gguf_writer import write_lora_gguf
@@ -245,6 +266,11 @@ class SnapshotAnswers:
         """Whether answers after update ``step`` come from the snapshot already loaded,
         so they do not depend on that update (the loop may prepare them during it)."""
         return self.llm is not None and self.snap_step == due_step(step, self.every)
+
+    def answers_fixed_through(self, step: int) -> int:
+        """After ``step`` updates answers come from the snapshot of update
+        due_step(step); it answers until the next multiple of N is reached."""
+        return due_step(step, self.every) + self.every - 1
 
     # -- generation ---------------------------------------------------------------
     def generate(

@@ -37,6 +37,7 @@ from saie_lite.tasks import example_chat, get_task
 from saie_lite.train import checkpoint
 from saie_lite.train.batch import RunContext, discussion_batch, turn_row
 from saie_lite.train.context import ContextFit, fit_chat_bases
+from saie_lite.train.lookahead import Lookahead
 from saie_lite.train.next_steps import next_commands
 from saie_lite.train.prompts import mix_plain_sequences, plain_sequence
 
@@ -304,7 +305,10 @@ def train(
     # Missing remarks of updates already made (a resumed run) count too.
     ctx.missing_remarks = store.count_missing_remarks()
 
-    prepare = functools.partial(prepare_batch, Plan(batches, examples, bases, fit))
+    plan = Plan(batches, examples, bases, fit)
+    prepare = functools.partial(prepare_batch, plan)
+    ahead = Lookahead(cfg, learner, partner, plan, group)
+    ctx.ahead = ahead if ahead.on else None
     overlap = Overlap(cfg, learner, partner, ctx, prepare)
     if group is not None:
         # Every process must meet the same collectives in the same order: a worker
@@ -332,6 +336,7 @@ def train(
             learner.reseed(cfg.train.seed * 1_000_003 + b_index)
             step = state.step + 1
             t_before = dict(timer.t)
+            ahead.before(ctx, b_index, state.step)  # a snapshot's batches decoded together
             ready = overlap.take(b_index)  # prepared during the previous update, if it was
             sequences, rows = ready if ready is not None else prepare(ctx, b_index, step)
             if not sequences:
@@ -418,6 +423,7 @@ def train(
         "next": next_commands(cfg, run_dir) if status == "finished" else [],
         "missing_remarks": ctx.missing_remarks,
         "overlapped_batches": overlap.used,
+        "lookahead_groups": ahead.groups,
     }
     cb.on_end(summary)
     return summary
