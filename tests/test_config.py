@@ -27,7 +27,7 @@ def test_unknown_key_lists_valid_keys(tmp_path):
     assert str(e.value) == (
         f"config: unknown key train.learning_rate (in {r}); valid keys: lr, weight_decay, "
         "batch_size, micro_batch_size, grad_clip, seed, save_every, keep_checkpoints, max_steps, "
-        "share_prefix, overlap, report_to"
+        "share_prefix, overlap, lookahead, report_to"
     )
 
 
