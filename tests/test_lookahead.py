@@ -237,3 +237,15 @@ def test_fast_path_lookahead_stores_the_same_turns(tiny_model_dir, tmp_path):
         learner._close()
     assert stored[True] == stored[False]
     assert calls[False] == [2, 2, 2] and calls[True] == [2, 4]  # after 1 update; 2 and 3
+
+
+def test_a_question_asked_twice_needs_two_stashed_answers():
+    from saie_lite.train.lookahead import Lookahead, _key
+
+    ahead = object.__new__(Lookahead)
+    chat = [{"role": "user", "content": "q"}]
+    ahead.answer_stash = {_key(chat): ["a1"]}
+    assert ahead.answers([chat, chat]) is None  # one stashed answer for two asks
+    assert ahead.answer_stash[_key(chat)] == ["a1"]  # nothing taken
+    ahead.answer_stash[_key(chat)].append("a2")
+    assert ahead.answers([chat, chat]) == ["a1", "a2"]

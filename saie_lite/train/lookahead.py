@@ -96,10 +96,11 @@ class Lookahead:
     def answers(self, bases: list[Chat]) -> list[str] | None:
         """This batch's answers, when every one was decoded ahead; None otherwise (the
         batch then decodes its own, all together)."""
-        lists = [self.answer_stash.get(_key(b)) for b in bases]
-        if not all(lists):
+        keys = [_key(b) for b in bases]
+        # a question asked twice in this batch needs two stashed answers
+        if any(len(self.answer_stash.get(k, ())) < keys.count(k) for k in keys):
             return None
-        return [texts.pop(0) for texts in lists]
+        return [self.answer_stash[k].pop(0) for k in keys]
 
     def asking(self, partner):
         if not self.remark_stash:
