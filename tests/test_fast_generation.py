@@ -122,6 +122,19 @@ def test_a_snapshot_that_does_not_match_is_written_whole(tiny_model_dir, tmp_pat
     assert snap.path.stat().st_ino != inode and snap.path.stat().st_size == size
 
 
+def test_data_parallel_ranks_replace_the_snapshot_whole(tiny_model_dir, tmp_path, monkeypatch):
+    """Ranks share the run's snapshot folder: none rewrites bytes another may have mapped."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cfg = _cfg(tiny_model_dir, **{"learner.snapshot_every": 1, "learner.snapshot_quant": "f32"})
+    learner = torch_peft.TorchLearner(cfg)
+    snap = SnapshotAnswers(learner, cfg, tmp_path / "snapshot")
+    snap.generate([CHAT], 2)
+    inode = snap.path.stat().st_ino
+    snap.train_step(SEQS)
+    snap.generate([CHAT], 2)
+    assert snap.path.stat().st_ino != inode
+
+
 def test_snapshot_refreshes_every_n_updates_and_is_reused_on_resume(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, **{"learner.snapshot_every": 2, "learner.snapshot_quant": "f16"})
     learner = torch_peft.TorchLearner(cfg)

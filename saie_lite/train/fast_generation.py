@@ -168,13 +168,20 @@ class SnapshotAnswers:
         to pack, no new 270 MB file); a crash halfway leaves no record (``_record``),
         so the next run writes it whole again."""
         from saie_lite.gguf_writer import rewrite_tensors, write_gguf
+        from saie_lite.train.distributed import world_size
 
         self.dir.mkdir(parents=True, exist_ok=True)
         layout = self.layouts.get(path)
 
         def write() -> None:
             model_dir = self.inner.model_dir
-            if layout and rewrite_tensors(path, model_dir, self.quant, weights, layout):
+            # Data-parallel ranks share the run's snapshot folder: each replaces the file
+            # whole (os.replace), so none rewrites bytes another may have mapped.
+            if (
+                world_size() == 1
+                and layout
+                and rewrite_tensors(path, model_dir, self.quant, weights, layout)
+            ):
                 return
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             new: list = []

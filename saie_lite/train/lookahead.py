@@ -26,7 +26,7 @@ import json
 import time
 
 from saie_lite.errors import PartnerError
-from saie_lite.protocols import Chat, PreparesAhead, SharesLearner, supports
+from saie_lite.protocols import Chat, MissingRemark, PreparesAhead, SharesLearner, supports
 from saie_lite.store import remark_key
 from saie_lite.tasks import get_task
 from saie_lite.train.batch import remark_chats
@@ -170,5 +170,7 @@ class Lookahead:
             fresh = [e.partial.get(i) for i in range(len(wanted))]
         ctx.timer.add("remark", t0)
         for k, text in zip(wanted, fresh):
-            if text is not None:  # a MissingRemark too: the batch counts it as its own
+            # A missing reply (an outage during this one large call) is not handed on:
+            # each batch asks for it again itself, as without lookahead.
+            if text is not None and not isinstance(text, MissingRemark):
                 self.remark_stash[k] = text
