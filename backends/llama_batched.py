@@ -4,9 +4,12 @@ llama-cpp-python's high-level API decodes one sequence at a time, so a batch of 
 (or of snapshot answers) pays for reading every weight once per token per sequence.
 Here the sequences of a group share one llama.cpp context (unified KV cache, one
 sequence id each) and every step decodes one token for all of them in a single call,
-so the weights are read once per step. A prompt that shares a long prefix with an
-earlier one in the group (one answer's supportive and adversarial prompts) copies that
-prefix's KV cells instead of evaluating it again.
+so the weights are read once per step. The group's prompts are read the same way: their
+tokens packed into as few decode calls as ``n_batch`` allows, and a prefix shared
+with an earlier prompt of the group (one answer's supportive and adversarial prompts,
+the partner's instructions) evaluated once, its KV cells tagged with every sequence that
+shares it. One call per prompt, many of them only an answer's second stance sentence,
+read 32 remark prompts 1.04-1.08x slower on an AVX2 CPU (docs/benchmarks.md).
 
 Sampling happens here: greedy is an argmax; temperature > 0 draws from the softmax with
 a numpy generator seeded by the caller, so runs stay reproducible.
@@ -20,7 +23,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-MIN_SHARED_PREFIX = 16  # shorter common prefixes are cheaper to re-evaluate than to copy
+# Tagging a KV cell with one more sequence costs nothing, so any common prefix is shared.
+MIN_SHARED_PREFIX = 1
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -30,6 +34,40 @@ def common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def prefill_plan(prompts: list[list[int]]) -> list[tuple[int, int, tuple[int, ...]]]:
+    """Every token the group's prompts evaluate, in decode order: (prompt, position,
+    the sequence ids whose KV cells it fills).
+
+    A prompt whose longest common prefix with an earlier one has at least
+    ``MIN_SHARED_PREFIX`` tokens evaluates only the rest (its last token always, for its
+    logits); the shared tokens are those of the earlier prompt, tagged with this one's id
+    too. Prompts come in order, each one's tokens by position, so every sequence's
+    tokens reach llama.cpp in increasing positions, as it requires."""
+    n = len(prompts)
+    src, shared = [-1] * n, [0] * n
+    for s, prompt in enumerate(prompts):
+        best, r_best = 0, -1
+        for r in range(s):
+            k = common_prefix(prompts[r], prompt)
+            if k > best:
+                best, r_best = k, r
+        best = min(best, len(prompt) - 1)  # evaluate at least the last token
+        if best >= MIN_SHARED_PREFIX:
+            src[s], shared[s] = r_best, best
+    also: list[dict[int, list[int]]] = [{} for _ in prompts]  # owner -> position -> sharers
+    for s in range(n):
+        for pos in range(shared[s]):
+            r = src[s]
+            while pos < shared[r]:  # the earlier prompt shares that token in turn
+                r = src[r]
+            also[r].setdefault(pos, []).append(s)
+    return [
+        (s, pos, (s, *also[s].get(pos, ())))
+        for s, prompt in enumerate(prompts)
+        for pos in range(shared[s], len(prompt))
+    ]
 
 
 def plan_groups(lengths: list[int], max_new: int, parallel: int, kv_tokens: int) -> list[list[int]]:
@@ -57,25 +95,31 @@ class BatchedDecoder:
         params.kv_unified = True  # one pool of cells: sequences of any length share it
         params.n_threads = params.n_threads_batch = n_threads
         self.ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
-        self.batch = _internals.LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        # a prompt token may belong to every sequence of a group (a shared prefix)
+        self.batch = _internals.LlamaBatch(
+            n_tokens=n_batch, embd=0, n_seq_max=parallel, verbose=False
+        )
         self.n_batch = n_batch
         self.parallel = parallel
         self.kv_tokens = kv_tokens
         self.n_vocab = llm.n_vocab()
+        # False: one decode call per prompt (a lever, for ``bench --only levers``)
+        self.pack_prompts = True
 
     def close(self) -> None:
         self.batch.close()
         self.ctx.close()
 
-    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
-        """entries: (token, position, sequence id, wants logits)."""
+    def _decode(self, entries: list[tuple[int, int, tuple[int, ...], bool]]) -> None:
+        """entries: (token, position, sequence ids, wants logits)."""
         b = self.batch.batch
         b.n_tokens = len(entries)
-        for k, (tok, pos, seq, logits) in enumerate(entries):
+        for k, (tok, pos, seqs, logits) in enumerate(entries):
             b.token[k] = tok
             b.pos[k] = pos
-            b.seq_id[k][0] = seq
-            b.n_seq_id[k] = 1
+            for j, seq in enumerate(seqs):
+                b.seq_id[k][j] = seq
+            b.n_seq_id[k] = len(seqs)
             b.logits[k] = logits
         if llama_cpp.llama_decode(self.ctx.ctx, b) != 0:
             raise RuntimeError("llama_decode failed (no room in the KV cache)")
@@ -116,28 +160,38 @@ class BatchedDecoder:
             )
         return out
 
+    def _prefill(self, prompts, temperature, rng) -> list[int]:
+        """Evaluate the group's prompts (``prefill_plan``) and pick each one's first
+        reply token from the logits of its last prompt token."""
+        plan = prefill_plan(prompts)
+        nxt = [0] * len(prompts)
+        for chunk in self._chunks(plan):
+            last = [pos == len(prompts[s]) - 1 for s, pos, _ in chunk]
+            self._decode(
+                [(prompts[s][pos], pos, seqs, w) for (s, pos, seqs), w in zip(chunk, last)]
+            )
+            for k, ((s, _, _), w) in enumerate(zip(chunk, last)):
+                if w:
+                    nxt[s] = self._pick(self._logits(k), temperature, rng)
+        return nxt
+
+    def _chunks(self, plan):
+        """The plan cut into decode calls of at most ``n_batch`` tokens (and at every
+        prompt's end unless ``pack_prompts``)."""
+        chunk: list = []
+        for entry in plan:
+            if chunk and (
+                len(chunk) == self.n_batch or not self.pack_prompts and entry[0] != chunk[-1][0]
+            ):
+                yield chunk
+                chunk = []
+            chunk.append(entry)
+        if chunk:
+            yield chunk
+
     def _group(self, prompts, max_new, stop_ids, temperature, rng, done, out) -> None:
-        mem = self.ctx.memory
-        llama_cpp.llama_memory_clear(mem, True)
-        nxt: list[int] = []
-        for s, prompt in enumerate(prompts):
-            shared, src = 0, -1
-            for r in range(s):
-                k = common_prefix(prompts[r], prompt)
-                if k > shared:
-                    shared, src = k, r
-            shared = min(shared, len(prompt) - 1)  # evaluate at least the last token
-            if shared >= MIN_SHARED_PREFIX:
-                llama_cpp.llama_memory_seq_cp(mem, src, s, 0, shared)
-            else:
-                shared = 0
-            for start in range(shared, len(prompt), self.n_batch):
-                chunk = prompt[start : start + self.n_batch]
-                last = start + len(chunk) == len(prompt)
-                self._decode(
-                    [(t, start + k, s, last and k == len(chunk) - 1) for k, t in enumerate(chunk)]
-                )
-            nxt.append(self._pick(self._logits(len(chunk) - 1), temperature, rng))
+        llama_cpp.llama_memory_clear(self.ctx.memory, True)
+        nxt = self._prefill(prompts, temperature, rng)
         pos = [len(p) for p in prompts]
         active = list(range(len(prompts)))
         while active:
@@ -149,7 +203,7 @@ class BatchedDecoder:
                 out[s].append(tok)
                 if len(out[s]) >= max_new or (done is not None and done(out[s])):
                     continue
-                entries.append((tok, pos[s], s, True))
+                entries.append((tok, pos[s], (s,), True))
                 pos[s] += 1
                 still.append(s)
             if not entries:

@@ -115,6 +115,7 @@ class Levers:
 
     parallel: int  # prompts decoded together (llama_batched.py); 1 = one at a time
     reuse_prefix: bool  # llama.cpp's KV cache kept for the next prompt's shared opening
+    pack_prompts: bool  # batched: a group's prompts read in shared decode calls, not one each
 
 
 class LlamaCppPartner:
@@ -132,6 +133,7 @@ class LlamaCppPartner:
         # KV cache for it; ``levers`` switches this off to measure it.
         self.reuse_prefix = True
         self.parallel = pc.parallel
+        self.pack_prompts = True
         self._batched = None  # (decoder, chat formatter, end-of-generation ids), lazily
         self.name = f"llama_cpp:{path.name}:t{pc.temperature}:s{pc.seed}"
         try:
@@ -150,7 +152,9 @@ class LlamaCppPartner:
             ) from None
 
     def current_levers(self) -> Levers:
-        return Levers(parallel=self.parallel, reuse_prefix=self.reuse_prefix)
+        return Levers(
+            parallel=self.parallel, reuse_prefix=self.reuse_prefix, pack_prompts=self.pack_prompts
+        )
 
     @contextmanager
     def levers(self, **changes):
@@ -161,12 +165,16 @@ class LlamaCppPartner:
         if unknown:
             raise TypeError(f"no such partner lever: {', '.join(sorted(unknown))}")
         want = dataclasses.replace(self.current_levers(), **changes)
-        kept = self.parallel, self.reuse_prefix
+        kept = self.current_levers()
         try:
-            self.parallel, self.reuse_prefix = want.parallel, want.reuse_prefix
+            self._switch(want)
             yield self.current_levers()
         finally:
-            self.parallel, self.reuse_prefix = kept
+            self._switch(kept)
+
+    def _switch(self, levers: Levers) -> None:
+        self.parallel, self.reuse_prefix = levers.parallel, levers.reuse_prefix
+        self.pack_prompts = levers.pack_prompts
 
     def _fit(self, chat: Chat, max_tokens: int) -> Chat:
         """Clip the longest message until prompt + reply fit the context window."""
@@ -256,6 +264,7 @@ class LlamaCppPartner:
                 self.llm.tokenize(r.prompt.encode(), add_bos=not r.added_special, special=True)
             )
         params = self._params(max_new_tokens, temperature)
+        decoder.pack_prompts = self.pack_prompts
         replies = decoder.generate(
             prompts, max_new_tokens, eog, params["temperature"], seed=params["seed"]
         )

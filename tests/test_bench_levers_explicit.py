@@ -172,6 +172,12 @@ def test_partner_levers_switch_for_the_block_and_restore_on_exit():
         assert (partner.parallel, partner.reuse_prefix) == (1, False)
         assert (on.parallel, on.reuse_prefix) == (1, False)
     assert (partner.parallel, partner.reuse_prefix) == (4, True)
+    # the packing lever reaches the batched decoder that reads the prompts
+    prompts = [[{"role": "user", "content": f"Say {w}."}] for w in ("yes", "no")]
+    with switched(partner, pack_prompts=False):
+        off = partner.remark(prompts, 3)
+        assert partner._batched[0].pack_prompts is False
+    assert partner.remark(prompts, 3) == off and partner._batched[0].pack_prompts is True
     with pytest.raises(TypeError, match="no such partner lever: split_head"):
         with partner.levers(split_head=False):
             pass

@@ -200,7 +200,7 @@ def _last_logits(learner, snap=None, adapter: bool = True):
     snap.refresh_if_due()
     dec = snap.decoder
     llama_cpp.llama_memory_clear(dec.ctx.memory, True)
-    dec._decode([(t, i, 0, i == len(ids) - 1) for i, t in enumerate(ids)])
+    dec._decode([(t, i, (0,), i == len(ids) - 1) for i, t in enumerate(ids)])
     return np.array(dec._logits(len(ids) - 1))
 
 

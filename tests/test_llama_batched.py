@@ -9,6 +9,7 @@ from saie_lite.backends.llama_batched import (  # noqa: E402
     BatchedDecoder,
     common_prefix,
     plan_groups,
+    prefill_plan,
 )
 
 
@@ -18,6 +19,28 @@ def test_common_prefix_and_groups():
     assert plan_groups([10, 10, 10, 10], 5, 3, 100) == [[0, 1, 2], [3]]
     assert plan_groups([60, 30, 30], 10, 8, 100) == [[0], [1, 2]]
     assert plan_groups([200], 10, 8, 100) == [[0]]  # alone, it fits its own context
+
+
+def test_prefill_plan_evaluates_a_shared_prefix_once_for_every_sharer():
+    a = list(range(40))
+    b = a[:30] + [100, 101]  # shares 30 tokens with a
+    c = a[:30] + [100, 102, 103]  # 31 with b, 30 of them b's borrowed from a
+    d = [7, 8]  # nothing in common
+    e = list(a)  # all of a: its last token is evaluated again, for its own logits
+    plan = prefill_plan([a, b, c, d, e])
+    # every (sequence, position) of every prompt is filled exactly once
+    filled = [(seq, pos) for _, pos, seqs in plan for seq in seqs]
+    want = [(s, pos) for s, p in enumerate([a, b, c, d, e]) for pos in range(len(p))]
+    assert sorted(filled) == sorted(want)
+    # and each shared token is evaluated once: 40 + 2 + 2 + 2 + 1 tokens, not 147
+    assert len(plan) == 47
+    assert plan[0] == (0, 0, (0, 1, 2, 4)) and plan[29][2] == (0, 1, 2, 4)
+    assert plan[30] == (0, 30, (0, 4)) and (1, 30, (1, 2)) in plan
+    assert (4, 39, (4,)) in plan
+    # a sequence's tokens come in increasing positions
+    for seq in range(5):
+        got = [pos for _, pos, seqs in plan if seq in seqs]
+        assert got == sorted(got)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +71,22 @@ def test_batched_greedy_matches_one_at_a_time(tiny_llm):
         base + tiny_llm.tokenize(t.encode(), add_bos=False) for t in (" she", " half", " how")
     ]
     prompts.append(tiny_llm.tokenize(b"Weng earns 12 an hour for babysitting.", add_bos=False))
-    assert common_prefix(prompts[0], prompts[1]) >= 16  # the KV prefix copy is exercised
+    assert common_prefix(prompts[0], prompts[1]) >= 10  # a shared prefix is exercised
     dec = BatchedDecoder(tiny_llm, parallel=4, kv_tokens=1024, n_threads=2)
+    calls = []
+    decode = dec._decode
+    dec._decode = lambda entries: (calls.append(len(entries)), decode(entries))
     got = dec.generate(prompts, 6, stop_ids=set())
     want = [_single(tiny_llm, p, 6) for p in prompts]
     assert got == want
+    # all four prompts read in one decode call, the shared prefix once
+    assert calls[0] == len(prefill_plan(prompts)) < sum(map(len, prompts))
+    assert len(calls) == 1 + 5  # then one call per new token after the first
+    # prompts split over several calls, a call's end falling inside a prompt and inside
+    # the shared prefix: the same replies
+    small = BatchedDecoder(tiny_llm, parallel=4, kv_tokens=1024, n_threads=2, n_batch=5)
+    assert small.generate(prompts, 6, stop_ids=set()) == want
+    small.close()
     # early stop per reply, and a stop id ends a reply without being part of it
     short = dec.generate(prompts, 6, stop_ids=set(), done=lambda r: len(r) >= 2)
     assert [len(r) for r in short] == [2, 2, 2, 2]

@@ -70,7 +70,8 @@ def bench_levers(s: BenchSettings) -> dict:
     out["early_stop_generate_seconds"] = {"before": off["seconds"], "after": on["seconds"]}
     # 3. Remarks, three levers in turn on the same 8 prompts (4 answers x 2 stances):
     #    one at a time with the KV cache cleared before each prompt; one at a time with
-    #    the shared prefix of an answer's stances reused; batched decoding; and then the
+    #    the shared prefix of an answer's stances reused; batched decoding (its prompts
+    #    packed into shared decode calls, 3a); and then the
     #    same model with q8_0 weights instead of the shipped Q4_1, then q4_0 or f32
     #    instead of q8_0.
     try:
@@ -98,6 +99,13 @@ def bench_levers(s: BenchSettings) -> dict:
         reused = per_remark(partner)
     with switched(partner, parallel=8, reuse_prefix=True):
         batched = per_remark(partner)
+    # 3a. Batched, a decode call per prompt -> the group's prompts packed into shared
+    #     calls; a few percent, so the two alternate and each takes its mean.
+    packed = {False: 0.0, True: 0.0}
+    for _ in range(2):
+        for pack in (False, True):
+            with switched(partner, parallel=8, reuse_prefix=True, pack_prompts=pack):
+                packed[pack] += per_remark(partner) / 2
     partner.llm.close()
 
     def requantized(model: str) -> float:
@@ -111,6 +119,7 @@ def bench_levers(s: BenchSettings) -> dict:
     f32, bf16 = requantized("embedded-f32"), requantized("embedded-bf16")
     out["remark_seconds_each"] = {"before": cleared, "after": reused}
     out["batched_remark_seconds_each"] = {"before": reused, "after": batched}
+    out["packed_prompts_remark_seconds_each"] = {"before": packed[False], "after": packed[True]}
     out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}
     out["partner_q4_0_remark_seconds_each"] = {"before": quant, "after": quant4}
     out["partner_f32_remark_seconds_each"] = {"before": quant, "after": f32}

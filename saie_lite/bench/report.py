@@ -262,6 +262,10 @@ def markdown(r: dict) -> str:
             ("early_stop_generate_seconds", "answer batch seconds: early stop at the final answer"),
             ("remark_seconds_each", "seconds per remark: shared-prefix KV reuse"),
             ("batched_remark_seconds_each", "seconds per remark: batched decoding"),
+            (
+                "packed_prompts_remark_seconds_each",
+                "seconds per remark, batched: a decode call per prompt -> prompts packed",
+            ),
             ("partner_q8_0_remark_seconds_each", "seconds per remark: partner Q4_1 -> q8_0"),
             ("partner_q4_0_remark_seconds_each", "seconds per remark: partner q8_0 -> q4_0"),
             ("partner_f32_remark_seconds_each", "seconds per remark: partner q8_0 -> f32"),
