@@ -115,14 +115,18 @@ class BatchedDecoder:
         b = self.batch.batch
         b.n_tokens = len(entries)
         for k, (tok, pos, seqs, logits) in enumerate(entries):
+            # the batch holds room for ``parallel`` ids per token; plan_groups caps a
+            # group at that many sequences
+            assert len(seqs) <= self.parallel
             b.token[k] = tok
             b.pos[k] = pos
             for j, seq in enumerate(seqs):
                 b.seq_id[k][j] = seq
             b.n_seq_id[k] = len(seqs)
             b.logits[k] = logits
-        if llama_cpp.llama_decode(self.ctx.ctx, b) != 0:
-            raise RuntimeError("llama_decode failed (no room in the KV cache)")
+        code = llama_cpp.llama_decode(self.ctx.ctx, b)
+        if code != 0:  # 1: no room in the KV cache; negative: the batch was refused
+            raise RuntimeError(f"llama_decode failed with code {code}")
 
     def _logits(self, k: int) -> np.ndarray:
         ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, k)
@@ -145,6 +149,8 @@ class BatchedDecoder:
         done: Callable[[list[int]], bool] | None = None,
     ) -> list[list[int]]:
         """Reply token ids per prompt. ``done(reply)`` ends a reply early."""
+        if any(not p for p in prompts):
+            raise ValueError("an empty prompt has no logits to start a reply from")
         out: list[list[int]] = [[] for _ in prompts]
         rng = np.random.default_rng(seed)
         groups = plan_groups([len(p) for p in prompts], max_new, self.parallel, self.kv_tokens)

@@ -172,12 +172,20 @@ def test_partner_levers_switch_for_the_block_and_restore_on_exit():
         assert (partner.parallel, partner.reuse_prefix) == (1, False)
         assert (on.parallel, on.reuse_prefix) == (1, False)
     assert (partner.parallel, partner.reuse_prefix) == (4, True)
-    # the packing lever reaches the batched decoder that reads the prompts
+    # the packing lever reaches the batched decoder: one prompt-reading call per prompt
+    # with it off, one for both with it on (then one call per new token after the first)
     prompts = [[{"role": "user", "content": f"Say {w}."}] for w in ("yes", "no")]
+    partner.remark(prompts, 1)  # builds the decoder
+    decoder = partner._batched[0]
+    calls = []
+    decode = decoder._decode
+    decoder._decode = lambda entries: (calls.append(len(entries)), decode(entries))
     with switched(partner, pack_prompts=False):
-        off = partner.remark(prompts, 3)
-        assert partner._batched[0].pack_prompts is False
-    assert partner.remark(prompts, 3) == off and partner._batched[0].pack_prompts is True
+        partner.remark(prompts, 1)
+        assert decoder.pack_prompts is False and len(calls) == 2
+    calls.clear()
+    partner.remark(prompts, 1)
+    assert decoder.pack_prompts is True and len(calls) == 1
     with pytest.raises(TypeError, match="no such partner lever: split_head"):
         with partner.levers(split_head=False):
             pass

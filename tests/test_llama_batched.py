@@ -28,6 +28,10 @@ def test_prefill_plan_evaluates_a_shared_prefix_once_for_every_sharer():
     d = [7, 8]  # nothing in common
     e = list(a)  # all of a: its last token is evaluated again, for its own logits
     plan = prefill_plan([a, b, c, d, e])
+    prompts = [a, b, c, d, e]
+    # a token fills a sharer's cell only where their prefixes agree up to it
+    for s, pos, seqs in plan:
+        assert all(prompts[q][: pos + 1] == prompts[s][: pos + 1] for q in seqs)
     # every (sequence, position) of every prompt is filled exactly once
     filled = [(seq, pos) for _, pos, seqs in plan for seq in seqs]
     want = [(s, pos) for s, p in enumerate([a, b, c, d, e]) for pos in range(len(p))]
@@ -92,6 +96,13 @@ def test_batched_greedy_matches_one_at_a_time(tiny_llm):
     assert [len(r) for r in short] == [2, 2, 2, 2]
     stopped = dec.generate(prompts[:1], 6, stop_ids={want[0][3]})
     assert stopped[0] == want[0][: want[0].index(want[0][3])]
+    dec.close()
+
+
+def test_an_empty_prompt_is_refused(tiny_llm):
+    dec = BatchedDecoder(tiny_llm, parallel=2, kv_tokens=512, n_threads=2)
+    with pytest.raises(ValueError, match="empty prompt"):
+        dec.generate([[1, 2], []], 4, set())
     dec.close()
 
 
