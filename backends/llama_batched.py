@@ -23,9 +23,6 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-# Tagging a KV cell with one more sequence costs nothing, so any common prefix is shared.
-MIN_SHARED_PREFIX = 1
-
 
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
@@ -40,11 +37,11 @@ def prefill_plan(prompts: list[list[int]]) -> list[tuple[int, int, tuple[int, ..
     """Every token the group's prompts evaluate, in decode order: (prompt, position,
     the sequence ids whose KV cells it fills).
 
-    A prompt whose longest common prefix with an earlier one has at least
-    ``MIN_SHARED_PREFIX`` tokens evaluates only the rest (its last token always, for its
-    logits); the shared tokens are those of the earlier prompt, tagged with this one's id
-    too. Prompts come in order, each one's tokens by position, so every sequence's
-    tokens reach llama.cpp in increasing positions, as it requires."""
+    A prompt evaluates only what follows its longest common prefix with an earlier one
+    (its last token always, for its logits); the shared tokens are those of the earlier
+    prompt, tagged with this one's id too: tagging a KV cell costs nothing, so any common
+    prefix is shared. Prompts come in order, each one's tokens by position, so every
+    sequence's tokens reach llama.cpp in increasing positions, as it requires."""
     n = len(prompts)
     src, shared = [-1] * n, [0] * n
     for s, prompt in enumerate(prompts):
@@ -53,9 +50,8 @@ def prefill_plan(prompts: list[list[int]]) -> list[tuple[int, int, tuple[int, ..
             k = common_prefix(prompts[r], prompt)
             if k > best:
                 best, r_best = k, r
-        best = min(best, len(prompt) - 1)  # evaluate at least the last token
-        if best >= MIN_SHARED_PREFIX:
-            src[s], shared[s] = r_best, best
+        # evaluate at least the last token; nothing shared leaves src -1, shared 0
+        src[s], shared[s] = r_best, min(best, len(prompt) - 1)
     also: list[dict[int, list[int]]] = [{} for _ in prompts]  # owner -> position -> sharers
     for s in range(n):
         for pos in range(shared[s]):

@@ -27,14 +27,14 @@ def test_prefill_plan_evaluates_a_shared_prefix_once_for_every_sharer():
     c = a[:30] + [100, 102, 103]  # 31 with b, 30 of them b's borrowed from a
     d = [7, 8]  # nothing in common
     e = list(a)  # all of a: its last token is evaluated again, for its own logits
-    plan = prefill_plan([a, b, c, d, e])
     prompts = [a, b, c, d, e]
+    plan = prefill_plan(prompts)
     # a token fills a sharer's cell only where their prefixes agree up to it
     for s, pos, seqs in plan:
         assert all(prompts[q][: pos + 1] == prompts[s][: pos + 1] for q in seqs)
     # every (sequence, position) of every prompt is filled exactly once
     filled = [(seq, pos) for _, pos, seqs in plan for seq in seqs]
-    want = [(s, pos) for s, p in enumerate([a, b, c, d, e]) for pos in range(len(p))]
+    want = [(s, pos) for s, p in enumerate(prompts) for pos in range(len(p))]
     assert sorted(filled) == sorted(want)
     # and each shared token is evaluated once: 40 + 2 + 2 + 2 + 1 tokens, not 147
     assert len(plan) == 47
