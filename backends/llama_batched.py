@@ -11,12 +11,19 @@ the partner's instructions) evaluated once, its KV cells tagged with every seque
 shares it. One call per prompt, many of them only an answer's second stance sentence,
 read 32 remark prompts 1.04-1.08x slower on an AVX2 CPU (docs/benchmarks.md).
 
+A group's replies end at different lengths (remarks anywhere from a few tokens to
+``max_new``). ``refill`` lets the next prompt take an ended reply's sequence id at once,
+read in the same decode call as the others' next tokens, with the opening it shares with
+a live sequence's prompt tagged, not read again. It saves decode calls but is off: on the
+CPUs measured, reading a prompt beside 7 live sequences' cells costs more than that.
+
 Sampling happens here: greedy is an argmax; temperature > 0 draws from the softmax with
 a numpy generator seeded by the caller, so runs stay reproducible.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 
 import llama_cpp
@@ -33,53 +40,51 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def prefill_plan(prompts: list[list[int]]) -> list[tuple[int, int, tuple[int, ...]]]:
-    """Every token the group's prompts evaluate, in decode order: (prompt, position,
-    the sequence ids whose KV cells it fills).
+def prefill_plan(
+    prompts: list[list[int]], cached: list[list[int]] = ()
+) -> tuple[list[tuple[int, int, tuple[int, ...]]], list[tuple[int, int, int]]]:
+    """How newly admitted prompts are read: (plan, copies).
 
-    A prompt evaluates only what follows its longest common prefix with an earlier one
-    (its last token always, for its logits); the shared tokens are those of the earlier
-    prompt, tagged with this one's id too: tagging a KV cell costs nothing, so any common
-    prefix is shared. Prompts come in order, each one's tokens by position, so every
-    sequence's tokens reach llama.cpp in increasing positions, as it requires."""
+    plan: every token they evaluate, in decode order, as (prompt, position, the prompts
+    whose KV cells it fills). copies: (cached, prompt, m): the prompt's positions below m
+    are already in the cache as the ``cached`` sequence's prompt (a sequence still
+    decoding), so its cells are tagged with this prompt's sequence too instead.
+
+    A prompt evaluates only what follows its longest common prefix with a cached prompt
+    or an earlier one (its last token always, for its logits); the shared tokens are
+    those of the earlier prompt, tagged with this one's id too: tagging a KV cell costs
+    nothing, so any common prefix is shared. Prompts come in order, each one's tokens by
+    position, so every sequence's tokens reach llama.cpp in increasing positions, as it
+    requires."""
     n = len(prompts)
-    src, shared = [-1] * n, [0] * n
+    # src: ("c", i) a cached prompt, ("p", r) an earlier prompt, None nothing shared
+    src: list[tuple[str, int] | None] = [None] * n
+    shared = [0] * n
     for s, prompt in enumerate(prompts):
-        best, r_best = 0, -1
-        for r in range(s):
-            k = common_prefix(prompts[r], prompt)
-            if k > best:
-                best, r_best = k, r
-        # evaluate at least the last token; nothing shared leaves src -1, shared 0
-        src[s], shared[s] = r_best, min(best, len(prompt) - 1)
+        best = 0
+        for kind, pool in (("c", cached), ("p", prompts[:s])):
+            for r, other in enumerate(pool):
+                k = common_prefix(other, prompt)
+                if k > best:
+                    best, src[s] = k, (kind, r)
+        shared[s] = min(best, len(prompt) - 1)  # evaluate at least the last token
     also: list[dict[int, list[int]]] = [{} for _ in prompts]  # owner -> position -> sharers
+    copied: dict[int, tuple[int, int]] = {}  # prompt -> (cached, positions below m)
     for s in range(n):
         for pos in range(shared[s]):
-            r = src[s]
-            while pos < shared[r]:  # the earlier prompt shares that token in turn
-                r = src[r]
-            also[r].setdefault(pos, []).append(s)
-    return [
+            kind, r = src[s]
+            while kind == "p" and pos < shared[r]:  # the earlier prompt shares it in turn
+                kind, r = src[r]
+            if kind == "c":  # positions from a cache form a prefix, from one sequence
+                copied[s] = (r, pos + 1)
+            else:
+                also[r].setdefault(pos, []).append(s)
+    plan = [
         (s, pos, (s, *also[s].get(pos, ())))
         for s, prompt in enumerate(prompts)
         for pos in range(shared[s], len(prompt))
     ]
-
-
-def plan_groups(lengths: list[int], max_new: int, parallel: int, kv_tokens: int) -> list[list[int]]:
-    """Consecutive prompts grouped so a group has at most ``parallel`` sequences and its
-    prompts plus replies fit the ``kv_tokens`` cells of the shared cache."""
-    groups: list[list[int]] = []
-    used = 0
-    for i, n in enumerate(lengths):
-        need = n + max_new
-        if groups and len(groups[-1]) < parallel and used + need <= kv_tokens:
-            groups[-1].append(i)
-            used += need
-        else:
-            groups.append([i])
-            used = need
-    return groups
+    return plan, [(c, s, m) for s, (c, m) in copied.items()]
 
 
 class BatchedDecoder:
@@ -99,8 +104,13 @@ class BatchedDecoder:
         self.parallel = parallel
         self.kv_tokens = kv_tokens
         self.n_vocab = llm.n_vocab()
-        # False: one decode call per prompt (a lever, for ``bench --only levers``)
+        # Levers, for ``bench --only levers``. pack_prompts False: one decode call per
+        # prompt. refill True: a sequence's id goes to the next prompt as soon as it ends.
+        # Off: on a CPU a prompt read beside 7 live sequences' KV cells takes about 1.3x
+        # as long (every token's attention spans every cell in use), which costs more
+        # than the decode calls refilling saves (docs/benchmarks.md).
         self.pack_prompts = True
+        self.refill = False
 
     def close(self) -> None:
         self.batch.close()
@@ -111,8 +121,8 @@ class BatchedDecoder:
         b = self.batch.batch
         b.n_tokens = len(entries)
         for k, (tok, pos, seqs, logits) in enumerate(entries):
-            # the batch holds room for ``parallel`` ids per token; plan_groups caps a
-            # group at that many sequences
+            # the batch holds room for ``parallel`` ids per token, and at most that
+            # many sequences are live
             assert len(seqs) <= self.parallel
             b.token[k] = tok
             b.pos[k] = pos
@@ -144,44 +154,81 @@ class BatchedDecoder:
         seed: int = 0,
         done: Callable[[list[int]], bool] | None = None,
     ) -> list[list[int]]:
-        """Reply token ids per prompt. ``done(reply)`` ends a reply early."""
+        """Reply token ids per prompt. ``done(reply)`` ends a reply early.
+
+        Up to ``parallel`` replies decode together, each in its own sequence id. Prompts
+        are admitted in order while their prompt plus ``max_new`` fits the ``kv_tokens``
+        cells left (one alone always is): as a group that waits until all its replies
+        have ended, or, with ``refill``, one by one as sequence ids come free."""
         if any(not p for p in prompts):
             raise ValueError("an empty prompt has no logits to start a reply from")
         out: list[list[int]] = [[] for _ in prompts]
         rng = np.random.default_rng(seed)
-        groups = plan_groups([len(p) for p in prompts], max_new, self.parallel, self.kv_tokens)
-        for group in groups:
-            self._group(
-                [prompts[i] for i in group],
-                max_new,
-                stop_ids,
-                temperature,
-                rng,
-                done,
-                [out[i] for i in group],
+        mem = self.ctx.memory
+        llama_cpp.llama_memory_clear(mem, True)
+        waiting = deque(range(len(prompts)))
+        free = list(range(self.parallel - 1, -1, -1))  # sequence ids, the lowest popped first
+        live: dict[int, int] = {}  # sequence id -> prompt
+        nxt: dict[int, int] = {}  # sequence id -> its next token, not yet decoded
+        pos: dict[int, int] = {}  # sequence id -> that token's position
+        cells = 0  # KV cells reserved: prompt + max_new per live sequence
+        while waiting or live:
+            # 1. each live sequence's new token: a stop id, max_new or done() ends it
+            fed = []
+            for seq, i in list(live.items()):
+                tok = nxt[seq]
+                ended = tok in stop_ids
+                if not ended:
+                    out[i].append(tok)
+                    ended = len(out[i]) >= max_new or (done is not None and done(out[i]))
+                if ended:
+                    llama_cpp.llama_memory_seq_rm(mem, seq, -1, -1)
+                    del live[seq]
+                    free.append(seq)
+                    cells -= len(prompts[i]) + max_new
+                else:
+                    fed.append(seq)
+            # 2. waiting prompts into the free sequence ids
+            new: list[int] = []
+            while waiting and free and (self.refill or not fed):
+                need = len(prompts[waiting[0]]) + max_new
+                if (fed or new) and cells + need > self.kv_tokens:
+                    break
+                seq = free.pop()
+                live[seq] = waiting.popleft()
+                new.append(seq)
+                cells += need
+            if not fed and not new:
+                break
+            # 3. the fed sequences' tokens, then the new prompts' (prefill_plan), in as few
+            #    decode calls as n_batch allows; an opening a live sequence already holds
+            #    is tagged with the new sequence, not read again
+            plan, copies = prefill_plan(
+                [prompts[live[q]] for q in new], [prompts[live[q]] for q in fed]
             )
+            for c, j, m in copies:
+                llama_cpp.llama_memory_seq_cp(mem, fed[c], new[j], 0, m)
+            entries = [(-1, nxt[q], pos[q], (q,), q) for q in fed]
+            for j, p, sharers in plan:
+                prompt = prompts[live[new[j]]]
+                last = new[j] if p == len(prompt) - 1 else None
+                entries.append((j, prompt[p], p, tuple(new[k] for k in sharers), last))
+            for chunk in self._chunks(entries):
+                self._decode([(tok, p, seqs, q is not None) for _, tok, p, seqs, q in chunk])
+                for k, (*_, q) in enumerate(chunk):
+                    if q is not None:  # the token ending a prompt, or a fed one
+                        nxt[q] = self._pick(self._logits(k), temperature, rng)
+            for q in fed:
+                pos[q] += 1
+            for q in new:
+                pos[q] = len(prompts[live[q]])
         return out
 
-    def _prefill(self, prompts, temperature, rng) -> list[int]:
-        """Evaluate the group's prompts (``prefill_plan``) and pick each one's first
-        reply token from the logits of its last prompt token."""
-        plan = prefill_plan(prompts)
-        nxt = [0] * len(prompts)
-        for chunk in self._chunks(plan):
-            last = [pos == len(prompts[s]) - 1 for s, pos, _ in chunk]
-            self._decode(
-                [(prompts[s][pos], pos, seqs, w) for (s, pos, seqs), w in zip(chunk, last)]
-            )
-            for k, ((s, _, _), w) in enumerate(zip(chunk, last)):
-                if w:
-                    nxt[s] = self._pick(self._logits(k), temperature, rng)
-        return nxt
-
-    def _chunks(self, plan):
-        """The plan cut into decode calls of at most ``n_batch`` tokens (and at every
-        prompt's end unless ``pack_prompts``)."""
+    def _chunks(self, entries):
+        """Entries cut into decode calls of at most ``n_batch`` tokens (and, unless
+        ``pack_prompts``, wherever the prompt they read changes)."""
         chunk: list = []
-        for entry in plan:
+        for entry in entries:
             if chunk and (
                 len(chunk) == self.n_batch or not self.pack_prompts and entry[0] != chunk[-1][0]
             ):
@@ -190,27 +237,3 @@ class BatchedDecoder:
             chunk.append(entry)
         if chunk:
             yield chunk
-
-    def _group(self, prompts, max_new, stop_ids, temperature, rng, done, out) -> None:
-        llama_cpp.llama_memory_clear(self.ctx.memory, True)
-        nxt = self._prefill(prompts, temperature, rng)
-        pos = [len(p) for p in prompts]
-        active = list(range(len(prompts)))
-        while active:
-            entries, still = [], []
-            for s in active:
-                tok = nxt[s]
-                if tok in stop_ids:
-                    continue
-                out[s].append(tok)
-                if len(out[s]) >= max_new or (done is not None and done(out[s])):
-                    continue
-                entries.append((tok, pos[s], (s,), True))
-                pos[s] += 1
-                still.append(s)
-            if not entries:
-                break
-            self._decode(entries)
-            for k, s in enumerate(still):
-                nxt[s] = self._pick(self._logits(k), temperature, rng)
-            active = still

@@ -116,6 +116,7 @@ class Levers:
     parallel: int  # prompts decoded together (llama_batched.py); 1 = one at a time
     reuse_prefix: bool  # llama.cpp's KV cache kept for the next prompt's shared opening
     pack_prompts: bool  # batched: a group's prompts read in shared decode calls, not one each
+    refill: bool  # batched: an ended reply's place goes to the next prompt at once
 
 
 class LlamaCppPartner:
@@ -134,6 +135,7 @@ class LlamaCppPartner:
         self.reuse_prefix = True
         self.parallel = pc.parallel
         self.pack_prompts = True
+        self.refill = False  # slower on the CPUs measured (llama_batched.py says why)
         self._batched = None  # (decoder, chat formatter, end-of-generation ids), lazily
         self.name = f"llama_cpp:{path.name}:t{pc.temperature}:s{pc.seed}"
         try:
@@ -153,7 +155,10 @@ class LlamaCppPartner:
 
     def current_levers(self) -> Levers:
         return Levers(
-            parallel=self.parallel, reuse_prefix=self.reuse_prefix, pack_prompts=self.pack_prompts
+            parallel=self.parallel,
+            reuse_prefix=self.reuse_prefix,
+            pack_prompts=self.pack_prompts,
+            refill=self.refill,
         )
 
     @contextmanager
@@ -174,7 +179,7 @@ class LlamaCppPartner:
 
     def _switch(self, levers: Levers) -> None:
         self.parallel, self.reuse_prefix = levers.parallel, levers.reuse_prefix
-        self.pack_prompts = levers.pack_prompts
+        self.pack_prompts, self.refill = levers.pack_prompts, levers.refill
 
     def _fit(self, chat: Chat, max_tokens: int) -> Chat:
         """Clip the longest message until prompt + reply fit the context window."""
@@ -264,7 +269,7 @@ class LlamaCppPartner:
                 self.llm.tokenize(r.prompt.encode(), add_bos=not r.added_special, special=True)
             )
         params = self._params(max_new_tokens, temperature)
-        decoder.pack_prompts = self.pack_prompts
+        decoder.pack_prompts, decoder.refill = self.pack_prompts, self.refill
         replies = decoder.generate(
             prompts, max_new_tokens, eog, params["temperature"], seed=params["seed"]
         )

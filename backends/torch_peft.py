@@ -647,10 +647,10 @@ class TorchLearner(ChatTokenLearner):
         return StepStats(total / n_target, len(sequences), n_target, n_tok)
 
     def _check_update_dtype(self, one_pass) -> None:
-        """``learner.dtype: auto`` chose bf16 on this CPU by a matmul probe: time one pass
-        (forward and backward of the first micro-batch) in bf16 and in float32 and keep
-        float32 if bf16 is not clearly faster (``cpu_dtype.check_update``, cached per
-        machine). The real update after it is exactly what it would have been: gradients
+        """``learner.dtype: auto`` chose bf16 on this CPU by a matmul probe: time passes
+        (forward and backward of the first micro-batch) in bf16 and in float32, back and
+        forth, and keep float32 if bf16 is not clearly faster (``cpu_dtype.check_update``,
+        cached per machine). The real update after it is exactly what it would have been: gradients
         dropped, the RNG (dropout) put back, and the base back in bf16 unless float32 won
         (bf16 -> float32 -> bf16 is exact); adapters are float32 throughout."""
         if self.grad_sync is not None:
@@ -664,7 +664,9 @@ class TorchLearner(ChatTokenLearner):
 
         verdict = {"choice": "bfloat16"}  # what a failed timing leaves (the probe's)
         try:
-            verdict = cpu_dtype.check_update(run, lambda: widened.update(self._widen_base()))
+            verdict = cpu_dtype.check_update(
+                run, lambda: widened.update(self._widen_base()), lambda: self._narrow_base(widened)
+            )
         finally:
             if verdict["choice"] == "float32":  # the timing's cast already widened the base
                 self.dtype = torch.float32

@@ -64,6 +64,7 @@ def test_bench_tiny_report(tiny_model_dir, tmp_path):
         "remark_seconds_each",
         "batched_remark_seconds_each",
         "packed_prompts_remark_seconds_each",
+        "refill_remark_seconds_each",
         "partner_q8_0_remark_seconds_each",
         "partner_q4_0_remark_seconds_each",
         "partner_f32_remark_seconds_each",

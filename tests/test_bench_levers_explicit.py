@@ -186,6 +186,12 @@ def test_partner_levers_switch_for_the_block_and_restore_on_exit():
     calls.clear()
     partner.remark(prompts, 1)
     assert decoder.pack_prompts is True and len(calls) == 1
+    # and so does the refill lever, off by default
+    with switched(partner, refill=True):
+        partner.remark(prompts, 1)
+        assert decoder.refill is True
+    partner.remark(prompts, 1)
+    assert decoder.refill is False
     with pytest.raises(TypeError, match="no such partner lever: split_head"):
         with partner.levers(split_head=False):
             pass

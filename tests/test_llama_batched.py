@@ -8,17 +8,12 @@ pytest.importorskip("gguf")
 from saie_lite.backends.llama_batched import (  # noqa: E402
     BatchedDecoder,
     common_prefix,
-    plan_groups,
     prefill_plan,
 )
 
 
-def test_common_prefix_and_groups():
+def test_common_prefix():
     assert common_prefix([1, 2, 3, 4], [1, 2, 5]) == 2 and common_prefix([], [1]) == 0
-    # at most 3 per group, and prompts + replies within 100 KV cells
-    assert plan_groups([10, 10, 10, 10], 5, 3, 100) == [[0, 1, 2], [3]]
-    assert plan_groups([60, 30, 30], 10, 8, 100) == [[0], [1, 2]]
-    assert plan_groups([200], 10, 8, 100) == [[0]]  # alone, it fits its own context
 
 
 def test_prefill_plan_evaluates_a_shared_prefix_once_for_every_sharer():
@@ -28,7 +23,8 @@ def test_prefill_plan_evaluates_a_shared_prefix_once_for_every_sharer():
     d = [7, 8]  # nothing in common
     e = list(a)  # all of a: its last token is evaluated again, for its own logits
     prompts = [a, b, c, d, e]
-    plan = prefill_plan(prompts)
+    plan, copies = prefill_plan(prompts)
+    assert copies == []  # nothing cached
     # a token fills a sharer's cell only where their prefixes agree up to it
     for s, pos, seqs in plan:
         assert all(prompts[q][: pos + 1] == prompts[s][: pos + 1] for q in seqs)
@@ -45,6 +41,19 @@ def test_prefill_plan_evaluates_a_shared_prefix_once_for_every_sharer():
     for seq in range(5):
         got = [pos for _, pos, seqs in plan if seq in seqs]
         assert got == sorted(got)
+
+
+def test_prefill_plan_tags_the_cells_of_a_sequence_still_decoding():
+    live = list(range(50))  # a cached prompt (its sequence still decoding)
+    other = [9, 9, 9]
+    a = live[:20] + [200, 201]  # 20 in common with the cached prompt
+    b = live[:20] + [200, 202]  # 21 with a: 20 of them cached, 1 a's
+    c = [9, 9, 5]  # 2 with the second cached prompt
+    plan, copies = prefill_plan([a, b, c], [live, other])
+    # each copy: (cached prompt, new prompt, positions below m)
+    assert sorted(copies) == [(0, 0, 20), (0, 1, 20), (1, 2, 2)]
+    # evaluated: a's 2 own tokens, b's last, c's last; a's position 20 filled for b too
+    assert plan == [(0, 20, (0, 1)), (0, 21, (0,)), (1, 21, (1,)), (2, 2, (2,))]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +93,7 @@ def test_batched_greedy_matches_one_at_a_time(tiny_llm):
     want = [_single(tiny_llm, p, 6) for p in prompts]
     assert got == want
     # all four prompts read in one decode call, the shared prefix once
-    assert calls[0] == len(prefill_plan(prompts)) < sum(map(len, prompts))
+    assert calls[0] == len(prefill_plan(prompts)[0]) < sum(map(len, prompts))
     assert len(calls) == 1 + 5  # then one call per new token after the first
     # prompts split over several calls, a call's end falling inside a prompt and inside
     # the shared prefix: the same replies
@@ -97,6 +106,45 @@ def test_batched_greedy_matches_one_at_a_time(tiny_llm):
     stopped = dec.generate(prompts[:1], 6, stop_ids={want[0][3]})
     assert stopped[0] == want[0][: want[0].index(want[0][3])]
     dec.close()
+
+
+def test_a_sequence_that_ends_hands_its_place_to_the_next_prompt(tiny_llm, monkeypatch):
+    import saie_lite.backends.llama_batched as lb
+
+    base = tiny_llm.tokenize(b"Natalia sold clips to 48 of her friends in April", add_bos=False)
+    prompts = [base + tiny_llm.tokenize(t.encode(), add_bos=False) for t in (" and", " or", " but")]
+    prompts.append(tiny_llm.tokenize(b"Weng earns 12 an hour for babysitting.", add_bos=False))
+    want = [_single(tiny_llm, p, 8) for p in prompts]
+    # replies end at different lengths, as remarks do: 2, 8, 5 and 3 tokens
+    ends = {tuple(w[:n]) for w, n in zip(want, (2, 8, 5, 3))}
+    assert len(ends) == 4
+    copies = []
+    cp = lb.llama_cpp.llama_memory_seq_cp
+    monkeypatch.setattr(
+        lb.llama_cpp, "llama_memory_seq_cp", lambda *a: (copies.append(a[1:]), cp(*a))[1]
+    )
+    dec = BatchedDecoder(tiny_llm, parallel=2, kv_tokens=1024, n_threads=2)
+    calls = []
+    decode = dec._decode
+    dec._decode = lambda entries: (calls.append(len(entries)), decode(entries))
+    got = {}
+    for refill in (True, False):
+        dec.refill = refill
+        calls.clear()
+        got[refill] = dec.generate(prompts, 8, set(), done=lambda r: tuple(r) in ends)
+        got[refill, "calls"] = len(calls)
+    dec.close()
+    expect = [w[:n] for w, n in zip(want, (2, 8, 5, 3))]
+    assert got[True] == expect and got[False] == expect
+    # refilled: prompt 2 joins as soon as prompt 0 ends, while prompt 1 still decodes, and
+    # takes the opening they share from prompt 1's cells (sequence 1 -> 0, base's length)
+    assert (1, 0, 0, len(base)) in copies
+    # fixed pairs decode for their longest reply: 1 + 7 calls, then 1 + 4
+    assert got[False, "calls"] == 13
+    # refilled: prompt 2 is read in the call that gives prompt 1 its third token, prompt 3
+    # in the one that gives it its eighth (prompt 2 has ended): 8 calls, then prompt 3's
+    # last 2 tokens
+    assert got[True, "calls"] == 10
 
 
 def test_an_empty_prompt_is_refused(tiny_llm):

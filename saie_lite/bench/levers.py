@@ -106,6 +106,20 @@ def bench_levers(s: BenchSettings) -> dict:
         for pack in (False, True):
             with switched(partner, parallel=8, reuse_prefix=True, pack_prompts=pack):
                 packed[pack] += per_remark(partner) / 2
+    # 3b. Batched, fixed groups of 8 -> an ended remark's place refilled at once; twice
+    #     the prompts (8 answers), so a second group has something to refill with.
+    more = [
+        partner_chat(e, [e.reference], stance, True)
+        for e in gsm8k.load("bundled")[0][:8]
+        for stance in ("supportive", "adversarial")
+    ]
+    refilled = {False: 0.0, True: 0.0}
+    for _ in range(2):
+        for refill in (False, True):
+            with switched(partner, parallel=8, reuse_prefix=True, refill=refill):
+                t0 = time.perf_counter()
+                partner.remark(more, 48)
+                refilled[refill] += (time.perf_counter() - t0) / len(more) / 2
     partner.llm.close()
 
     def requantized(model: str) -> float:
@@ -120,11 +134,12 @@ def bench_levers(s: BenchSettings) -> dict:
     out["remark_seconds_each"] = {"before": cleared, "after": reused}
     out["batched_remark_seconds_each"] = {"before": reused, "after": batched}
     out["packed_prompts_remark_seconds_each"] = {"before": packed[False], "after": packed[True]}
+    out["refill_remark_seconds_each"] = {"before": refilled[False], "after": refilled[True]}
     out["partner_q8_0_remark_seconds_each"] = {"before": batched, "after": quant}
     out["partner_q4_0_remark_seconds_each"] = {"before": quant, "after": quant4}
     out["partner_f32_remark_seconds_each"] = {"before": quant, "after": f32}
     out["partner_bf16_remark_seconds_each"] = {"before": f32, "after": bf16}
-    # 3b. What partner.model=embedded-auto runs on this machine, and the timings (seconds
+    # 3c. What partner.model=embedded-auto runs on this machine, and the timings (seconds
     #     per remark prompt, cached once per machine) it chose by.
     from saie_lite.backends.llama_cpp import embedded_weights
     from saie_lite.backends.partner_weights import forced, measured

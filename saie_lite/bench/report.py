@@ -266,6 +266,10 @@ def markdown(r: dict) -> str:
                 "packed_prompts_remark_seconds_each",
                 "seconds per remark, batched: a decode call per prompt -> prompts packed",
             ),
+            (
+                "refill_remark_seconds_each",
+                "seconds per remark, batched: fixed groups of 8 -> ended places refilled",
+            ),
             ("partner_q8_0_remark_seconds_each", "seconds per remark: partner Q4_1 -> q8_0"),
             ("partner_q4_0_remark_seconds_each", "seconds per remark: partner q8_0 -> q4_0"),
             ("partner_f32_remark_seconds_each", "seconds per remark: partner q8_0 -> f32"),
