@@ -165,9 +165,8 @@ class BatchedDecoder:
         out: list[list[int]] = [[] for _ in prompts]
         rng = np.random.default_rng(seed)
         mem = self.ctx.memory
-        llama_cpp.llama_memory_clear(mem, True)
         waiting = deque(range(len(prompts)))
-        free = list(range(self.parallel - 1, -1, -1))  # sequence ids, the lowest popped first
+        free = list(range(self.parallel - 1, -1, -1))  # free sequence ids, a stack
         live: dict[int, int] = {}  # sequence id -> prompt
         nxt: dict[int, int] = {}  # sequence id -> its next token, not yet decoded
         pos: dict[int, int] = {}  # sequence id -> that token's position
@@ -182,13 +181,17 @@ class BatchedDecoder:
                     out[i].append(tok)
                     ended = len(out[i]) >= max_new or (done is not None and done(out[i]))
                 if ended:
-                    llama_cpp.llama_memory_seq_rm(mem, seq, -1, -1)
+                    if self.refill:  # a fixed group's cells go all at once, below
+                        llama_cpp.llama_memory_seq_rm(mem, seq, -1, -1)
                     del live[seq]
                     free.append(seq)
                     cells -= len(prompts[i]) + max_new
                 else:
                     fed.append(seq)
-            # 2. waiting prompts into the free sequence ids
+            # 2. waiting prompts into the free sequence ids; a group starts on an empty
+            #    cache, so its cells lie as they would for that group alone
+            if not fed:
+                llama_cpp.llama_memory_clear(mem, True)
             new: list[int] = []
             while waiting and free and (self.refill or not fed):
                 need = len(prompts[waiting[0]]) + max_new

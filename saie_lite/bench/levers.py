@@ -79,17 +79,20 @@ def bench_levers(s: BenchSettings) -> dict:
     except ImportError:
         out["remark_seconds_each"] = "skipped: llama-cpp-python not installed"
         return out
-    exs = gsm8k.load("bundled")[0][:4]
-    prompts = [
-        partner_chat(e, [e.reference], stance, True)
-        for e in exs
-        for stance in ("supportive", "adversarial")
-    ]
 
-    def per_remark(partner) -> float:
+    def remark_prompts(n_answers: int) -> list:
+        return [
+            partner_chat(e, [e.reference], stance, True)
+            for e in gsm8k.load("bundled")[0][:n_answers]
+            for stance in ("supportive", "adversarial")
+        ]
+
+    prompts = remark_prompts(4)
+
+    def per_remark(partner, chats=prompts) -> float:
         t0 = time.perf_counter()
-        partner.remark(prompts, 48)
-        return (time.perf_counter() - t0) / len(prompts)
+        partner.remark(chats, 48)
+        return (time.perf_counter() - t0) / len(chats)
 
     partner = LlamaCppPartner(_cfg(s))
     partner.remark(prompts[:2], 4)  # warm-up, both paths
@@ -108,18 +111,12 @@ def bench_levers(s: BenchSettings) -> dict:
                 packed[pack] += per_remark(partner) / 2
     # 3b. Batched, fixed groups of 8 -> an ended remark's place refilled at once; twice
     #     the prompts (8 answers), so a second group has something to refill with.
-    more = [
-        partner_chat(e, [e.reference], stance, True)
-        for e in gsm8k.load("bundled")[0][:8]
-        for stance in ("supportive", "adversarial")
-    ]
+    more = remark_prompts(8)
     refilled = {False: 0.0, True: 0.0}
     for _ in range(2):
         for refill in (False, True):
             with switched(partner, parallel=8, reuse_prefix=True, refill=refill):
-                t0 = time.perf_counter()
-                partner.remark(more, 48)
-                refilled[refill] += (time.perf_counter() - t0) / len(more) / 2
+                refilled[refill] += per_remark(partner, more) / 2
     partner.llm.close()
 
     def requantized(model: str) -> float:
