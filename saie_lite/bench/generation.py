@@ -27,7 +27,7 @@ def bench_generate(s: BenchSettings) -> dict:
     chats = [q.context for q in _sequences(s, s.batch)]
     learner.generate(chats[:1], 4)
     ours = _gen_rate(learner, chats, s.new_tokens)["tokens_per_s"]
-    paths = generation_paths(learner, chats, s.new_tokens)
+    paths = generation_paths(learner, chats, s.new_tokens, rounds=3)
     try:
         import llama_cpp  # noqa: F401  (installed?)
 
@@ -117,9 +117,14 @@ def bench_generate(s: BenchSettings) -> dict:
     }
 
 
+# the learner's generation levers, all off for the 'before' path, all on for 'after'
+GENERATION_LEVERS = ("stop_on_device", "merge_for_generation", "contiguous_head", "fused_adapter")
+
+
 def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> dict:
-    """Torch generation before and after the per-token levers (early stop judged on the
-    device, the adapter merged while generating) with early stop on, as in a run; the
+    """Torch generation before and after its levers (early stop judged on the device,
+    the adapter merged while generating where exact, the head read contiguous and an
+    unmerged adapter added in place) with early stop on, as in a run; the
     two paths alternate call by call (a shared VM drifts between blocks of calls), and
     their greedy answers are compared."""
     from saie_lite.tasks import gsm8k
@@ -130,7 +135,8 @@ def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> 
     with switched(learner, answer_end=gsm8k.answer_end):
         for _ in range(rounds):
             for label, on in (("before", False), ("after", True)):
-                with switched(learner, stop_on_device=on, merge_for_generation=on):
+                levers = dict.fromkeys(GENERATION_LEVERS, on)
+                with switched(learner, **levers):
                     t0, n0 = time.perf_counter(), learner.tokens_generated
                     answers[label] = learner.generate(chats, new_tokens)
                     spent[label] += time.perf_counter() - t0

@@ -216,8 +216,9 @@ def markdown(r: dict) -> str:
         gp = g.get("generation_path_tokens_per_s")
         if gp:
             row(
-                "| learner generation tokens/s, torch, early stop on: per-token check + "
-                f"unmerged adapter -> device check + merged ({gp['dtype']}, "
+                "| learner generation tokens/s, torch, early stop on: per-token check, "
+                "PEFT's forward -> device check, adapter merged where exact, else added in "
+                f"place, head read contiguous ({gp['dtype']}, "
                 f"{gp['merged_layers']} layers merged; CPU {kind}) | {_f(gp['before'])} -> "
                 f"{_f(gp['after'])} ({_f(gp['ratio'], 2)}x; same answers: "
                 f"{'yes' if gp['same_answers'] else 'NO'}) |"
