@@ -12,6 +12,8 @@ logits of the path it replaces (tests/test_generation_speed.py):
   operations in the same order (IEEE addition commutes), so the same bits, with less
   memory traffic. It matters where the adapter cannot be merged (a bf16 base), at
   prefill, where each temporary is prompt tokens x layer width.
+- ``merged_weight``: the same in-place order for a merge (float32), one new weight-sized
+  tensor per layer instead of three, on every ``generate`` call that merges.
 """
 
 from __future__ import annotations
@@ -70,6 +72,16 @@ def _fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     delta = lora_b(lora_a(layer.lora_dropout[ADAPTER](x.to(lora_a.weight.dtype))))
     delta.mul_(layer.scaling[ADAPTER]).add_(result)
     return delta.to(result.dtype)
+
+
+def merged_weight(layer) -> torch.Tensor:
+    """``W + layer.get_delta_weight()`` bit for bit, for a float32 layer and adapter:
+    ``B @ A`` scaled and ``W`` added into that one product."""
+    w = layer.base_layer.weight.data
+    if layer.fan_in_fan_out:  # a transposed layout (GPT-2's Conv1D): PEFT's own way
+        return w + layer.get_delta_weight(ADAPTER)
+    merged = layer.lora_B[ADAPTER].weight @ layer.lora_A[ADAPTER].weight
+    return merged.mul_(layer.scaling[ADAPTER]).add_(w)
 
 
 @contextmanager

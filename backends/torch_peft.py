@@ -367,11 +367,13 @@ class TorchLearner(ChatTokenLearner):
         subtracted from as PEFT's merge_adapter/unmerge_adapter do, which would drift the
         frozen base by rounding on every call. The copies cost the adapted layers'
         memory once more while generating."""
+        from saie_lite.backends.lean_generation import merged_weight
+
         kept = []
         try:
             for m in self._mergeable_layers():
                 w = m.base_layer.weight
-                merged = w.data + m.get_delta_weight("default")
+                merged = merged_weight(m)
                 kept.append((m, w.data))
                 w.data = merged
                 m.merged_adapters.append("default")

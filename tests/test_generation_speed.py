@@ -114,6 +114,17 @@ def test_merge_is_used_for_float32_and_leaves_the_base_bit_for_bit(trained):
         assert trained.generate(CHATS[:1], 12) == mine
 
 
+def test_merged_weight_is_peft_merge_bit_for_bit(trained):
+    from saie_lite.backends.lean_generation import merged_weight
+
+    for m in trained._mergeable_layers():
+        w = m.base_layer.weight.data
+        want = w + m.get_delta_weight("default")
+        got = merged_weight(m)
+        assert torch.equal(got, want) and not torch.equal(got, w)
+        assert got.data_ptr() != w.data_ptr()  # a copy: the frozen base is untouched
+
+
 def test_no_merge_where_it_is_not_exact(tiny_model_dir):
     learner = torch_peft.TorchLearner(_cfg(tiny_model_dir, **{"learner.dtype": "bfloat16"}))
     assert learner._mergeable_layers() == []
