@@ -1,5 +1,5 @@
-"""Two generation-only shortcuts for the torch learner, each giving bit-for-bit the
-logits of the path it replaces (tests/test_generation_speed.py):
+"""Generation-only shortcuts for the torch learner, each giving bit-for-bit the
+logits (or merged weights) of the path it replaces (tests/test_generation_speed.py):
 
 - ``contiguous_head``: at prefill transformers slices the last position out of the
   hidden states (``hidden[:, -1:, :]``), a strided view. torch multiplies a strided 3D
