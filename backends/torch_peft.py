@@ -394,10 +394,13 @@ class TorchLearner(ChatTokenLearner):
         from saie_lite.backends import lean_generation as lean
 
         with ExitStack() as stack:
+            # not under the CUDA static cache: a new hook and bound methods per call
+            # could make torch.compile trace again
+            compiled = self.static_cache and str(self.device).startswith("cuda")
             head = self.model.get_base_model().get_output_embeddings()
-            if self.contiguous_head and head is not None:
+            if self.contiguous_head and head is not None and not compiled:
                 stack.enter_context(lean.contiguous_head(head))
-            if self.fused_adapter and not self.quantized:
+            if self.fused_adapter and not self.quantized and not compiled:
                 stack.enter_context(lean.fused_adapter(lean.fusable_layers(self.model)))
             yield
 
@@ -416,7 +419,8 @@ class TorchLearner(ChatTokenLearner):
                 "default" in m.lora_A
                 and not m.merged
                 and "default" in m.active_adapters
-                and "default" not in m.lora_variant  # DoRA and the like: kept unmerged
+                and "default" not in getattr(m, "lora_variant", {})  # DoRA etc.: unmerged
+                and not getattr(m, "use_dora", {}).get("default", False)
                 and m.base_layer.weight.dtype == torch.float32
                 and m.lora_A["default"].weight.dtype == torch.float32
             ):

@@ -1,6 +1,7 @@
-"""Learner generation without per-token overhead: early stop judged on the device and
-the adapter merged while generating give the same greedy answers as the path before
-them (tiny random llama; the embedded model in a `real` test)."""
+"""Learner generation without per-token overhead: early stop judged on the device, the
+adapter merged while generating (float32) or added in place (bf16 base) and the head
+read contiguous give the same greedy answers as the path before them (tiny random
+llama; the embedded model in a `real` test)."""
 
 import pytest
 
@@ -110,14 +111,17 @@ def test_merge_is_used_for_float32_and_leaves_the_base_bit_for_bit(trained):
     with trained.model.disable_adapter():
         assert trained._mergeable_layers() == []
         mine = trained.generate(CHATS[:1], 12)
-        trained.merge_for_generation = False
-        assert trained.generate(CHATS[:1], 12) == mine
+        with trained.levers(merge_for_generation=False):
+            assert trained.generate(CHATS[:1], 12) == mine
 
 
 def test_merged_weight_is_peft_merge_bit_for_bit(trained):
     from saie_lite.backends.lean_generation import merged_weight
 
-    for m in trained._mergeable_layers():
+    with trained.levers(merge_for_generation=True):
+        layers = trained._mergeable_layers()
+    assert len(layers) == 14
+    for m in layers:
         w = m.base_layer.weight.data
         want = w + m.get_delta_weight("default")
         got = merged_weight(m)
@@ -223,12 +227,40 @@ def test_fused_adapter_is_peft_forward_bit_for_bit(bf16_learner, trained, which)
                 x = torch.randn(shape, generator=g).to(dtype)
                 want = m(x)
                 with lean.fused_adapter([m]):
+                    assert m.forward.__func__ is lean._fused_forward
                     got = m(x)
                 assert got.dtype == want.dtype and torch.equal(got, want)
                 assert not torch.equal(want, m.base_layer(x))  # the adapter does add
             assert "forward" not in m.__dict__  # PEFT's own forward is back
     with learner.model.disable_adapter():
         assert lean.fusable_layers(learner.model) == []
+    # where PEFT's forward would compute otherwise, the layer keeps it
+    m = layers[0]
+    m.cast_input_dtype_enabled = False  # PEFT then skips the input cast
+    try:
+        assert m not in lean.fusable_layers(learner.model)
+    finally:
+        m.cast_input_dtype_enabled = True
+    assert m in lean.fusable_layers(learner.model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_contiguous_head_gives_the_strided_product(dtype):
+    from saie_lite.backends import lean_generation as lean
+
+    g = torch.Generator().manual_seed(2)
+    head = torch.nn.Linear(64, 3000, bias=False).to(dtype)
+    hidden = torch.randn(8, 11, 64, generator=g).to(dtype)
+    last = hidden[:, -1:, :]
+    assert not last.is_contiguous()  # the slice transformers hands the head at prefill
+    with torch.no_grad():
+        want = head(last)
+        with lean.contiguous_head(head):
+            got = head(last)
+    assert not head._forward_pre_hooks
+    # another kernel: equal up to rounding of the last bits, not necessarily bit for bit
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    assert got.shape == want.shape and torch.allclose(got, want, rtol=tol, atol=tol)
 
 
 def test_bf16_shortcuts_keep_greedy_answers_and_read_the_head_contiguous(bf16_learner):
@@ -251,9 +283,12 @@ def test_bf16_shortcuts_keep_greedy_answers_and_read_the_head_contiguous(bf16_le
 def test_shortcuts_are_undone_when_generation_fails(bf16_learner, monkeypatch):
     from saie_lite.backends import lean_generation as lean
 
+    def patched():
+        return [m for m in bf16_learner.model.modules() if "forward" in m.__dict__]
+
     def fail(**kwargs):
         assert kwargs["input_ids"] is not None and head._forward_pre_hooks
-        assert all("forward" in m.__dict__ for m in lean.fusable_layers(bf16_learner.model))
+        assert len(patched()) == 14
         raise RuntimeError("out of memory")
 
     head = bf16_learner.model.get_base_model().get_output_embeddings()
@@ -261,7 +296,7 @@ def test_shortcuts_are_undone_when_generation_fails(bf16_learner, monkeypatch):
     with pytest.raises(RuntimeError):
         bf16_learner.generate(CHATS[:1], 4)
     assert not head._forward_pre_hooks
-    assert not any("forward" in m.__dict__ for m in lean.fusable_layers(bf16_learner.model))
+    assert patched() == [] and len(lean.fusable_layers(bf16_learner.model)) == 14
 
 
 @pytest.mark.real
@@ -297,6 +332,7 @@ def test_bench_measures_both_paths_side_by_side(trained):
     assert paths["dtype"] == "float32" and paths["merged_layers"] == 14
     # what it switched off for the 'before' path is on again, and its own rule back
     assert trained.stop_on_device and trained.merge_for_generation
+    assert trained.contiguous_head and trained.fused_adapter
     assert trained.answer_end is None
     trained.answer_end = gsm8k.answer_end
 

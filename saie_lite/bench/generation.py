@@ -126,19 +126,19 @@ def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> 
     the adapter merged while generating where exact, the head read contiguous and an
     unmerged adapter added in place) with early stop on, as in a run; the
     two paths alternate call by call (a shared VM drifts between blocks of calls), and
-    their greedy answers are compared."""
+    their greedy answers are compared round by round."""
     from saie_lite.tasks import gsm8k
 
     spent = {"before": 0.0, "after": 0.0}
     tokens = {"before": 0, "after": 0}
-    answers: dict = {}
+    answers: dict = {"before": [], "after": []}
     with switched(learner, answer_end=gsm8k.answer_end):
         for _ in range(rounds):
             for label, on in (("before", False), ("after", True)):
                 levers = dict.fromkeys(GENERATION_LEVERS, on)
                 with switched(learner, **levers):
                     t0, n0 = time.perf_counter(), learner.tokens_generated
-                    answers[label] = learner.generate(chats, new_tokens)
+                    answers[label].append(learner.generate(chats, new_tokens))
                     spent[label] += time.perf_counter() - t0
                     tokens[label] += learner.tokens_generated - n0
                     if on:  # the layers the 'after' path folds the adapter into
@@ -148,7 +148,7 @@ def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> 
         "before": before,
         "after": after,
         "ratio": after / before,
-        "same_answers": answers["before"] == answers["after"],
+        "same_answers": answers["before"] == answers["after"],  # every round's
         "dtype": str(learner.dtype).replace("torch.", ""),
         "merged_layers": merged,
     }
