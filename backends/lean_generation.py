@@ -16,11 +16,16 @@
 - ``merged_weight``: the same in-place order for a merge (float32), one new weight-sized
   tensor per layer instead of three, bit for bit PEFT's merge, on every ``generate``
   call that merges.
+- ``packed_linears`` (CPU): torch's plain product repacks the weight for oneDNN inside
+  every call; packed once per ``generate`` call, a decoding step's products ran 1.2-2x
+  faster in bf16, 2-3.5x in float32 (different kernels: equal in bf16 on an
+  AVX512-BF16 CPU, within 1e-5 in float32; greedy answers are compared in the tests).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 from types import MethodType
 
 import torch
@@ -116,3 +121,61 @@ def fused_adapter(layers: list):
     finally:
         for m in patched:
             m.__dict__.pop("forward", None)
+
+
+def packing_available() -> bool:
+    """oneDNN's prepacked linear (the kernels torch.compile's CPU backend calls)."""
+    mkldnn = getattr(torch.ops, "mkldnn", None)
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(mkldnn, "_reorder_linear_weight")
+        and hasattr(mkldnn, "_linear_pointwise")
+    )
+
+
+def packable_linears(model: torch.nn.Module) -> list:
+    """The model's own linear layers (each adapted layer's base and the head), on a CPU
+    in float32 or bf16, not the adapter's small factors (r columns: nothing to gain)."""
+    if not packing_available():
+        return []
+    factors = set()
+    for m in model.modules():
+        for name in ("lora_A", "lora_B"):
+            factors.update(id(f) for f in getattr(m, name, {}).values())
+    return [
+        m
+        for m in model.modules()
+        if type(m) is torch.nn.Linear
+        and id(m) not in factors
+        and m.weight.device.type == "cpu"
+        and m.weight.dtype in (torch.float32, torch.bfloat16)
+        and "forward" not in m.__dict__
+    ]
+
+
+def _packed_forward(layer, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != packed.dtype or not x.is_contiguous():
+        return torch.nn.functional.linear(x, layer.weight, layer.bias)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
+
+
+@contextmanager
+def packed_linears(layers: list, rows: int):
+    """Inside the block each of ``layers`` multiplies by its weight packed once into
+    oneDNN's blocked layout for ``rows``-row inputs, instead of packing it again inside
+    every product. Packed per block, never kept: a frozen base can still be rewritten in
+    place (loading a checkpoint), and a merged weight is new every call."""
+    patched = []
+    try:
+        for m in layers:
+            packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows)
+            m.forward = MethodType(partial(_packed_call, packed=packed), m)
+            patched.append(m)
+        yield
+    finally:
+        for m in patched:
+            m.__dict__.pop("forward", None)
+
+
+def _packed_call(layer, x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return _packed_forward(layer, packed, x)

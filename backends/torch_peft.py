@@ -58,6 +58,7 @@ class Levers:
     merge_for_generation: bool  # the adapter folded in while generating, where exact
     contiguous_head: bool  # the head reads the prefill's last position contiguous
     fused_adapter: bool  # unmerged adapters scale and add their output in place
+    packed_linears: bool  # CPU: the model's weights packed for oneDNN once per call
     answer_end: Any  # the rule that stops a reply at its final answer; None = no early stop
 
 
@@ -169,6 +170,7 @@ class TorchLearner(ChatTokenLearner):
         # Bit-for-bit shortcuts for what stays unmerged (backends/lean_generation.py).
         self.contiguous_head = True
         self.fused_adapter = True
+        self.packed_linears = True
         # A static KV cache, which transformers compiles with torch.compile: CUDA only
         # (on a CPU the compile costs more than it saves); off until measured to pay there.
         self.static_cache = False
@@ -191,6 +193,7 @@ class TorchLearner(ChatTokenLearner):
             merge_for_generation=self.merge_for_generation,
             contiguous_head=self.contiguous_head,
             fused_adapter=self.fused_adapter,
+            packed_linears=self.packed_linears,
             answer_end=self.answer_end,
         )
 
@@ -224,6 +227,7 @@ class TorchLearner(ChatTokenLearner):
         self.merge_for_generation = v.merge_for_generation
         self.contiguous_head = v.contiguous_head
         self.fused_adapter = v.fused_adapter
+        self.packed_linears = v.packed_linears
         self.answer_end = v.answer_end
 
     # -- generation ---------------------------------------------------------------
@@ -263,7 +267,7 @@ class TorchLearner(ChatTokenLearner):
             kw["stopping_criteria"] = [stopper(start)]
         if self.static_cache and str(self.device).startswith("cuda"):
             kw["cache_implementation"] = "static"
-        with self._merged_adapter(), self._lean_forward():
+        with self._merged_adapter(), self._lean_forward(len(chats)):
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
         # A decoder-only model returns prompt + reply; an encoder-decoder only the reply.
         new = out if self.seq2seq else out[:, ids.shape[1] :]
@@ -385,10 +389,11 @@ class TorchLearner(ChatTokenLearner):
                     m.merged_adapters.remove("default")
 
     @contextmanager
-    def _lean_forward(self):
-        """The generation shortcuts that are on (``contiguous_head``, ``fused_adapter``),
-        for one ``generate`` call, inside ``_merged_adapter`` (merged layers keep PEFT's
-        forward)."""
+    def _lean_forward(self, rows: int):
+        """The generation shortcuts that are on (``contiguous_head``, ``fused_adapter``,
+        ``packed_linears``), for one ``generate`` call of ``rows`` prompts, inside
+        ``_merged_adapter`` (merged layers keep PEFT's forward; their merged weights are
+        what gets packed)."""
         from contextlib import ExitStack
 
         from saie_lite.backends import lean_generation as lean
@@ -402,6 +407,9 @@ class TorchLearner(ChatTokenLearner):
                 stack.enter_context(lean.contiguous_head(head))
             if self.fused_adapter and not self.quantized and not compiled:
                 stack.enter_context(lean.fused_adapter(lean.fusable_layers(self.model)))
+            if self.packed_linears and self.device == "cpu":  # merged weights, if any
+                layers = lean.packable_linears(self.model)
+                stack.enter_context(lean.packed_linears(layers, rows))
             yield
 
     def _mergeable_layers(self) -> list:

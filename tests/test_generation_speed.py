@@ -6,6 +6,7 @@ llama; the embedded model in a `real` test)."""
 import pytest
 
 torch = pytest.importorskip("torch")
+F = torch.nn.functional
 pytest.importorskip("peft")
 
 from saie_lite import config  # noqa: E402
@@ -244,6 +245,44 @@ def test_fused_adapter_is_peft_forward_bit_for_bit(bf16_learner, trained, which)
     assert m in lean.fusable_layers(learner.model)
 
 
+@pytest.mark.parametrize("which", ["bf16 base", "float32, merged"])
+def test_packed_weights_give_each_layers_product(bf16_learner, trained, which):
+    from saie_lite.backends import lean_generation as lean
+
+    if not lean.packing_available():
+        pytest.skip("this torch build has no oneDNN")
+    learner = bf16_learner if which == "bf16 base" else trained
+    dtype = learner.model.get_base_model().dtype
+    layers = lean.packable_linears(learner.model)
+    assert len(layers) == 15  # 14 adapted layers' bases and the head, not the factors
+    assert all(m.out_features > 8 and m.in_features > 8 for m in layers)
+    g = torch.Generator().manual_seed(3)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    with torch.no_grad():
+        for rows in (4, 1):
+            x = torch.randn(4, rows, layers[0].in_features, generator=g).to(dtype)
+            want = [m(x) if m.in_features == x.shape[-1] else None for m in layers]
+            with lean.packed_linears(layers, 4):
+                assert all(m.forward.__func__.func is lean._packed_call for m in layers)
+                got = [m(x) if m.in_features == x.shape[-1] else None for m in layers]
+                # a strided input or another dtype takes the plain product
+                strided = torch.randn(4, 3, x.shape[-1], generator=g).to(dtype)[:, -1:, :]
+                assert torch.equal(layers[0](strided), F.linear(strided, layers[0].weight))
+            for a, b in zip(got, want):
+                if b is not None:  # another kernel: equal up to rounding of the last bits
+                    assert a.dtype == b.dtype and torch.allclose(a, b, rtol=tol, atol=tol)
+    assert not any("forward" in m.__dict__ for m in layers)
+
+
+def test_no_packing_without_onednn(trained, monkeypatch):
+    from saie_lite.backends import lean_generation as lean
+
+    monkeypatch.setattr(lean.torch.backends.mkldnn, "is_available", lambda: False)
+    assert not lean.packing_available() and lean.packable_linears(trained.model) == []
+    out, _ = _answers(trained, fast=True, n=8)  # and generation still runs
+    assert len(out) == len(CHATS)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_contiguous_head_gives_the_strided_product(dtype):
     from saie_lite.backends import lean_generation as lean
@@ -288,7 +327,7 @@ def test_shortcuts_are_undone_when_generation_fails(bf16_learner, monkeypatch):
 
     def fail(**kwargs):
         assert kwargs["input_ids"] is not None and head._forward_pre_hooks
-        assert len(patched()) == 14
+        assert len(patched()) == 14 + lean.packing_available() * 15  # + bases and head
         raise RuntimeError("out of memory")
 
     head = bf16_learner.model.get_base_model().get_output_embeddings()
@@ -332,7 +371,7 @@ def test_bench_measures_both_paths_side_by_side(trained):
     assert paths["dtype"] == "float32" and paths["merged_layers"] == 14
     # what it switched off for the 'before' path is on again, and its own rule back
     assert trained.stop_on_device and trained.merge_for_generation
-    assert trained.contiguous_head and trained.fused_adapter
+    assert trained.contiguous_head and trained.fused_adapter and trained.packed_linears
     assert trained.answer_end is None
     trained.answer_end = gsm8k.answer_end
 
@@ -383,4 +422,4 @@ def test_bench_reports_the_cpu_kind():
     }
     md = markdown(report)
     assert "| measure (CPU Intel(R) Xeon(R) Platinum 8480+, kind amx_bf16) | value |" in md
-    assert "contiguous (float32, 210 layers merged; CPU amx_bf16) | 20.0 -> 25.0 (1.25x; same" in md
+    assert "oneDNN (on a CPU; float32, 210 layers merged; CPU amx_bf16) | 20.0 -> 25.0 (1.25x" in md

@@ -118,13 +118,17 @@ def bench_generate(s: BenchSettings) -> dict:
 
 
 # the learner's generation levers, all off for the 'before' path, all on for 'after'
-GENERATION_LEVERS = ("stop_on_device", "merge_for_generation", "contiguous_head", "fused_adapter")
+GENERATION_LEVERS = (
+    "stop_on_device", "merge_for_generation", "contiguous_head", "fused_adapter",
+    "packed_linears",
+)  # fmt: skip
 
 
 def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> dict:
     """Torch generation before and after its levers (early stop judged on the device,
-    the adapter merged while generating where exact, the head read contiguous and an
-    unmerged adapter added in place) with early stop on, as in a run; the
+    the adapter merged while generating where exact, the head read contiguous, an
+    unmerged adapter added in place, on a CPU the weights packed once per call) with
+    early stop on, as in a run; the
     two paths alternate call by call (a shared VM drifts between blocks of calls), and
     their greedy answers are compared round by round."""
     from saie_lite.tasks import gsm8k

@@ -218,7 +218,8 @@ def markdown(r: dict) -> str:
             row(
                 "| learner generation tokens/s, torch, early stop on: per-token check, "
                 "PEFT's forward -> device check, adapter merged where exact, else added in "
-                f"place, head read contiguous ({gp['dtype']}, "
+                "place, head read contiguous, weights packed for oneDNN (on a CPU; "
+                f"{gp['dtype']}, "
                 f"{gp['merged_layers']} layers merged; CPU {kind}) | {_f(gp['before'])} -> "
                 f"{_f(gp['after'])} ({_f(gp['ratio'], 2)}x; same answers: "
                 f"{'yes' if gp['same_answers'] else 'NO'}) |"
