@@ -16,8 +16,9 @@
 - ``merged_weight``: the same in-place order for a merge (float32), one new weight-sized
   tensor per layer instead of three, bit for bit PEFT's merge, on every ``generate``
   call that merges.
-- ``packed_linears`` (CPU): torch's plain product repacks the weight for oneDNN inside
-  every call; packed once per ``generate`` call, a decoding step's products ran 1.2-2x
+- ``packed_linears`` (CPU): torch's plain product takes the weight in torch's layout
+  (bf16: repacked for oneDNN inside every call; float32: MKL's own packing inside every
+  call); packed for oneDNN once per ``generate`` call, a decoding step's products ran 1.2-2x
   faster in bf16, 2-3.5x in float32 (different kernels: equal in bf16 on an
   AVX512-BF16 CPU, within 1e-5 in float32; greedy answers are compared in the tests).
 """
@@ -133,11 +134,20 @@ def packing_available() -> bool:
     )
 
 
+def _bf16_packing() -> bool:
+    """oneDNN packs bf16 weights only on a CPU with bf16 conversion (AVX512-BW/VL/DQ or
+    AVX-NE-CONVERT); elsewhere the reorder raises, and torch's plain product serves."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check and check())
+
+
 def packable_linears(model: torch.nn.Module) -> list:
-    """The model's own linear layers (each adapted layer's base and the head), on a CPU
-    in float32 or bf16, not the adapter's small factors (r columns: nothing to gain)."""
-    if not packing_available():
+    """Every plain linear layer of the model (each adapted layer's base, the head, any
+    layer left unadapted), on a CPU in float32 (or bf16 where oneDNN packs it), not the
+    adapter's small factors (r columns: nothing to gain)."""
+    if not packing_available() or not torch.backends.mkldnn.enabled:
         return []
+    dtypes = (torch.float32, torch.bfloat16) if _bf16_packing() else (torch.float32,)
     factors = set()
     for m in model.modules():
         for name in ("lora_A", "lora_B"):
@@ -148,7 +158,7 @@ def packable_linears(model: torch.nn.Module) -> list:
         if type(m) is torch.nn.Linear
         and id(m) not in factors
         and m.weight.device.type == "cpu"
-        and m.weight.dtype in (torch.float32, torch.bfloat16)
+        and m.weight.dtype in dtypes
         and "forward" not in m.__dict__
     ]
 
@@ -177,5 +187,5 @@ def packed_linears(layers: list, rows: int):
             m.__dict__.pop("forward", None)
 
 
-def _packed_call(layer, x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    return _packed_forward(layer, packed, x)
+def _packed_call(layer, input: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return _packed_forward(layer, packed, input)  # ``input``: nn.Linear's own name

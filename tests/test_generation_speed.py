@@ -249,8 +249,8 @@ def test_fused_adapter_is_peft_forward_bit_for_bit(bf16_learner, trained, which)
 def test_packed_weights_give_each_layers_product(bf16_learner, trained, which):
     from saie_lite.backends import lean_generation as lean
 
-    if not lean.packing_available():
-        pytest.skip("this torch build has no oneDNN")
+    if not lean.packing_available() or (which == "bf16 base" and not lean._bf16_packing()):
+        pytest.skip("oneDNN does not pack these weights on this machine")
     learner = bf16_learner if which == "bf16 base" else trained
     dtype = learner.model.get_base_model().dtype
     layers = lean.packable_linears(learner.model)
@@ -277,10 +277,26 @@ def test_packed_weights_give_each_layers_product(bf16_learner, trained, which):
 def test_no_packing_without_onednn(trained, monkeypatch):
     from saie_lite.backends import lean_generation as lean
 
-    monkeypatch.setattr(lean.torch.backends.mkldnn, "is_available", lambda: False)
-    assert not lean.packing_available() and lean.packable_linears(trained.model) == []
+    given = []
+    real = lean.packed_linears
+    monkeypatch.setattr(lean, "packing_available", lambda: False)
+    monkeypatch.setattr(
+        lean, "packed_linears", lambda layers, rows: given.append(layers) or real(layers, rows)
+    )
+    assert lean.packable_linears(trained.model) == []
     out, _ = _answers(trained, fast=True, n=8)  # and generation still runs
-    assert len(out) == len(CHATS)
+    assert len(out) == len(CHATS) and given == [[]]
+
+
+def test_bf16_weights_not_packed_where_onednn_cannot(bf16_learner, monkeypatch):
+    from saie_lite.backends import lean_generation as lean
+
+    if not lean.packing_available():
+        pytest.skip("this torch build has no oneDNN")
+    monkeypatch.setattr(lean, "_bf16_packing", lambda: False)  # an AVX2-only CPU
+    assert lean.packable_linears(bf16_learner.model) == []
+    old, _ = _answers(bf16_learner, fast=False, n=8)
+    assert _answers(bf16_learner, fast=True, n=8)[0] == old
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -327,10 +343,12 @@ def test_shortcuts_are_undone_when_generation_fails(bf16_learner, monkeypatch):
 
     def fail(**kwargs):
         assert kwargs["input_ids"] is not None and head._forward_pre_hooks
-        assert len(patched()) == 14 + lean.packing_available() * 15  # + bases and head
+        assert len(patched()) == 14 + len(packable)  # + bases and head, where oneDNN packs
         raise RuntimeError("out of memory")
 
     head = bf16_learner.model.get_base_model().get_output_embeddings()
+    packable = lean.packable_linears(bf16_learner.model)
+    assert len(packable) in (0, 15)
     monkeypatch.setattr(bf16_learner.model, "generate", fail)
     with pytest.raises(RuntimeError):
         bf16_learner.generate(CHATS[:1], 4)
