@@ -50,12 +50,11 @@ def contiguous_head(head: torch.nn.Module):
         hook.remove()
 
 
-def fusable_layers(model: torch.nn.Module) -> list:
-    """The LoRA layers whose forward ``fused_adapter`` may replace: vanilla LoRA (no
-    DoRA or other variant), one active adapter, adapters on and not merged, the input
-    cast to the adapter's dtype and that dtype at least as wide as the base's (so the
-    add happens in the adapter's dtype, as PEFT's does), no forward already set on the
-    instance. Quantized layers are other PEFT classes and never listed."""
+def lora_layers(model: torch.nn.Module) -> list:
+    """The model's vanilla LoRA layers (no DoRA or other variant) with the one adapter
+    active and not merged; [] when adapters are off (PEFT's forward then runs the base
+    alone, nothing to merge or fuse). Quantized layers are other PEFT classes and never
+    listed. What the merge and ``fused_adapter`` each start from."""
     from peft.tuners.lora import Linear
 
     out = []
@@ -63,19 +62,30 @@ def fusable_layers(model: torch.nn.Module) -> list:
         if type(m) is not Linear:
             continue
         if m.disable_adapters:
-            return []  # adapters off: PEFT's forward runs the base alone
+            return []
         if (
             not m.merged
             and list(m.active_adapters) == [ADAPTER]
             and ADAPTER in m.lora_A
             and ADAPTER not in getattr(m, "lora_variant", {})
             and not getattr(m, "use_dora", {}).get(ADAPTER, False)  # PEFT before variants
-            and getattr(m, "cast_input_dtype_enabled", True)
-            and _widest(m.lora_A[ADAPTER].weight.dtype, m.base_layer.weight.dtype)
-            and "forward" not in m.__dict__
         ):
             out.append(m)
     return out
+
+
+def fusable_layers(model: torch.nn.Module) -> list:
+    """The ``lora_layers`` whose forward ``fused_adapter`` may replace: the input cast to
+    the adapter's dtype and that dtype at least as wide as the base's (so the add
+    happens in the adapter's dtype, as PEFT's does), no forward already set on the
+    instance."""
+    return [
+        m
+        for m in lora_layers(model)
+        if getattr(m, "cast_input_dtype_enabled", True)
+        and _widest(m.lora_A[ADAPTER].weight.dtype, m.base_layer.weight.dtype)
+        and "forward" not in m.__dict__
+    ]
 
 
 def _widest(adapter: torch.dtype, base: torch.dtype) -> bool:
@@ -110,18 +120,23 @@ def merged_weight(layer) -> torch.Tensor:
 
 
 @contextmanager
-def fused_adapter(layers: list):
-    """Inside the block (generation only: no grad), each of ``layers`` runs
-    ``_fused_forward``; its class's forward comes back on exit."""
+def replaced_forwards(layers: list, forward):
+    """Inside the block each of ``layers`` runs ``forward(layer, ...)`` (generation only:
+    no grad); its class's forward comes back on exit, even from a failure mid-way."""
     patched = []
     try:
         for m in layers:
-            m.forward = MethodType(_fused_forward, m)
+            m.forward = MethodType(forward(m), m)
             patched.append(m)
         yield
     finally:
         for m in patched:
             m.__dict__.pop("forward", None)
+
+
+def fused_adapter(layers: list):
+    """Each of ``layers`` runs ``_fused_forward`` inside the block."""
+    return replaced_forwards(layers, lambda _m: _fused_forward)
 
 
 def packing_available() -> bool:
@@ -163,29 +178,21 @@ def packable_linears(model: torch.nn.Module) -> list:
     ]
 
 
-def _packed_forward(layer, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != packed.dtype or not x.is_contiguous():
-        return torch.nn.functional.linear(x, layer.weight, layer.bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, layer.bias, "none", [], "")
+def _packed_forward(layer, input: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    # ``input``: nn.Linear's own name, for keyword calls
+    if input.dtype != packed.dtype or not input.is_contiguous():
+        return torch.nn.functional.linear(input, layer.weight, layer.bias)
+    return torch.ops.mkldnn._linear_pointwise(input, packed, layer.bias, "none", [], "")
 
 
-@contextmanager
 def packed_linears(layers: list, rows: int):
     """Inside the block each of ``layers`` multiplies by its weight packed once into
     oneDNN's blocked layout for ``rows``-row inputs, instead of packing it again inside
     every product. Packed per block, never kept: a frozen base can still be rewritten in
     place (loading a checkpoint), and a merged weight is new every call."""
-    patched = []
-    try:
-        for m in layers:
-            packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows)
-            m.forward = MethodType(partial(_packed_call, packed=packed), m)
-            patched.append(m)
-        yield
-    finally:
-        for m in patched:
-            m.__dict__.pop("forward", None)
 
+    def packed_forward(m):
+        packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows)
+        return partial(_packed_forward, packed=packed)
 
-def _packed_call(layer, input: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    return _packed_forward(layer, packed, input)  # ``input``: nn.Linear's own name
+    return replaced_forwards(layers, packed_forward)

@@ -163,11 +163,11 @@ class TorchLearner(ChatTokenLearner):
         self.step = 0
         self.grad_sync = None  # set by DataParallelLearner under a multi-process launch
         self.tokens_generated = 0
-        # Generation levers; the bench switches the first two off (``levers``) to measure
-        # the path before them. Both leave greedy answers unchanged (tests/test_generation_speed.py).
+        # Generation levers; the bench switches them all off (``levers``) to measure the
+        # path before them. Each leaves greedy answers unchanged (tests/test_generation_speed.py).
         self.stop_on_device = True  # early stop judged from the new token, see _device_stopper
         self.merge_for_generation = True  # adapter folded in, where exact: _merged_adapter
-        # Bit-for-bit shortcuts for what stays unmerged (backends/lean_generation.py).
+        # The shortcuts of backends/lean_generation.py: head, unmerged adapter, CPU packing.
         self.contiguous_head = True
         self.fused_adapter = True
         self.packed_linears = True
@@ -415,25 +415,14 @@ class TorchLearner(ChatTokenLearner):
     def _mergeable_layers(self) -> list:
         if not self.merge_for_generation or self.quantized:
             return []
-        from peft.tuners.lora import Linear
+        from saie_lite.backends.lean_generation import lora_layers
 
-        out = []
-        for m in self.model.modules():
-            if not isinstance(m, Linear):
-                continue
-            if m.disable_adapters:
-                return []  # adapters off: the base alone answers, nothing to fold in
-            if (
-                "default" in m.lora_A
-                and not m.merged
-                and "default" in m.active_adapters
-                and "default" not in getattr(m, "lora_variant", {})  # DoRA etc.: unmerged
-                and not getattr(m, "use_dora", {}).get("default", False)
-                and m.base_layer.weight.dtype == torch.float32
-                and m.lora_A["default"].weight.dtype == torch.float32
-            ):
-                out.append(m)
-        return out
+        return [
+            m
+            for m in lora_layers(self.model)
+            if m.base_layer.weight.dtype == torch.float32
+            and m.lora_A["default"].weight.dtype == torch.float32
+        ]
 
     def stream(self, chat: Chat, max_new_tokens: int, temperature: float = 0.0):
         """Yield decoded pieces as they are generated (generation runs in a thread)."""

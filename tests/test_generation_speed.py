@@ -263,7 +263,7 @@ def test_packed_weights_give_each_layers_product(bf16_learner, trained, which):
             x = torch.randn(4, rows, layers[0].in_features, generator=g).to(dtype)
             want = [m(x) if m.in_features == x.shape[-1] else None for m in layers]
             with lean.packed_linears(layers, 4):
-                assert all(m.forward.__func__.func is lean._packed_call for m in layers)
+                assert all(m.forward.__func__.func is lean._packed_forward for m in layers)
                 got = [m(x) if m.in_features == x.shape[-1] else None for m in layers]
                 # a strided input or another dtype takes the plain product
                 strided = torch.randn(4, 3, x.shape[-1], generator=g).to(dtype)[:, -1:, :]

@@ -128,9 +128,8 @@ def generation_paths(learner, chats: list, new_tokens: int, rounds: int = 1) -> 
     """Torch generation before and after its levers (early stop judged on the device,
     the adapter merged while generating where exact, the head read contiguous, an
     unmerged adapter added in place, on a CPU the weights packed once per call) with
-    early stop on, as in a run; the
-    two paths alternate call by call (a shared VM drifts between blocks of calls), and
-    their greedy answers are compared round by round."""
+    early stop on, as in a run; the two paths alternate call by call (a shared VM drifts
+    between blocks of calls), and their greedy answers are compared round by round."""
     from saie_lite.tasks import gsm8k
 
     spent = {"before": 0.0, "after": 0.0}
