@@ -10,7 +10,7 @@ F = torch.nn.functional
 pytest.importorskip("peft")
 
 from saie_lite import config  # noqa: E402
-from saie_lite.backends import torch_peft  # noqa: E402
+from saie_lite.backends import torch_generation, torch_peft  # noqa: E402
 from saie_lite.protocols import TrainSequence  # noqa: E402
 from saie_lite.tasks import gsm8k  # noqa: E402
 from saie_lite.tasks import multiple_choice as mc  # noqa: E402
@@ -141,13 +141,13 @@ def test_no_merge_where_it_is_not_exact(tiny_model_dir):
 
 def test_device_stopper_decodes_only_where_an_answer_may_end(trained, monkeypatch):
     checked = []
-    real = torch_peft.reply_finished
+    real = torch_generation.reply_finished
 
     def counting(tok, reply, answer_end):
         checked.append(len(reply))
         return real(tok, reply, answer_end)
 
-    monkeypatch.setattr(torch_peft, "reply_finished", counting)
+    monkeypatch.setattr(torch_generation, "reply_finished", counting)
     tok = trained.tok
     prompt = tok("<|im_start|>user\nHi<|im_end|>\n")["input_ids"]
     reply = tok("First we add the two numbers together so #### 18\nThe next")["input_ids"]
@@ -171,7 +171,7 @@ def test_a_rule_without_known_marks_still_stops_within_the_check_interval(traine
         i = text.find("end")
         return i + 3 if i >= 0 else None
 
-    assert torch_peft.answer_marks(rule) is None
+    assert torch_generation.answer_marks(rule) is None
     trained.answer_end = rule
     try:
         old, old_tokens = _answers(trained, fast=False)
@@ -185,18 +185,18 @@ def test_a_rule_without_known_marks_still_stops_within_the_check_interval(traine
 
 def test_answer_marks_of_the_task_rules():
     for rule in (gsm8k.answer_end, mc.answer_end):
-        closes, opens = torch_peft.answer_marks(rule)
+        closes, opens = torch_generation.answer_marks(rule)
         assert closes(" x") or closes(")")
         assert not closes("x")
-    closes, opens = torch_peft.answer_marks(gsm8k.answer_end)
+    closes, opens = torch_generation.answer_marks(gsm8k.answer_end)
     assert closes("\n") and closes("\u00a0") and opens("###") and not opens("36")
-    closes, opens = torch_peft.answer_marks(mc.answer_end)
+    closes, opens = torch_generation.answer_marks(mc.answer_end)
     assert closes(")") and not closes(" so") and opens(" (B")
-    assert torch_peft.answer_marks(lambda text: None) is None
+    assert torch_generation.answer_marks(lambda text: None) is None
 
 
 def test_token_texts_keep_the_leading_space(trained):
-    texts = torch_peft.token_texts(trained.tok)
+    texts = torch_generation.token_texts(trained.tok)
     assert len(texts) == len(trained.tok)
     pieces = trained.tok(" the end")["input_ids"]
     assert "".join(texts[i] for i in pieces) == " the end"
