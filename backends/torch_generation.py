@@ -5,13 +5,16 @@ stop at the final answer, and the one-row stream of the live debate view.
 the model and owns its state; this half reads ``model``, ``tok``, ``chat``, ``device``,
 ``quantized``, ``seq2seq``, ``stop_ids``, ``answer_end``, ``static_cache`` and the
 generation levers (``stop_on_device``, ``merge_for_generation``, ``contiguous_head``,
-``fused_adapter``, ``packed_linears``) and counts ``tokens_generated``. Every lever
+``fused_adapter``, ``packed_linears``), holds ``generating`` (a lock) while a call
+swaps weights, and counts ``tokens_generated``. Every lever
 leaves greedy answers unchanged (tests/test_generation_speed.py); the shortcuts
 themselves live in backends/lean_generation.py.
 """
 
 from __future__ import annotations
 
+import inspect
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -19,11 +22,56 @@ import torch
 from saie_lite.protocols import Chat
 from saie_lite.tasks import ANSWER_TAIL_TOKENS, cut_at_answer, reply_finished
 
+# What a model's own generation config may set and still leave ``stream``'s loop picking
+# the tokens ``generate`` would: token ids, cache and output switches, and the sampling
+# knobs ``_sampling`` sets itself. Any other key (a repetition penalty, banned words, a
+# minimum length) changes the logits ``generate`` picks from, so the stream then runs
+# transformers' ``generate`` on a worker thread instead.
+PLAIN_GENERATION_KEYS = frozenset(
+    {
+        "_from_model_config",
+        "transformers_version",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "use_cache",
+        "output_attentions",
+        "output_hidden_states",
+        "return_dict_in_generate",
+        "max_length",
+        "max_new_tokens",
+        "do_sample",
+        "temperature",
+        "top_p",
+        "top_k",
+        "num_beams",
+    }
+)
+
 
 class TorchGeneration:
     """Generation for a loaded ``TorchLearner`` (see the module docstring)."""
 
     _stop_tables_for = None  # (answer rule, tables) of the last _stop_tables
+    _caller = None  # the thread inside a generate/stream call, while one runs
+
+    @contextmanager
+    def _one_call(self):
+        """Held for each generate/stream call, which swaps weights in and back out: a
+        call waits for another thread's to end; in the thread of a stream still open
+        (suspended at a piece) it would merge the merged weights again, so it raises."""
+        me = threading.get_ident()
+        if self._caller == me:
+            raise RuntimeError(
+                "generate() or stream() called while this thread's stream() is still open: "
+                "read it to the end or close() it first"
+            )
+        with self.generating:
+            self._caller = me
+            try:
+                yield
+            finally:
+                self._caller = None
 
     def _left_padded(self, prompts: list[list[int]]):
         """Left padding: every row's last prompt token sits at the same position, so one
@@ -61,7 +109,7 @@ class TorchGeneration:
             kw["stopping_criteria"] = [stopper(start)]
         if self.static_cache and str(self.device).startswith("cuda"):
             kw["cache_implementation"] = "static"
-        with self._merged_adapter(), self._lean_forward(len(chats)):
+        with self._one_call(), self._merged_adapter(), self._lean_forward(len(chats)):
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
         # A decoder-only model returns prompt + reply; an encoder-decoder only the reply.
         new = out if self.seq2seq else out[:, ids.shape[1] :]
@@ -219,22 +267,95 @@ class TorchGeneration:
         ]
 
     def stream(self, chat: Chat, max_new_tokens: int, temperature: float = 0.0):
-        """Yield decoded pieces as they are generated (generation runs in a thread)."""
-        from threading import Thread
+        """Yield the reply's text piece by piece as it is decoded, for the live debate view.
 
-        from transformers import TextIteratorStreamer
-
+        The reply is decoded here, in the caller's thread, one forward per token, under
+        the same per-call merge and shortcuts as ``generate`` and with the tokens it
+        would pick (tested). Not on a worker thread: torch's OpenMP pool runs its
+        parallel products about 1.5x slower from a second thread while the first
+        thread's pool exists (a one-row reply: 6.5 s on the caller's thread, 9.8 s on a
+        worker, docs/benchmarks.md). Encoder-decoder models, and models whose generation
+        config changes what ``generate`` picks (``PLAIN_GENERATION_KEYS``), stream from
+        transformers' ``generate`` on a worker thread instead."""
         self.model.eval()
         ids, mask = self._left_padded([self.chat.prompt_ids(chat)])
+        if self.seq2seq or set(self.model.generation_config.to_diff_dict()) - PLAIN_GENERATION_KEYS:
+            yield from self._stream_on_thread(ids, mask, max_new_tokens, temperature)
+            return
+        reply: list[int] = []
+        shown = ""
+        with self._one_call(), torch.no_grad():
+            with self._merged_adapter(), self._lean_forward(1):
+                for token in self._decoded(ids, mask, max_new_tokens, temperature):
+                    reply.append(token)
+                    self.tokens_generated += 1
+                    text = self.tok.decode(reply, skip_special_tokens=True)
+                    # a character split over tokens shows once whole; text the tokenizer
+                    # rewrites behind the end (rare) shows when it settles
+                    if text.endswith("\ufffd") or not text.startswith(shown):
+                        continue
+                    if len(text) > len(shown):
+                        piece, shown = text[len(shown) :], text
+                        yield piece
+
+    def _decoded(self, ids, mask, max_new_tokens: int, temperature: float):
+        """Token ids of one reply, as ``generate``'s loop picks them: the prompt in one
+        forward (the head on its last position only, where the model allows, as
+        ``generate`` does), then one token per forward on the KV cache; argmax, or a
+        draw from the softmax of logits / temperature; a stop id ends the reply."""
+        params = inspect.signature(self.model.get_base_model().forward).parameters
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # transformers 5 renames the KV cache argument and output past_key_values -> cache
+        cache = "cache" if "cache" in params else "past_key_values"
+        out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **keep)
+        for step in range(max_new_tokens):
+            logits = out.logits[:, -1].to(dtype=torch.float32)
+            if temperature > 0:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                token = torch.multinomial(probs, num_samples=1).squeeze(1)
+            else:
+                token = torch.argmax(logits, dim=-1)
+            if int(token) in self.stop_ids:
+                return
+            yield int(token)
+            if step + 1 < max_new_tokens:
+                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+                out = self.model(
+                    input_ids=token[:, None],
+                    attention_mask=mask,
+                    use_cache=True,
+                    **{cache: getattr(out, cache)},
+                    **keep,
+                )
+
+    def _stream_on_thread(self, ids, mask, max_new_tokens: int, temperature: float):
+        """transformers' ``generate`` on a worker thread with its text streamer. An error
+        there ends the stream and is raised here rather than leaving the reader waiting;
+        a stream abandoned mid-way runs to its end on the worker, holding ``_one_call``."""
+        from transformers import TextIteratorStreamer
+
         streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
         kwargs = {"input_ids": ids, "attention_mask": mask, "streamer": streamer}
         kwargs.update(self._sampling(max_new_tokens, temperature))
-        worker = Thread(target=torch.no_grad()(self.model.generate), kwargs=kwargs, daemon=True)
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self._one_call(), torch.no_grad():
+                    with self._merged_adapter(), self._lean_forward(1):
+                        self.model.generate(**kwargs)
+            except BaseException as e:  # handed to the reader, which raises it
+                failed.append(e)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
         worker.start()
         for piece in streamer:
             self.tokens_generated += 1
             yield piece
         worker.join()
+        if failed:
+            raise failed[0]
 
 
 def answer_marks(answer_end):

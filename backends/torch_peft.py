@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,9 @@ class TorchLearner(TorchGeneration, ChatTokenLearner):
         # A static KV cache, which transformers compiles with torch.compile: CUDA only
         # (on a CPU the compile costs more than it saves); off until measured to pay there.
         self.static_cache = False
+        # held by each generate/stream call (torch_generation._one_call): two calls
+        # must not swap the merged weights in and out together
+        self.generating = threading.Lock()
         self.model_dir = Path(path)
         from saie_lite.tasks import answer_stop
 

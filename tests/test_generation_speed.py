@@ -356,6 +356,105 @@ def test_shortcuts_are_undone_when_generation_fails(bf16_learner, monkeypatch):
     assert patched() == [] and len(lean.fusable_layers(bf16_learner.model)) == 14
 
 
+def _in_thread(fn, seconds=120):
+    """fn() on a thread, its result or error here; a hang fails the test instead."""
+    import threading
+
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), "stream() hung"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@pytest.mark.parametrize("name", ["trained", "bf16_learner"])
+def test_stream_takes_the_shortcuts_and_gives_the_same_reply(name, request):
+    from saie_lite.backends.lean_generation import lora_layers
+    from saie_lite.bench.generation import GENERATION_LEVERS
+
+    learner = request.getfixturevalue(name)
+    merged = name == "trained"  # float32: merged; bf16: the adapter added in place
+    layer = lora_layers(learner.model)[0]
+    seen = []
+
+    def watch(m, args, out):
+        seen.append(m.merged if merged else "forward" in m.__dict__)
+
+    hook = layer.register_forward_hook(watch)
+    try:
+        with learner.levers(answer_end=None, **dict.fromkeys(GENERATION_LEVERS, False)):
+            old = _in_thread(lambda: "".join(learner.stream(CHATS[1], 24)))
+            plain, seen[:] = list(seen), []
+        with learner.levers(answer_end=None):
+            new = _in_thread(lambda: "".join(learner.stream(CHATS[1], 24)))
+            whole = learner.generate([CHATS[1]], 24)[0]
+    finally:
+        hook.remove()
+    assert new == old and new.strip() == whole and whole
+    assert plain and not any(plain)  # levers off: PEFT's own unmerged forward
+    assert seen and all(seen)
+    assert not layer.merged and "forward" not in layer.__dict__  # undone after the call
+
+
+def test_stream_runs_in_the_callers_thread(trained, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(threading, "Thread", None)  # no worker thread may be started
+    assert "".join(trained.stream(CHATS[0], 8))
+
+
+def test_a_generation_config_that_changes_the_picks_streams_from_generate(
+    bf16_learner, monkeypatch
+):
+    # a repetition penalty changes what generate() picks: the stream must not skip it
+    gc = bf16_learner.model.generation_config
+    monkeypatch.setattr(gc, "repetition_penalty", 3.0)
+    with bf16_learner.levers(answer_end=None):
+        penalised = bf16_learner.generate([CHATS[1]], 24)[0]
+        streamed = _in_thread(lambda: "".join(bf16_learner.stream(CHATS[1], 24)))
+        monkeypatch.setattr(gc, "repetition_penalty", 1.0)
+        plain = bf16_learner.generate([CHATS[1]], 24)[0]
+    assert streamed.strip() == penalised != plain
+
+
+def test_a_streams_generation_error_is_raised_not_waited_for(bf16_learner, monkeypatch):
+    def fail(**kwargs):
+        kwargs["streamer"].put(kwargs["input_ids"][:, :0])  # a start, as transformers does
+        raise RuntimeError("context overflow")
+
+    monkeypatch.setattr(bf16_learner.model.generation_config, "repetition_penalty", 1.2)
+    monkeypatch.setattr(bf16_learner.model, "generate", fail)
+    with pytest.raises(RuntimeError, match="context overflow"):
+        _in_thread(lambda: list(bf16_learner.stream(CHATS[0], 8)))
+    assert not bf16_learner.generating.locked()
+
+
+def test_an_open_stream_keeps_the_next_generation_from_corrupting_weights(trained):
+    base = {k: v.clone() for k, v in trained.model.state_dict().items()}
+    want = trained.generate(CHATS, 24)
+    layers = trained._mergeable_layers()
+    pieces = trained.stream(CHATS[3], 40)
+    next(pieces)  # the stream holds the merged weights while it waits to be read
+    assert layers and all(m.merged for m in layers)
+    with pytest.raises(RuntimeError, match="still open"):
+        trained.generate(CHATS, 24)  # would merge the merged weights again
+    pieces.close()
+    assert trained.generate(CHATS, 24) == want
+    after = trained.model.state_dict()
+    assert all(torch.equal(base[k], after[k]) for k in base)
+    assert not any(m.merged for m in layers)
+
+
 @pytest.mark.real
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_real_embedded_model_same_greedy_answers(dtype):
@@ -376,6 +475,10 @@ def test_real_embedded_model_same_greedy_answers(dtype):
         old, _ = _answers(learner, fast=False, chats=chats, n=96)
         new, _ = _answers(learner, fast=True, chats=chats, n=96)
         assert new == old and all(len(a) > 30 for a in old), (old, new)
+    # the debate view's stream picks the same tokens as generate
+    learner.answer_end = None
+    for chat in chats[:2]:
+        assert "".join(learner.stream(chat, 96)).strip() == learner.generate([chat], 96)[0]
 
 
 def test_bench_measures_both_paths_side_by_side(trained):
