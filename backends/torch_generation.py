@@ -25,7 +25,7 @@ from saie_lite.tasks import ANSWER_TAIL_TOKENS, cut_at_answer, reply_finished
 # What a model's own generation config may set and still leave ``stream``'s loop picking
 # the tokens ``generate`` would: token ids, cache and output switches, and the sampling
 # knobs ``_sampling`` sets itself. Any other key (a repetition penalty, banned words, a
-# minimum length) changes the logits ``generate`` picks from, so the stream then runs
+# minimum length, beams) changes the logits ``generate`` picks from, so the stream then runs
 # transformers' ``generate`` on a worker thread instead.
 PLAIN_GENERATION_KEYS = frozenset(
     {
@@ -44,7 +44,6 @@ PLAIN_GENERATION_KEYS = frozenset(
         "temperature",
         "top_p",
         "top_k",
-        "num_beams",
     }
 )
 
@@ -60,14 +59,9 @@ class TorchGeneration:
         """Held for each generate/stream call, which swaps weights in and back out: a
         call waits for another thread's to end; in the thread of a stream still open
         (suspended at a piece) it would merge the merged weights again, so it raises."""
-        me = threading.get_ident()
-        if self._caller == me:
-            raise RuntimeError(
-                "generate() or stream() called while this thread's stream() is still open: "
-                "read it to the end or close() it first"
-            )
+        self._not_inside_own_stream()
         with self.generating:
-            self._caller = me
+            self._caller = threading.get_ident()
             try:
                 yield
             finally:
@@ -266,47 +260,68 @@ class TorchGeneration:
             and m.lora_A["default"].weight.dtype == torch.float32
         ]
 
+    @torch.no_grad()  # torch's decorator restores grad mode around each resumption
     def stream(self, chat: Chat, max_new_tokens: int, temperature: float = 0.0):
         """Yield the reply's text piece by piece as it is decoded, for the live debate view.
 
-        The reply is decoded here, in the caller's thread, one forward per token, under
-        the same per-call merge and shortcuts as ``generate`` and with the tokens it
-        would pick (tested). Not on a worker thread: torch's OpenMP pool runs its
-        parallel products about 1.5x slower from a second thread while the first
-        thread's pool exists (a one-row reply: 6.5 s on the caller's thread, 9.8 s on a
-        worker, docs/benchmarks.md). Encoder-decoder models, and models whose generation
-        config changes what ``generate`` picks (``PLAIN_GENERATION_KEYS``), stream from
+        The reply is decoded here, in the caller's thread, one forward per token on a
+        dynamic KV cache, under the same per-call merge and shortcuts as ``generate``
+        and with the tokens it would pick there (tested). Not on a worker thread:
+        torch's OpenMP pool runs its parallel products about 1.5x slower from a second
+        thread while the first thread's pool exists (a one-row reply: 6.5 s on the
+        caller's thread, 9.8 s on a worker, docs/benchmarks.md). Where the loop would
+        not pick ``generate``'s tokens (``_loop_streams``) the reply comes from
         transformers' ``generate`` on a worker thread instead."""
+        self._not_inside_own_stream()
         self.model.eval()
         ids, mask = self._left_padded([self.chat.prompt_ids(chat)])
-        if self.seq2seq or set(self.model.generation_config.to_diff_dict()) - PLAIN_GENERATION_KEYS:
+        cache = self._loop_streams()
+        if cache is None:
             yield from self._stream_on_thread(ids, mask, max_new_tokens, temperature)
             return
         reply: list[int] = []
-        shown = ""
-        with self._one_call(), torch.no_grad():
-            with self._merged_adapter(), self._lean_forward(1):
-                for token in self._decoded(ids, mask, max_new_tokens, temperature):
-                    reply.append(token)
-                    self.tokens_generated += 1
-                    text = self.tok.decode(reply, skip_special_tokens=True)
-                    # a character split over tokens shows once whole; text the tokenizer
-                    # rewrites behind the end (rare) shows when it settles
-                    if text.endswith("\ufffd") or not text.startswith(shown):
-                        continue
-                    if len(text) > len(shown):
-                        piece, shown = text[len(shown) :], text
-                        yield piece
+        shown = text = ""
+        with self._one_call(), self._merged_adapter(), self._lean_forward(1):
+            for token in self._decoded(ids, mask, max_new_tokens, temperature, cache):
+                reply.append(token)
+                self.tokens_generated += 1
+                text = self.tok.decode(
+                    reply, skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )
+                # a character split over tokens shows once whole
+                if not text.endswith("\ufffd") and text.startswith(shown) and text != shown:
+                    piece, shown = text[len(shown) :], text
+                    yield piece
+        if text.startswith(shown) and text != shown:  # the tail, a split character too
+            yield text[len(shown) :]
 
-    def _decoded(self, ids, mask, max_new_tokens: int, temperature: float):
+    def _loop_streams(self) -> str | None:
+        """The name of the KV cache argument when ``stream``'s own loop picks the tokens
+        ``generate`` would, else None: not for encoder-decoder models, a model whose
+        generation config sets anything outside ``PLAIN_GENERATION_KEYS``, a forward
+        that takes neither ``cache`` (transformers 5) nor ``past_key_values``, or the
+        CUDA static cache (``generate`` compiles its forward)."""
+        if self.seq2seq or (self.static_cache and str(self.device).startswith("cuda")):
+            return None
+        if set(self.model.generation_config.to_diff_dict()) - PLAIN_GENERATION_KEYS:
+            return None
+        params = inspect.signature(self.model.get_base_model().forward).parameters
+        return next((n for n in ("cache", "past_key_values") if n in params), None)
+
+    def _not_inside_own_stream(self) -> None:
+        if self._caller == threading.get_ident():
+            raise RuntimeError(
+                "generate() or stream() called while this thread's stream() is still open: "
+                "read it to the end or close() it first"
+            )
+
+    def _decoded(self, ids, mask, max_new_tokens: int, temperature: float, cache: str):
         """Token ids of one reply, as ``generate``'s loop picks them: the prompt in one
         forward (the head on its last position only, where the model allows, as
         ``generate`` does), then one token per forward on the KV cache; argmax, or a
         draw from the softmax of logits / temperature; a stop id ends the reply."""
         params = inspect.signature(self.model.get_base_model().forward).parameters
         keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
-        # transformers 5 renames the KV cache argument and output past_key_values -> cache
-        cache = "cache" if "cache" in params else "past_key_values"
         out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **keep)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].to(dtype=torch.float32)

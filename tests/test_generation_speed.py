@@ -400,17 +400,28 @@ def test_stream_takes_the_shortcuts_and_gives_the_same_reply(name, request):
             whole = learner.generate([CHATS[1]], 24)[0]
     finally:
         hook.remove()
-    assert new == old and new.strip() == whole and whole
+    assert new.strip() == whole and whole and old.strip()
+    if merged:  # float32: merged or not, the products agree to 1e-5 (bf16 packing: 1e-2)
+        assert new == old
     assert plain and not any(plain)  # levers off: PEFT's own unmerged forward
     assert seen and all(seen)
     assert not layer.merged and "forward" not in layer.__dict__  # undone after the call
 
 
-def test_stream_runs_in_the_callers_thread(trained, monkeypatch):
+@pytest.mark.parametrize("name", ["trained", "bf16_learner"])
+def test_stream_runs_in_the_callers_thread(name, request, monkeypatch):
     import threading
 
+    learner = request.getfixturevalue(name)
+    assert learner._loop_streams() == "cache" or learner._loop_streams() == "past_key_values"
     monkeypatch.setattr(threading, "Thread", None)  # no worker thread may be started
-    assert "".join(trained.stream(CHATS[0], 8))
+    assert "".join(learner.stream(CHATS[0], 8))
+    kept = learner.static_cache, learner.device
+    learner.static_cache, learner.device = True, "cuda"  # generate compiles there
+    try:
+        assert learner._loop_streams() is None
+    finally:
+        learner.static_cache, learner.device = kept
 
 
 def test_a_generation_config_that_changes_the_picks_streams_from_generate(
