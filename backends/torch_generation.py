@@ -67,6 +67,12 @@ class TorchGeneration:
             finally:
                 self._caller = None
 
+    def _compiles(self) -> bool:
+        """A static KV cache on CUDA: transformers compiles the forward there, so a new
+        hook or bound method per call could make it trace again, and only ``generate``
+        runs the compiled forward."""
+        return self.static_cache and str(self.device).startswith("cuda")
+
     def _left_padded(self, prompts: list[list[int]]):
         """Left padding: every row's last prompt token sits at the same position, so one
         batched decode with a KV cache serves the whole batch."""
@@ -101,7 +107,7 @@ class TorchGeneration:
             start = 0 if self.seq2seq else ids.shape[1]
             stopper = self._device_stopper if self.stop_on_device else self._answer_stopper
             kw["stopping_criteria"] = [stopper(start)]
-        if self.static_cache and str(self.device).startswith("cuda"):
+        if self._compiles():
             kw["cache_implementation"] = "static"
         with self._one_call(), self._merged_adapter(), self._lean_forward(len(chats)):
             out = self.model.generate(input_ids=ids, attention_mask=mask, **kw)
@@ -235,9 +241,7 @@ class TorchGeneration:
         from saie_lite.backends import lean_generation as lean
 
         with ExitStack() as stack:
-            # not under the CUDA static cache: a new hook and bound methods per call
-            # could make torch.compile trace again
-            compiled = self.static_cache and str(self.device).startswith("cuda")
+            compiled = self._compiles()
             head = self.model.get_base_model().get_output_embeddings()
             if self.contiguous_head and head is not None and not compiled:
                 stack.enter_context(lean.contiguous_head(head))
@@ -272,17 +276,16 @@ class TorchGeneration:
         caller's thread, 9.8 s on a worker, docs/benchmarks.md). Where the loop would
         not pick ``generate``'s tokens (``_loop_streams``) the reply comes from
         transformers' ``generate`` on a worker thread instead."""
-        self._not_inside_own_stream()
         self.model.eval()
         ids, mask = self._left_padded([self.chat.prompt_ids(chat)])
-        cache = self._loop_streams()
-        if cache is None:
+        params = self._loop_streams()
+        if params is None:
             yield from self._stream_on_thread(ids, mask, max_new_tokens, temperature)
             return
         reply: list[int] = []
         shown = text = ""
         with self._one_call(), self._merged_adapter(), self._lean_forward(1):
-            for token in self._decoded(ids, mask, max_new_tokens, temperature, cache):
+            for token in self._decoded(ids, mask, max_new_tokens, temperature, params):
                 reply.append(token)
                 self.tokens_generated += 1
                 text = self.tok.decode(
@@ -295,18 +298,18 @@ class TorchGeneration:
         if text.startswith(shown) and text != shown:  # the tail, a split character too
             yield text[len(shown) :]
 
-    def _loop_streams(self) -> str | None:
-        """The name of the KV cache argument when ``stream``'s own loop picks the tokens
-        ``generate`` would, else None: not for encoder-decoder models, a model whose
+    def _loop_streams(self) -> frozenset[str] | None:
+        """The model forward's parameter names when ``stream``'s own loop picks the
+        tokens ``generate`` would, else None: not for encoder-decoder models, a model whose
         generation config sets anything outside ``PLAIN_GENERATION_KEYS``, a forward
         that takes neither ``cache`` (transformers 5) nor ``past_key_values``, or the
         CUDA static cache (``generate`` compiles its forward)."""
-        if self.seq2seq or (self.static_cache and str(self.device).startswith("cuda")):
+        if self.seq2seq or self._compiles():
             return None
         if set(self.model.generation_config.to_diff_dict()) - PLAIN_GENERATION_KEYS:
             return None
-        params = inspect.signature(self.model.get_base_model().forward).parameters
-        return next((n for n in ("cache", "past_key_values") if n in params), None)
+        params = frozenset(inspect.signature(self.model.get_base_model().forward).parameters)
+        return params if params & {"cache", "past_key_values"} else None
 
     def _not_inside_own_stream(self) -> None:
         if self._caller == threading.get_ident():
@@ -315,13 +318,15 @@ class TorchGeneration:
                 "read it to the end or close() it first"
             )
 
-    def _decoded(self, ids, mask, max_new_tokens: int, temperature: float, cache: str):
+    def _decoded(self, ids, mask, max_new_tokens: int, temperature: float, params):
         """Token ids of one reply, as ``generate``'s loop picks them: the prompt in one
         forward (the head on its last position only, where the model allows, as
         ``generate`` does), then one token per forward on the KV cache; argmax, or a
-        draw from the softmax of logits / temperature; a stop id ends the reply."""
-        params = inspect.signature(self.model.get_base_model().forward).parameters
+        draw from the softmax of logits / temperature; a stop id ends the reply.
+        ``params``: the forward's parameter names (``_loop_streams``)."""
         keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # transformers 5 names the KV cache ``cache``, earlier ``past_key_values``
+        cache = "cache" if "cache" in params else "past_key_values"
         out = self.model(input_ids=ids, attention_mask=mask, use_cache=True, **keep)
         for step in range(max_new_tokens):
             logits = out.logits[:, -1].to(dtype=torch.float32)
@@ -349,6 +354,7 @@ class TorchGeneration:
         a stream abandoned mid-way runs to its end on the worker, holding ``_one_call``."""
         from transformers import TextIteratorStreamer
 
+        self._not_inside_own_stream()  # the worker's own check would wait, not raise
         streamer = TextIteratorStreamer(self.tok, skip_prompt=True, skip_special_tokens=True)
         kwargs = {"input_ids": ids, "attention_mask": mask, "streamer": streamer}
         kwargs.update(self._sampling(max_new_tokens, temperature))
